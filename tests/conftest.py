@@ -1,0 +1,53 @@
+"""Shared test fixtures: paths to ../shared, deterministic seeds, small generators."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+#: Reference material outside the repository (fixtures, real latents); see ../shared/README.md.
+SHARED_DIR = pathlib.Path(os.environ.get("TIMEMACHINE_SHARED_DIR", REPO_ROOT.parent / "shared"))
+TINY_PKL = SHARED_DIR / "fixtures" / "sg2ada_tiny.pkl"
+TINY_REF = SHARED_DIR / "fixtures" / "sg2ada_tiny_ref.npz"
+LATENTS_DIR = SHARED_DIR / "latents"
+
+
+def require_shared(path: pathlib.Path) -> pathlib.Path:
+    """Skip the calling test, saying why, when a file from ../shared is not available."""
+    if not path.exists():
+        pytest.skip(f"{path} not found: set TIMEMACHINE_SHARED_DIR to the shared fixtures directory")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_seeds():
+    torch.manual_seed(0)
+    np.random.seed(0)
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_pkl() -> pathlib.Path:
+    return require_shared(TINY_PKL)
+
+
+@pytest.fixture(scope="session")
+def tiny_ref() -> dict:
+    with np.load(require_shared(TINY_REF)) as data:
+        return {k: torch.from_numpy(data[k]) for k in data.files}
+
+
+@pytest.fixture(scope="session")
+def tiny_G(tiny_pkl):
+    from timemachine.checkpoint import load_generator
+
+    return load_generator(tiny_pkl, device="cpu")
+
+
+has_gpu = torch.cuda.is_available()
+gpu_only = pytest.mark.skipif(not has_gpu, reason="needs a CUDA GPU; none is visible on this machine")

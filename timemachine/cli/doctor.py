@@ -1,0 +1,83 @@
+"""``timemachine doctor``: what this installation has and can do."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+
+from timemachine.cli import EXIT_FAILED_CHECK, EXIT_OK
+
+HELP = "check the installation: PyTorch, CUDA, the custom ops, ffmpeg, weights"
+DESCRIPTION = """\
+Report the PyTorch and CUDA versions, the device timemachine will use, whether the custom CUDA ops are
+built and verified, whether ffmpeg is available for video, and which model weights are present.
+
+With --build-ops, compile and load the CUDA extensions now (this works without a GPU when nvcc is
+installed; set TORCH_CUDA_ARCH_LIST to choose architectures) and, when a GPU is present, check them
+against the reference implementations.  Exits with 1 when that fails.
+"""
+
+
+def register(subparsers, formatter) -> None:
+    parser = subparsers.add_parser("doctor", help=HELP, description=DESCRIPTION, formatter_class=formatter)
+    parser.add_argument("--build-ops", action="store_true", help="compile and load the CUDA extensions now")
+    parser.add_argument("--verbose", action="store_true", help="show the compiler's output with --build-ops")
+    parser.set_defaults(handler=run)
+
+
+def _line(label: str, value: str) -> None:
+    print(f"{label:<22} {value}")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from stylegan_ops import plugin
+
+    _line("timemachine", __import__("timemachine").__version__)
+    _line("python", platform.python_version())
+    _line("torch", torch.__version__)
+    _line("torch CUDA build", torch.version.cuda or "none (CPU-only build)")
+    if torch.cuda.is_available():
+        _line("device", f"cuda: {torch.cuda.get_device_name(0)} ({torch.cuda.device_count()} GPU(s))")
+    else:
+        _line("device", f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    cuda_home = plugin.find_cuda_home()
+    _line("nvcc", os.path.join(cuda_home, "bin", "nvcc") if cuda_home else "not found (CUDA ops cannot be built)")
+    _line("ops implementation", "reference (forced by STYLEGAN_OPS_IMPL=ref)" if plugin.forced_reference()
+          else "CUDA kernels on GPU tensors, reference elsewhere")
+    _line("ffmpeg", _ffmpeg_status())
+
+    status = EXIT_OK
+    if args.build_ops:
+        for name in plugin.PLUGIN_SOURCES:
+            try:
+                plugin.build_plugin(name, verbose=args.verbose)
+                result = "built and loaded"
+                if torch.cuda.is_available():
+                    result = "verified on GPU" if plugin.get_plugin(name) is not None else \
+                        f"self-check failed: {plugin.plugin_status()[name]}"
+                    if plugin.get_plugin(name) is None:
+                        status = EXIT_FAILED_CHECK
+                else:
+                    result += " (no GPU here to verify it on)"
+            except plugin.PluginError as exc:
+                result = f"FAILED: {exc}"
+                status = EXIT_FAILED_CHECK
+            _line(f"cuda op {name}", result)
+    else:
+        for name, state in plugin.plugin_status().items():
+            _line(f"cuda op {name}", state if torch.cuda.is_available() else "unused (no GPU); --build-ops compiles it")
+    return status
+
+
+def _ffmpeg_status() -> str:
+    try:
+        import imageio_ffmpeg
+
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except Exception:  # imageio-ffmpeg raises RuntimeError when it finds no binary
+        found = shutil.which("ffmpeg")
+        return found if found else "not found (videos cannot be written; install imageio-ffmpeg)"

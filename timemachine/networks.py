@@ -1,0 +1,548 @@
+"""The StyleGAN2-ADA generator: mapping network, synthesis network, and the layers they are made of.
+
+Semantics, parameter names and call signatures follow NVIDIA's StyleGAN2-ADA (PyTorch) so that a
+state dict of an official ``G_ema`` loads unchanged and code written for it runs unchanged::
+
+    G = Generator(z_dim=512, c_dim=0, w_dim=512, img_resolution=512, img_channels=3, ...)
+    ws  = G.mapping(z, c, truncation_psi=0.7, truncation_cutoff=None)   # [N, G.num_ws, G.w_dim]
+    img = G.synthesis(ws, noise_mode='const')                           # [N, 3, 512, 512], ~[-1, 1]
+    img = G(z, c, truncation_psi=1, noise_mode='const')                 # both at once
+
+Shapes and ranges:
+    z  [N, z_dim] float32, standard normal.       c  [N, c_dim] float32 (one-hot class), or [N, 0] / None.
+    ws [N, num_ws, w_dim] float32.                 img [N, img_channels, R, R] float32, nominally [-1, 1]
+                                                   (not clamped: convert with ``(img + 1) * 127.5`` and clamp).
+
+Precision: ``force_fp32=None`` (the default here) runs float32 on the CPU and the official float16 in the
+top ``num_fp16_res`` blocks on CUDA.  Float16 on the CPU is correct but ~70x slower in the backward pass,
+so it is used there only when asked for with ``force_fp32=False``.
+
+Differences from the official code, none visible to callers of the official API:
+    * ``noise_mode`` also accepts per-layer noise tensors through ``noise=`` (see :meth:`SynthesisNetwork.forward`).
+    * the modulation path (``fused_modconv``) defaults to the faster one for the device, see
+      :func:`default_fused_modconv`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from stylegan_ops import bias_act as _bias_act
+from stylegan_ops import conv2d_resample as _conv2d_resample
+from stylegan_ops import fma as _fma
+from stylegan_ops import upfirdn2d as _upfirdn2d
+
+NOISE_MODES = ("random", "const", "none")
+
+
+def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
+    """Scale ``x`` so that its mean square along ``dim`` is 1."""
+    return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
+
+
+def default_fused_modconv(x: torch.Tensor, dtype: torch.dtype, training: bool) -> bool:
+    """Which modulation path :func:`modulated_conv2d` takes when the caller does not say.
+
+    The official rule: fused (per-sample weights, grouped convolution) in eval mode when running float32
+    or a batch of one; otherwise scale the activations.
+    """
+    return (not training) and (dtype == torch.float32 or int(x.shape[0]) == 1)
+
+
+def modulated_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    styles: torch.Tensor,
+    noise: Optional[torch.Tensor] = None,
+    up: int = 1,
+    down: int = 1,
+    padding: int = 0,
+    resample_filter: Optional[torch.Tensor] = None,
+    demodulate: bool = True,
+    flip_weight: bool = True,
+    fused_modconv: bool = True,
+) -> torch.Tensor:
+    """StyleGAN2's modulated (and demodulated) convolution.
+
+    Args:
+        x:        [N, I, H, W] activations.
+        weight:   [O, I, kh, kw] shared convolution weight.
+        styles:   [N, I] per-sample scale of each input channel.
+        noise:    tensor broadcastable to the output [N, O, H', W'] to add, or None.
+        up, down, padding, resample_filter, flip_weight: as in ``conv2d_resample``.
+        demodulate: normalise each output channel's per-sample weight to unit L2 norm.
+        fused_modconv: True = build per-sample weights and run one grouped convolution; False = scale the
+                  activations before and after a convolution with the shared weight (same result).
+
+    Returns:
+        [N, O, H', W'] of x's dtype.
+    """
+    batch_size = x.shape[0]
+    out_channels, in_channels, kh, kw = weight.shape
+    if x.shape[1] != in_channels or styles.shape != (batch_size, in_channels):
+        raise ValueError(f"modulated_conv2d: x {tuple(x.shape)}, weight {tuple(weight.shape)} and styles "
+                         f"{tuple(styles.shape)} do not fit together")
+
+    # Pre-normalise to keep float16 from overflowing (demodulation cancels the scale).
+    if x.dtype == torch.float16 and demodulate:
+        weight = weight * (1 / np.sqrt(in_channels * kh * kw) / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
+        styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
+
+    # Per-sample weights and demodulation coefficients.
+    w = None
+    dcoefs = None
+    if demodulate or fused_modconv:
+        w = weight.unsqueeze(0) * styles.reshape(batch_size, 1, -1, 1, 1)  # [N, O, I, kh, kw]
+    if demodulate:
+        dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()            # [N, O]
+    if demodulate and fused_modconv:
+        w = w * dcoefs.reshape(batch_size, -1, 1, 1, 1)
+
+    if not fused_modconv:
+        x = x * styles.to(x.dtype).reshape(batch_size, -1, 1, 1)
+        x = _conv2d_resample.conv2d_resample(x, weight.to(x.dtype), f=resample_filter, up=up, down=down,
+                                             padding=padding, flip_weight=flip_weight)
+        if demodulate and noise is not None:
+            x = _fma.fma(x, dcoefs.to(x.dtype).reshape(batch_size, -1, 1, 1), noise.to(x.dtype))
+        elif demodulate:
+            x = x * dcoefs.to(x.dtype).reshape(batch_size, -1, 1, 1)
+        elif noise is not None:
+            x = x.add_(noise.to(x.dtype))
+        return x
+
+    # One grouped convolution over the whole batch.
+    x = x.reshape(1, -1, *x.shape[2:])
+    w = w.reshape(-1, in_channels, kh, kw)
+    x = _conv2d_resample.conv2d_resample(x, w.to(x.dtype), f=resample_filter, up=up, down=down, padding=padding,
+                                         groups=batch_size, flip_weight=flip_weight)
+    x = x.reshape(batch_size, -1, *x.shape[2:])
+    if noise is not None:
+        x = x.add_(noise)
+    return x
+
+
+class FullyConnectedLayer(torch.nn.Module):
+    """Dense layer with equalised learning rate: ``act(x @ (weight * weight_gain).T + bias * bias_gain)``.
+
+    x [N, in_features] -> [N, out_features].
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = "linear",
+                 lr_multiplier: float = 1, bias_init: float = 0):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.activation = activation
+        self.weight = torch.nn.Parameter(torch.randn([out_features, in_features]) / lr_multiplier)
+        self.bias = torch.nn.Parameter(torch.full([out_features], np.float32(bias_init))) if bias else None
+        self.weight_gain = lr_multiplier / np.sqrt(in_features)
+        self.bias_gain = lr_multiplier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.to(x.dtype) * self.weight_gain
+        b = self.bias
+        if b is not None:
+            b = b.to(x.dtype)
+            if self.bias_gain != 1:
+                b = b * self.bias_gain
+        if self.activation == "linear" and b is not None:
+            return torch.addmm(b.unsqueeze(0), x, w.t())
+        x = x.matmul(w.t())
+        return _bias_act.bias_act(x, b, act=self.activation)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
+
+
+class Conv2dLayer(torch.nn.Module):
+    """Convolution with equalised learning rate, optional up/downsampling, bias, activation and clamp.
+
+    Used by the 'resnet' synthesis architecture for its skip connections.  x [N, I, H, W] -> [N, O, H', W'].
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
+                 activation: str = "linear", up: int = 1, down: int = 1, resample_filter=(1, 3, 3, 1),
+                 conv_clamp: Optional[float] = None, channels_last: bool = False, trainable: bool = True):
+        super().__init__()
+        self.activation = activation
+        self.up = up
+        self.down = down
+        self.conv_clamp = conv_clamp
+        self.register_buffer("resample_filter", _upfirdn2d.setup_filter(list(resample_filter)))
+        self.padding = kernel_size // 2
+        self.weight_gain = 1 / np.sqrt(in_channels * (kernel_size ** 2))
+        self.act_gain = _bias_act.activation_funcs[activation].def_gain
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        weight = torch.randn([out_channels, in_channels, kernel_size, kernel_size]).to(memory_format=memory_format)
+        bias_tensor = torch.zeros([out_channels]) if bias else None
+        if trainable:
+            self.weight = torch.nn.Parameter(weight)
+            self.bias = torch.nn.Parameter(bias_tensor) if bias_tensor is not None else None
+        else:
+            self.register_buffer("weight", weight)
+            if bias_tensor is not None:
+                self.register_buffer("bias", bias_tensor)
+            else:
+                self.bias = None
+
+    def forward(self, x: torch.Tensor, gain: float = 1) -> torch.Tensor:
+        w = self.weight * self.weight_gain
+        b = self.bias.to(x.dtype) if self.bias is not None else None
+        flip_weight = self.up == 1  # equivalent either way; correlation is slightly faster
+        x = _conv2d_resample.conv2d_resample(x, w.to(x.dtype), f=self.resample_filter, up=self.up, down=self.down,
+                                             padding=self.padding, flip_weight=flip_weight)
+        act_gain = self.act_gain * gain
+        act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        return _bias_act.bias_act(x, b, act=self.activation, gain=act_gain, clamp=act_clamp)
+
+
+class MappingNetwork(torch.nn.Module):
+    """z [N, z_dim] (+ c [N, c_dim]) -> ws [N, num_ws, w_dim], with truncation toward ``w_avg``."""
+
+    def __init__(self, z_dim: int, c_dim: int, w_dim: int, num_ws: Optional[int], num_layers: int = 8,
+                 embed_features: Optional[int] = None, layer_features: Optional[int] = None,
+                 activation: str = "lrelu", lr_multiplier: float = 0.01, w_avg_beta: Optional[float] = 0.995):
+        super().__init__()
+        self.z_dim = z_dim
+        self.c_dim = c_dim
+        self.w_dim = w_dim
+        self.num_ws = num_ws
+        self.num_layers = num_layers
+        self.w_avg_beta = w_avg_beta
+
+        if embed_features is None:
+            embed_features = w_dim
+        if c_dim == 0:
+            embed_features = 0
+        if layer_features is None:
+            layer_features = w_dim
+        features_list = [z_dim + embed_features] + [layer_features] * (num_layers - 1) + [w_dim]
+
+        if c_dim > 0:
+            self.embed = FullyConnectedLayer(c_dim, embed_features)
+        for idx in range(num_layers):
+            layer = FullyConnectedLayer(features_list[idx], features_list[idx + 1], activation=activation,
+                                        lr_multiplier=lr_multiplier)
+            setattr(self, f"fc{idx}", layer)
+        if num_ws is not None and w_avg_beta is not None:
+            self.register_buffer("w_avg", torch.zeros([w_dim]))
+
+    def forward(self, z: Optional[torch.Tensor], c: Optional[torch.Tensor], truncation_psi: float = 1,
+                truncation_cutoff: Optional[int] = None, skip_w_avg_update: bool = False) -> torch.Tensor:
+        """Map latents to W.
+
+        Args:
+            z: [N, z_dim] float32.
+            c: [N, c_dim] float32 conditioning labels (ignored, and may be None, when c_dim == 0).
+            truncation_psi: 1 = no truncation; psi < 1 pulls ws toward ``w_avg``.
+            truncation_cutoff: truncate only the first this many of the num_ws latents (None = all).
+            skip_w_avg_update: do not update ``w_avg`` in training mode.
+
+        Returns:
+            ws [N, num_ws, w_dim] float32 (or [N, w_dim] when num_ws is None).
+        """
+        x = None
+        if self.z_dim > 0:
+            if z is None or z.ndim != 2 or z.shape[1] != self.z_dim:
+                raise ValueError(f"z must have shape [N, {self.z_dim}], got {None if z is None else tuple(z.shape)}")
+            x = normalize_2nd_moment(z.to(torch.float32))
+        if self.c_dim > 0:
+            if c is None or c.ndim != 2 or c.shape[1] != self.c_dim:
+                raise ValueError(f"c must have shape [N, {self.c_dim}], got {None if c is None else tuple(c.shape)}")
+            y = normalize_2nd_moment(self.embed(c.to(torch.float32)))
+            x = torch.cat([x, y], dim=1) if x is not None else y
+
+        for idx in range(self.num_layers):
+            x = getattr(self, f"fc{idx}")(x)
+
+        if self.w_avg_beta is not None and self.training and not skip_w_avg_update:
+            self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
+
+        if self.num_ws is not None:
+            x = x.unsqueeze(1).repeat([1, self.num_ws, 1])
+
+        if truncation_psi != 1:
+            if self.w_avg_beta is None:
+                raise ValueError("this mapping network tracks no w_avg, so it cannot truncate")
+            if self.num_ws is None or truncation_cutoff is None:
+                x = self.w_avg.lerp(x, truncation_psi)
+            else:
+                x[:, :truncation_cutoff] = self.w_avg.lerp(x[:, :truncation_cutoff], truncation_psi)
+        return x
+
+
+class SynthesisLayer(torch.nn.Module):
+    """Modulated 3x3 convolution (optionally 2x upsampling) + noise + bias + lrelu + clamp.
+
+    x [N, I, R/up, R/up], w [N, w_dim] -> [N, O, R, R].
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, kernel_size: int = 3,
+                 up: int = 1, use_noise: bool = True, activation: str = "lrelu", resample_filter=(1, 3, 3, 1),
+                 conv_clamp: Optional[float] = None, channels_last: bool = False):
+        super().__init__()
+        self.resolution = resolution
+        self.up = up
+        self.use_noise = use_noise
+        self.activation = activation
+        self.conv_clamp = conv_clamp
+        self.register_buffer("resample_filter", _upfirdn2d.setup_filter(list(resample_filter)))
+        self.padding = kernel_size // 2
+        self.act_gain = _bias_act.activation_funcs[activation].def_gain
+
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.weight = torch.nn.Parameter(
+            torch.randn([out_channels, in_channels, kernel_size, kernel_size]).to(memory_format=memory_format))
+        if use_noise:
+            self.register_buffer("noise_const", torch.randn([resolution, resolution]))
+            self.noise_strength = torch.nn.Parameter(torch.zeros([]))
+        self.bias = torch.nn.Parameter(torch.zeros([out_channels]))
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random", fused_modconv: bool = True,
+                gain: float = 1, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``noise`` [N or 1, 1, R, R], if given, replaces the noise that ``noise_mode`` would pick."""
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        in_resolution = self.resolution // self.up
+        if x.ndim != 4 or x.shape[1] != self.weight.shape[1] or x.shape[2:] != (in_resolution, in_resolution):
+            raise ValueError(f"expected activations [N, {self.weight.shape[1]}, {in_resolution}, {in_resolution}], "
+                             f"got {tuple(x.shape)}")
+        styles = self.affine(w)
+
+        layer_noise = None
+        if self.use_noise:
+            if noise is not None:
+                layer_noise = noise * self.noise_strength
+            elif noise_mode == "random":
+                layer_noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device) \
+                    * self.noise_strength
+            elif noise_mode == "const":
+                layer_noise = self.noise_const * self.noise_strength
+
+        flip_weight = self.up == 1
+        x = modulated_conv2d(x, self.weight, styles, noise=layer_noise, up=self.up, padding=self.padding,
+                             resample_filter=self.resample_filter, flip_weight=flip_weight,
+                             fused_modconv=fused_modconv)
+        act_gain = self.act_gain * gain
+        act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        return _bias_act.bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=act_gain, clamp=act_clamp)
+
+
+class ToRGBLayer(torch.nn.Module):
+    """Modulated 1x1 convolution to RGB, without demodulation.  x [N, I, R, R], w [N, w_dim] -> [N, 3, R, R]."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, kernel_size: int = 1,
+                 conv_clamp: Optional[float] = None, channels_last: bool = False):
+        super().__init__()
+        self.conv_clamp = conv_clamp
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.weight = torch.nn.Parameter(
+            torch.randn([out_channels, in_channels, kernel_size, kernel_size]).to(memory_format=memory_format))
+        self.bias = torch.nn.Parameter(torch.zeros([out_channels]))
+        self.weight_gain = 1 / np.sqrt(in_channels * (kernel_size ** 2))
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool = True) -> torch.Tensor:
+        styles = self.affine(w) * self.weight_gain
+        x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused_modconv=fused_modconv)
+        return _bias_act.bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp)
+
+
+class SynthesisBlock(torch.nn.Module):
+    """One resolution of the synthesis network: (const | 2x up) conv0, conv1, and a ToRGB into the image.
+
+    x [N, I, R/2, R/2] (None for the first block), img [N, C, R/2, R/2] or None, ws [N, num_conv + num_torgb, w_dim]
+    -> x [N, O, R, R], img [N, C, R, R] float32.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
+                 is_last: bool, architecture: str = "skip", resample_filter=(1, 3, 3, 1),
+                 conv_clamp: Optional[float] = None, use_fp16: bool = False, fp16_channels_last: bool = False,
+                 **layer_kwargs):
+        if architecture not in ("orig", "skip", "resnet"):
+            raise ValueError(f"unknown synthesis architecture {architecture!r}")
+        super().__init__()
+        self.in_channels = in_channels
+        self.w_dim = w_dim
+        self.resolution = resolution
+        self.img_channels = img_channels
+        self.is_last = is_last
+        self.architecture = architecture
+        self.use_fp16 = use_fp16
+        self.channels_last = use_fp16 and fp16_channels_last
+        self.register_buffer("resample_filter", _upfirdn2d.setup_filter(list(resample_filter)))
+        self.num_conv = 0
+        self.num_torgb = 0
+
+        if in_channels == 0:
+            self.const = torch.nn.Parameter(torch.randn([out_channels, resolution, resolution]))
+        if in_channels != 0:
+            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim=w_dim, resolution=resolution, up=2,
+                                        resample_filter=resample_filter, conv_clamp=conv_clamp,
+                                        channels_last=self.channels_last, **layer_kwargs)
+            self.num_conv += 1
+        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim=w_dim, resolution=resolution,
+                                    conv_clamp=conv_clamp, channels_last=self.channels_last, **layer_kwargs)
+        self.num_conv += 1
+        if is_last or architecture == "skip":
+            self.torgb = ToRGBLayer(out_channels, img_channels, w_dim=w_dim, conv_clamp=conv_clamp,
+                                    channels_last=self.channels_last)
+            self.num_torgb += 1
+        if in_channels != 0 and architecture == "resnet":
+            self.skip = Conv2dLayer(in_channels, out_channels, kernel_size=1, bias=False, up=2,
+                                    resample_filter=resample_filter, channels_last=self.channels_last)
+
+    def layer_names(self) -> list[str]:
+        """Names of this block's synthesis layers in the order they consume ws."""
+        return (["conv0"] if self.in_channels != 0 else []) + ["conv1"]
+
+    def forward(self, x: Optional[torch.Tensor], img: Optional[torch.Tensor], ws: torch.Tensor,
+                force_fp32: Optional[bool] = None, fused_modconv: Optional[bool] = None,
+                noise: Optional[dict] = None, **layer_kwargs):
+        if ws.ndim != 3 or ws.shape[1] != self.num_conv + self.num_torgb or ws.shape[2] != self.w_dim:
+            raise ValueError(f"block b{self.resolution} expects ws [N, {self.num_conv + self.num_torgb}, "
+                             f"{self.w_dim}], got {tuple(ws.shape)}")
+        if force_fp32 is None:
+            force_fp32 = ws.device.type != "cuda"
+        w_iter = iter(ws.unbind(dim=1))
+        dtype = torch.float16 if self.use_fp16 and not force_fp32 else torch.float32
+        memory_format = torch.channels_last if self.channels_last and not force_fp32 else torch.contiguous_format
+        if fused_modconv is None:
+            fused_modconv = default_fused_modconv(ws, dtype, self.training)
+        noise = noise or {}
+
+        if self.in_channels == 0:
+            x = self.const.to(dtype=dtype, memory_format=memory_format)
+            x = x.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
+        else:
+            if x is None or x.shape[1:] != (self.in_channels, self.resolution // 2, self.resolution // 2):
+                raise ValueError(f"block b{self.resolution} expects x [N, {self.in_channels}, "
+                                 f"{self.resolution // 2}, {self.resolution // 2}]")
+            x = x.to(dtype=dtype, memory_format=memory_format)
+
+        if self.in_channels == 0:
+            x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, noise=noise.get("conv1"), **layer_kwargs)
+        elif self.architecture == "resnet":
+            y = self.skip(x, gain=np.sqrt(0.5))
+            x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, noise=noise.get("conv0"), **layer_kwargs)
+            x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, gain=np.sqrt(0.5),
+                           noise=noise.get("conv1"), **layer_kwargs)
+            x = y.add_(x)
+        else:
+            x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, noise=noise.get("conv0"), **layer_kwargs)
+            x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, noise=noise.get("conv1"), **layer_kwargs)
+
+        if img is not None:
+            img = _upfirdn2d.upsample2d(img, self.resample_filter)
+        if self.is_last or self.architecture == "skip":
+            y = self.torgb(x, next(w_iter), fused_modconv=fused_modconv)
+            y = y.to(dtype=torch.float32, memory_format=torch.contiguous_format)
+            img = img.add_(y) if img is not None else y
+        return x, img
+
+
+class SynthesisNetwork(torch.nn.Module):
+    """ws [N, num_ws, w_dim] -> img [N, img_channels, img_resolution, img_resolution] float32, ~[-1, 1]."""
+
+    def __init__(self, w_dim: int, img_resolution: int, img_channels: int, channel_base: int = 32768,
+                 channel_max: int = 512, num_fp16_res: int = 0, **block_kwargs):
+        if img_resolution < 4 or img_resolution & (img_resolution - 1) != 0:
+            raise ValueError(f"img_resolution must be a power of two >= 4, got {img_resolution}")
+        super().__init__()
+        self.w_dim = w_dim
+        self.img_resolution = img_resolution
+        self.img_resolution_log2 = int(np.log2(img_resolution))
+        self.img_channels = img_channels
+        self.block_resolutions = [2 ** i for i in range(2, self.img_resolution_log2 + 1)]
+        channels_dict = {res: min(channel_base // res, channel_max) for res in self.block_resolutions}
+        fp16_resolution = max(2 ** (self.img_resolution_log2 + 1 - num_fp16_res), 8)
+
+        self.num_ws = 0
+        for res in self.block_resolutions:
+            in_channels = channels_dict[res // 2] if res > 4 else 0
+            out_channels = channels_dict[res]
+            use_fp16 = res >= fp16_resolution
+            is_last = res == self.img_resolution
+            block = SynthesisBlock(in_channels, out_channels, w_dim=w_dim, resolution=res, img_channels=img_channels,
+                                   is_last=is_last, use_fp16=use_fp16, **block_kwargs)
+            self.num_ws += block.num_conv
+            if is_last:
+                self.num_ws += block.num_torgb
+            setattr(self, f"b{res}", block)
+
+    def noise_layer_names(self) -> list[str]:
+        """Names ``'b{res}.conv{0,1}'`` of the layers that take noise, from coarse to fine."""
+        names = []
+        for res in self.block_resolutions:
+            block = getattr(self, f"b{res}")
+            names += [f"b{res}.{layer}" for layer in block.layer_names() if getattr(block, layer).use_noise]
+        return names
+
+    def forward(self, ws: torch.Tensor, noise_mode: str = "random", force_fp32: Optional[bool] = None,
+                fused_modconv: Optional[bool] = None, noise: Optional[dict] = None, **layer_kwargs) -> torch.Tensor:
+        """Synthesise images.
+
+        Args:
+            ws:            [N, num_ws, w_dim] float32.
+            noise_mode:    'random' (fresh noise), 'const' (the stored ``noise_const`` buffers) or 'none'.
+            force_fp32:    True = float32 everywhere; False = float16 in the top ``num_fp16_res`` blocks (the
+                           official default); None = float32 on the CPU, float16 blocks on CUDA.
+            fused_modconv: modulation path, see :func:`modulated_conv2d`; None = :func:`default_fused_modconv`.
+            noise:         optional {'b{res}.conv{k}': [N or 1, 1, res, res]} overriding noise_mode per layer.
+
+        Returns:
+            img [N, img_channels, img_resolution, img_resolution] float32.
+        """
+        if ws.ndim != 3 or ws.shape[1] != self.num_ws or ws.shape[2] != self.w_dim:
+            raise ValueError(f"ws must have shape [N, {self.num_ws}, {self.w_dim}], got {tuple(ws.shape)}")
+        ws = ws.to(torch.float32)
+        block_noise: dict = {}
+        for name, tensor in (noise or {}).items():
+            block_name, layer_name = name.split(".")
+            block_noise.setdefault(block_name, {})[layer_name] = tensor
+
+        x = img = None
+        w_idx = 0
+        for res in self.block_resolutions:
+            block = getattr(self, f"b{res}")
+            block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
+            w_idx += block.num_conv
+            x, img = block(x, img, block_ws, noise_mode=noise_mode, force_fp32=force_fp32,
+                           fused_modconv=fused_modconv, noise=block_noise.get(f"b{res}"), **layer_kwargs)
+        return img
+
+
+class Generator(torch.nn.Module):
+    """The StyleGAN2-ADA generator: ``G(z, c) = synthesis(mapping(z, c))``.
+
+    Attributes: ``z_dim, c_dim, w_dim, num_ws, img_resolution, img_channels``; submodules ``mapping`` and
+    ``synthesis``; ``init_kwargs`` (the constructor arguments, as stored in official pickles).
+    """
+
+    def __init__(self, z_dim: int, c_dim: int, w_dim: int, img_resolution: int, img_channels: int,
+                 mapping_kwargs: Optional[dict] = None, synthesis_kwargs: Optional[dict] = None):
+        super().__init__()
+        mapping_kwargs = dict(mapping_kwargs or {})
+        synthesis_kwargs = dict(synthesis_kwargs or {})
+        self.init_kwargs = dict(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, img_resolution=img_resolution,
+                                img_channels=img_channels, mapping_kwargs=dict(mapping_kwargs),
+                                synthesis_kwargs=dict(synthesis_kwargs))
+        self.z_dim = z_dim
+        self.c_dim = c_dim
+        self.w_dim = w_dim
+        self.img_resolution = img_resolution
+        self.img_channels = img_channels
+        self.synthesis = SynthesisNetwork(w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels,
+                                          **synthesis_kwargs)
+        self.num_ws = self.synthesis.num_ws
+        self.mapping = MappingNetwork(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, num_ws=self.num_ws, **mapping_kwargs)
+
+    def forward(self, z: torch.Tensor, c: Optional[torch.Tensor], truncation_psi: float = 1,
+                truncation_cutoff: Optional[int] = None, **synthesis_kwargs) -> torch.Tensor:
+        """z [N, z_dim], c [N, c_dim] -> img [N, img_channels, R, R]; keywords as in mapping and synthesis."""
+        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+        return self.synthesis(ws, **synthesis_kwargs)
