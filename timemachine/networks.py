@@ -43,13 +43,30 @@ def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> to
     return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
 
 
-def default_fused_modconv(x: torch.Tensor, dtype: torch.dtype, training: bool) -> bool:
+def default_fused_modconv(x: torch.Tensor, dtype: torch.dtype, training: bool, kernel_size: int = 3) -> bool:
     """Which modulation path :func:`modulated_conv2d` takes when the caller does not say.
 
-    The official rule: fused (per-sample weights, grouped convolution) in eval mode when running float32
-    or a batch of one; otherwise scale the activations.
+    On CUDA, the official rule: fused (per-sample weights, grouped convolution) in eval mode when running
+    float32 or a batch of one; otherwise scale the activations.
+
+    On the CPU (measured by ``benchmarks/bench_generator.py``): scaling the activations for 3x3 layers, in
+    every mode.  Its backward pass needs no weight gradient (the fused path's grouped convolution does), and
+    a shared weight turns a batch into one large convolution instead of many small ones.  1x1 layers (ToRGB,
+    three output channels) take the fused path, which for them is a cheap batched matrix product.
     """
+    if x.device.type == "cpu":
+        return kernel_size == 1
     return (not training) and (dtype == torch.float32 or int(x.shape[0]) == 1)
+
+
+def demodulation_coefficients(weight: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
+    """``d[n, o] = 1 / sqrt(sum_{i,ky,kx} (weight[o, i, ky, kx] * styles[n, i])**2 + 1e-8)``.
+
+    Computed as ``styles**2 @ (sum_{ky,kx} weight**2).T``: the same sum, grouped so that the per-sample
+    weights [N, O, I, kh, kw] are never built.  weight [O, I, kh, kw], styles [N, I] -> [N, O] float32.
+    """
+    weight_sq = weight.to(torch.float32).square().sum(dim=[2, 3])  # [O, I]
+    return (styles.to(torch.float32).square() @ weight_sq.t() + 1e-8).rsqrt()
 
 
 def modulated_conv2d(
@@ -91,17 +108,10 @@ def modulated_conv2d(
         weight = weight * (1 / np.sqrt(in_channels * kh * kw) / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
         styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
 
-    # Per-sample weights and demodulation coefficients.
-    w = None
-    dcoefs = None
-    if demodulate or fused_modconv:
-        w = weight.unsqueeze(0) * styles.reshape(batch_size, 1, -1, 1, 1)  # [N, O, I, kh, kw]
-    if demodulate:
-        dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()            # [N, O]
-    if demodulate and fused_modconv:
-        w = w * dcoefs.reshape(batch_size, -1, 1, 1, 1)
+    dcoefs = demodulation_coefficients(weight, styles) if demodulate else None  # [N, O]
 
     if not fused_modconv:
+        # Scale the activations before and after one convolution with the shared weight.
         x = x * styles.to(x.dtype).reshape(batch_size, -1, 1, 1)
         x = _conv2d_resample.conv2d_resample(x, weight.to(x.dtype), f=resample_filter, up=up, down=down,
                                              padding=padding, flip_weight=flip_weight)
@@ -113,12 +123,23 @@ def modulated_conv2d(
             x = x.add_(noise.to(x.dtype))
         return x
 
-    # One grouped convolution over the whole batch.
-    x = x.reshape(1, -1, *x.shape[2:])
-    w = w.reshape(-1, in_channels, kh, kw)
-    x = _conv2d_resample.conv2d_resample(x, w.to(x.dtype), f=resample_filter, up=up, down=down, padding=padding,
-                                         groups=batch_size, flip_weight=flip_weight)
-    x = x.reshape(batch_size, -1, *x.shape[2:])
+    # Per-sample weights [N, O, I, kh, kw].
+    w = weight.unsqueeze(0) * styles.reshape(batch_size, 1, -1, 1, 1)
+    if demodulate:
+        w = w * dcoefs.reshape(batch_size, -1, 1, 1, 1)
+    if kh == 1 and kw == 1 and up == 1 and down == 1 and padding == 0:
+        # A 1x1 convolution with per-sample weights is a batched matrix product: [N, O, I] @ [N, I, H*W].
+        height, width = x.shape[2:]
+        x = torch.bmm(w.reshape(batch_size, out_channels, in_channels).to(x.dtype),
+                      x.reshape(batch_size, in_channels, height * width))
+        x = x.reshape(batch_size, out_channels, height, width)
+    else:
+        # One grouped convolution over the whole batch.
+        x = x.reshape(1, -1, *x.shape[2:])
+        w = w.reshape(-1, in_channels, kh, kw)
+        x = _conv2d_resample.conv2d_resample(x, w.to(x.dtype), f=resample_filter, up=up, down=down,
+                                             padding=padding, groups=batch_size, flip_weight=flip_weight)
+        x = x.reshape(batch_size, -1, *x.shape[2:])
     if noise is not None:
         x = x.add_(noise)
     return x
@@ -302,9 +323,11 @@ class SynthesisLayer(torch.nn.Module):
             self.noise_strength = torch.nn.Parameter(torch.zeros([]))
         self.bias = torch.nn.Parameter(torch.zeros([out_channels]))
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random", fused_modconv: bool = True,
-                gain: float = 1, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``noise`` [N or 1, 1, R, R], if given, replaces the noise that ``noise_mode`` would pick."""
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random",
+                fused_modconv: Optional[bool] = None, gain: float = 1,
+                noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``noise`` [N or 1, 1, R, R], if given, replaces the noise that ``noise_mode`` would pick;
+        ``fused_modconv=None`` picks the path with :func:`default_fused_modconv`."""
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         in_resolution = self.resolution // self.up
@@ -323,6 +346,8 @@ class SynthesisLayer(torch.nn.Module):
             elif noise_mode == "const":
                 layer_noise = self.noise_const * self.noise_strength
 
+        if fused_modconv is None:
+            fused_modconv = default_fused_modconv(x, x.dtype, self.training, self.weight.shape[-1])
         flip_weight = self.up == 1
         x = modulated_conv2d(x, self.weight, styles, noise=layer_noise, up=self.up, padding=self.padding,
                              resample_filter=self.resample_filter, flip_weight=flip_weight,
@@ -346,7 +371,9 @@ class ToRGBLayer(torch.nn.Module):
         self.bias = torch.nn.Parameter(torch.zeros([out_channels]))
         self.weight_gain = 1 / np.sqrt(in_channels * (kernel_size ** 2))
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool = True) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, fused_modconv: Optional[bool] = None) -> torch.Tensor:
+        if fused_modconv is None:
+            fused_modconv = default_fused_modconv(x, x.dtype, self.training, self.weight.shape[-1])
         styles = self.affine(w) * self.weight_gain
         x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused_modconv=fused_modconv)
         return _bias_act.bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp)
@@ -411,8 +438,6 @@ class SynthesisBlock(torch.nn.Module):
         w_iter = iter(ws.unbind(dim=1))
         dtype = torch.float16 if self.use_fp16 and not force_fp32 else torch.float32
         memory_format = torch.channels_last if self.channels_last and not force_fp32 else torch.contiguous_format
-        if fused_modconv is None:
-            fused_modconv = default_fused_modconv(ws, dtype, self.training)
         noise = noise or {}
 
         if self.in_channels == 0:

@@ -1,0 +1,196 @@
+"""CPU speed of the generator: synthesis forward and forward+backward, ours against the official path.
+
+Builds the AFHQ 512x512 architecture (z_dim=w_dim=512, channel_base=32768, channel_max=512, 8 mapping
+layers, conv_clamp=256) with random weights and times, for one image:
+
+* ``forward``          ``G.synthesis(ws, noise_mode='const')`` under ``torch.no_grad()``;
+* ``forward+backward`` the same with ``ws.requires_grad_()`` and ``.backward()`` - what one projection
+                       step costs in the generator.
+
+Variants, each in its own worker process so that process-wide settings (the allocator) differ:
+
+* ``official``  the official float32 path: per-sample weights in a grouped convolution ("fused
+                modconv", the official eval-mode rule for float32), glibc's default allocator;
+* ``ours-nomalloc`` our default CPU path without the allocator tuning;
+* ``ours``      our default CPU path (timemachine.device.prepare_device('cpu')).
+
+The workers take turns, one measurement each per round, so machine noise hits all of them alike; the
+figure kept is the best of all rounds.  FLOPs are counted with ``torch.utils.flop_counter`` on the forward
+pass (120.4 GFLOP at 512x512).  The sgemm peak is the best of ``torch.mm`` (MKL), ``numpy.matmul``
+(OpenBLAS) and a oneDNN 1x1 convolution (a GEMM) at large sizes, measured by each worker in every round.
+
+Usage::
+
+    python benchmarks/bench_generator.py              # 512x512, 5 rounds
+    python benchmarks/bench_generator.py --rounds 9 --resolution 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+VARIANTS = {
+    "official": dict(fused_modconv=True, tune_malloc=False),
+    "ours-nomalloc": dict(fused_modconv=None, tune_malloc=False),
+    "ours": dict(fused_modconv=None, tune_malloc=True),
+}
+
+
+def build_generator(resolution: int):
+    import torch
+
+    from timemachine.networks import Generator
+
+    torch.manual_seed(0)
+    G = Generator(z_dim=512, c_dim=0, w_dim=512, img_resolution=resolution, img_channels=3,
+                  mapping_kwargs=dict(num_layers=8),
+                  synthesis_kwargs=dict(channel_base=32768, channel_max=512, num_fp16_res=4, conv_clamp=256))
+    with torch.no_grad():  # random but realistic: noise on, biases non-zero
+        for name, p in G.named_parameters():
+            if name.endswith("noise_strength"):
+                p.fill_(0.05)
+            elif name.endswith("bias") and "affine" not in name:
+                p.normal_(0, 0.1)
+    return G.eval().requires_grad_(False)
+
+
+def count_forward_flops(G, ws) -> int:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        G.synthesis(ws, noise_mode="const", fused_modconv=True)
+    return counter.get_total_flops()
+
+
+def sgemm_gflops() -> float:
+    """Best sgemm rate (GFLOP/s) of three BLAS-like paths available in this process."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = torch.empty(n, n)
+    an, bn = a.numpy(), b.numpy()
+    outn = np.empty((n, n), np.float32)
+    x = torch.randn(1, 1024, 64, 64)
+    w = torch.randn(1024, 1024, 1, 1)
+    candidates = [
+        (lambda: torch.mm(a, b, out=out), 2 * n ** 3),
+        (lambda: np.matmul(an, bn, out=outn), 2 * n ** 3),
+        (lambda: F.conv2d(x, w), 2 * 1024 * 1024 * 64 * 64),
+    ]
+    best = 0.0
+    for fn, flops in candidates:
+        fn()
+        for _ in range(2):
+            t = time.perf_counter()
+            fn()
+            best = max(best, flops / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def worker(variant: str, resolution: int, threads: int, conn) -> None:
+    """Build the model, then answer 'round' requests with (forward_s, fwdbwd_s, sgemm_gflops)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    settings = VARIANTS[variant]
+    if settings["tune_malloc"]:
+        from timemachine.device import tune_cpu_allocator
+
+        tune_cpu_allocator()
+    G = build_generator(resolution)
+    ws = torch.randn(1, G.num_ws, 512, generator=torch.Generator().manual_seed(1)) * 0.5
+    fused = settings["fused_modconv"]
+    flops = count_forward_flops(G, ws)
+
+    def forward():
+        with torch.no_grad():
+            G.synthesis(ws, noise_mode="const", fused_modconv=fused)
+
+    def forward_backward():
+        w = ws.clone().requires_grad_(True)
+        img = G.synthesis(w, noise_mode="const", fused_modconv=fused)
+        img.square().mean().backward()
+
+    forward()
+    forward_backward()  # warm-up: oneDNN primitive caches, allocator pools
+    conn.send(("ready", flops))
+    while True:
+        message = conn.recv()
+        if message == "stop":
+            return
+        t0 = time.perf_counter()
+        forward()
+        t1 = time.perf_counter()
+        forward_backward()
+        t2 = time.perf_counter()
+        conn.send((t1 - t0, t2 - t1, sgemm_gflops()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--resolution", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per worker (0 = torch default)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of: " + ", ".join(VARIANTS))
+    args = parser.parse_args()
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+
+    ctx = mp.get_context("spawn")
+    workers = {}
+    for variant in variants:
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=worker, args=(variant, args.resolution, args.threads, child), daemon=True)
+        proc.start()
+        workers[variant] = (proc, parent)
+    flops = {}
+    for variant, (_, conn) in workers.items():
+        tag, flops[variant] = conn.recv()
+    best = {v: [float("inf"), float("inf")] for v in variants}
+    peak = 0.0
+    for r in range(args.rounds):
+        for variant in variants:  # one worker at a time: they never compete for the cores
+            _, conn = workers[variant]
+            conn.send("round")
+            fwd, fwdbwd, gemm = conn.recv()
+            best[variant][0] = min(best[variant][0], fwd)
+            best[variant][1] = min(best[variant][1], fwdbwd)
+            peak = max(peak, gemm)
+        print(f"round {r + 1}/{args.rounds}: " + "  ".join(
+            f"{v} fwd {best[v][0] * 1e3:.0f} ms, fwd+bwd {best[v][1] * 1e3:.0f} ms" for v in variants), flush=True)
+    for proc, conn in workers.values():
+        conn.send("stop")
+        proc.join(timeout=10)
+
+    import torch
+
+    gflop = flops[variants[0]] / 1e9
+    print()
+    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"resolution {args.resolution}; best of {args.rounds} interleaved rounds")
+    print(f"forward FLOPs: {gflop:.1f} GFLOP; best sgemm in the same run: {peak:.0f} GFLOP/s")
+    print()
+    print(f"{'variant':<15} {'forward ms':>11} {'GFLOP/s':>9} {'% sgemm':>8} {'fwd+bwd ms':>11} {'fwd+bwd/fwd':>12}")
+    for v in variants:
+        fwd, fwdbwd = best[v]
+        rate = gflop / fwd
+        print(f"{v:<15} {fwd * 1e3:>11.0f} {rate:>9.0f} {100 * rate / peak:>7.0f}% {fwdbwd * 1e3:>11.0f} "
+              f"{fwdbwd / fwd:>12.2f}")
+    if "official" in best and "ours" in best:
+        print()
+        print(f"ours vs official: forward {best['official'][0] / best['ours'][0]:.2f}x faster, "
+              f"forward+backward {best['official'][1] / best['ours'][1]:.2f}x faster")
+
+
+if __name__ == "__main__":
+    main()
