@@ -1,0 +1,123 @@
+"""Latent files: the official ``projected_w.npz`` format, with timemachine's extras.
+
+The official StyleGAN2-ADA ``projector.py`` writes ``projected_w.npz`` holding one array ``w`` of shape
+[1, num_ws, w_dim], float32 (all rows equal for a W-space projection).  timemachine writes the same key,
+so official tools read its files, and adds optional keys:
+
+    noise/<layer>   float32 [res, res]  optimised noise of synthesis layer ``<layer>`` (e.g. 'b8.conv0')
+    meta            a 0-d unicode array holding a JSON object (settings, model fingerprint, metrics)
+
+Files are always read with ``allow_pickle=False``: a latent file cannot run code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import zipfile
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+from timemachine.errors import LatentError
+
+PathLike = Union[str, os.PathLike]
+NOISE_PREFIX = "noise/"
+#: Latent files larger than this are refused before reading (a 512x512 projection with noise is ~1.5 MB).
+MAX_LATENT_FILE_BYTES = 64 * 1024 * 1024
+
+
+@dataclasses.dataclass
+class LatentFile:
+    """One projected latent.
+
+    Attributes:
+        ws:    float32 [num_ws, w_dim].
+        noise: {layer name: float32 [res, res]} or empty (then the network's constant noise is used).
+        meta:  JSON-compatible dict (empty for official files).
+    """
+
+    ws: torch.Tensor
+    noise: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def save_latent(path: PathLike, ws: torch.Tensor, noise: Optional[dict[str, torch.Tensor]] = None,
+                meta: Optional[dict[str, Any]] = None) -> None:
+    """Write ``ws`` [num_ws, w_dim] (and optional noise and metadata) as an official-format npz, atomically."""
+    ws = ws.detach().to("cpu", torch.float32)
+    if ws.ndim != 2:
+        raise ValueError(f"ws must be [num_ws, w_dim], got {tuple(ws.shape)}")
+    arrays: dict[str, np.ndarray] = {"w": ws.unsqueeze(0).numpy()}
+    for name, tensor in (noise or {}).items():
+        arrays[NOISE_PREFIX + name] = tensor.detach().to("cpu", torch.float32).reshape(tensor.shape[-2:]).numpy()
+    if meta:
+        arrays["meta"] = np.array(json.dumps(meta, sort_keys=True))
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}.npz"
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_latent(path: PathLike, num_ws: Optional[int] = None, w_dim: Optional[int] = None) -> LatentFile:
+    """Read a ``projected_w.npz`` (official or timemachine) safely.
+
+    Args:
+        path:   the file.
+        num_ws, w_dim: when given, the shape the model needs; a mismatch is a :class:`LatentError`.
+
+    Raises:
+        LatentError: missing, not an npz, no 'w', wrong shape or dtype, non-finite values, bad metadata.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise LatentError(f"no latent file at {path}")
+    if os.path.getsize(path) > MAX_LATENT_FILE_BYTES:
+        raise LatentError(f"{path} is too large to be a latent file")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            if not hasattr(npz, "files"):
+                raise LatentError(f"{path} is a single array, not a projected_w.npz file")
+            arrays = {key: npz[key] for key in npz.files}
+    except LatentError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise LatentError(f"{path} is not a readable .npz latent file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    if "w" not in arrays:
+        raise LatentError(f"{path} has no 'w' array (keys: {', '.join(sorted(arrays)) or 'none'})")
+    w = arrays["w"]
+    if w.dtype.kind != "f":
+        raise LatentError(f"{path}: 'w' must be floating point, got {w.dtype}")
+    if w.ndim == 3 and w.shape[0] == 1:
+        w = w[0]
+    if w.ndim != 2:
+        raise LatentError(f"{path}: 'w' must have shape [1, num_ws, w_dim], got {list(arrays['w'].shape)}")
+    if num_ws is not None and w_dim is not None and tuple(w.shape) != (num_ws, w_dim):
+        raise LatentError(f"{path}: latent of shape [{w.shape[0]}, {w.shape[1]}] does not fit this model "
+                          f"([{num_ws}, {w_dim}])")
+    if not np.isfinite(w).all():
+        raise LatentError(f"{path}: 'w' contains NaN or infinite values")
+    noise = {}
+    for key, value in arrays.items():
+        if key.startswith(NOISE_PREFIX):
+            if value.ndim != 2 or value.dtype.kind != "f" or not np.isfinite(value).all():
+                raise LatentError(f"{path}: malformed noise array {key!r}")
+            noise[key[len(NOISE_PREFIX):]] = torch.from_numpy(value.astype(np.float32))
+    meta: dict[str, Any] = {}
+    if "meta" in arrays:
+        try:
+            meta = json.loads(str(arrays["meta"]))
+        except (json.JSONDecodeError, TypeError):
+            raise LatentError(f"{path}: the 'meta' entry is not valid JSON") from None
+        if not isinstance(meta, dict):
+            raise LatentError(f"{path}: the 'meta' entry is not a JSON object")
+    return LatentFile(ws=torch.from_numpy(w.astype(np.float32)), noise=noise, meta=meta)

@@ -1,0 +1,143 @@
+"""Perceptual distance: LPIPS on VGG16 features (the ``lpips`` package, v0.1 linear layers).
+
+The projector compares the generator's image with the photo through this distance, as the official
+StyleGAN2-ADA projector does (it uses NVIDIA's TorchScript export of the same LPIPS-VGG16 network).
+Images are area-downsampled to 256x256 first when larger, like the official projector.
+
+    lpips = PerceptualDistance()                    # real ImageNet VGG16 weights, required by default
+    target = lpips.features(photo)                  # photo [1, 3, H, W] in [-1, 1]; computed once
+    d = lpips.distance(lpips.features(img), target) # [N] LPIPS distances
+
+VGG16 weights.  LPIPS is only meaningful with the ImageNet-trained VGG16 (torchvision's
+``vgg16-397923af.pth``).  They are taken from, in order: the ``vgg_weights`` argument; the
+``TIMEMACHINE_VGG_WEIGHTS`` environment variable (a path); torch's hub cache where torchvision keeps them;
+the weights manager (:func:`timemachine.weights.vgg16_path`, which may download them).  The value
+``random`` (argument or environment) builds a randomly initialised VGG16 instead - for tests and
+benchmarks only; it warns, and nothing ever falls back to it silently.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+
+from timemachine.errors import WeightsError
+
+ENV_VGG_WEIGHTS = "TIMEMACHINE_VGG_WEIGHTS"
+RANDOM = "random"
+VGG16_FILENAME = "vgg16-397923af.pth"
+#: LPIPS works on at most 256x256 images, like the official projector.
+FEATURE_RESOLUTION = 256
+#: torchvision ``features.<i>`` index ranges of the five LPIPS slices (relu1_2 ... relu5_3).
+_SLICES = [range(0, 4), range(4, 9), range(9, 16), range(16, 23), range(23, 30)]
+
+
+class RandomWeightsWarning(UserWarning):
+    """Random VGG16 weights were asked for: perceptual distances are meaningless for real photos."""
+
+
+def _hub_cache_path() -> str:
+    return os.path.join(torch.hub.get_dir(), "checkpoints", VGG16_FILENAME)
+
+
+def resolve_vgg_weights(vgg_weights: Union[str, os.PathLike, None] = None, allow_download: bool = True) -> str:
+    """The VGG16 weights to use: a file path, or ``'random'`` (see the module docstring for the order).
+
+    Raises:
+        WeightsError: a named file does not exist, or no weights are available and none may be downloaded.
+    """
+    choice = vgg_weights if vgg_weights is not None else os.environ.get(ENV_VGG_WEIGHTS)
+    if choice is not None and str(choice).strip():
+        choice = str(choice).strip()
+        if choice == RANDOM:
+            return RANDOM
+        if not os.path.isfile(choice):
+            raise WeightsError(f"VGG16 weights file not found: {choice}")
+        return choice
+    if os.path.isfile(_hub_cache_path()):
+        return _hub_cache_path()
+    from timemachine import weights  # the manager: manifest, download, verification
+
+    return str(weights.vgg16_path(allow_download=allow_download))
+
+
+class PerceptualDistance(torch.nn.Module):
+    """LPIPS-VGG16 distance between images [N, 3, H, W] in [-1, 1] (any H, W >= 32).
+
+    ``features(x)`` returns the five unit-normalised VGG16 activation maps; ``distance(a, b)`` the LPIPS
+    value [N] from two such lists (b may have batch size 1 and is then shared).  ``forward(x, y)`` does both.
+    Parameters are frozen; gradients flow to the input images.
+    """
+
+    def __init__(self, vgg_weights: Union[str, os.PathLike, None] = None, allow_download: bool = True):
+        super().__init__()
+        import lpips
+
+        source = resolve_vgg_weights(vgg_weights, allow_download=allow_download)
+        # pnet_rand=True: build the VGG16 without torchvision fetching anything; weights are loaded below.
+        model = lpips.LPIPS(net="vgg", version="0.1", pnet_rand=True, verbose=False)
+        if source == RANDOM:
+            warnings.warn("using a randomly initialised VGG16 (TIMEMACHINE_VGG_WEIGHTS=random): perceptual "
+                          "distances are meaningless for real photos; use this only for tests and benchmarks",
+                          RandomWeightsWarning, stacklevel=2)
+        else:
+            _load_vgg16_into(model.net, source)
+        self.vgg_source = source
+        self.scaling_layer = model.scaling_layer
+        self.vgg = model.net
+        self.lins = model.lins
+        self.eval().requires_grad_(False)
+
+    @staticmethod
+    def prepare(images: torch.Tensor) -> torch.Tensor:
+        """Area-downsample images larger than 256 px to 256x256 (as the official projector does)."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [N, 3, H, W], got {tuple(images.shape)}")
+        if images.shape[2] > FEATURE_RESOLUTION:
+            images = F.interpolate(images, size=(FEATURE_RESOLUTION, FEATURE_RESOLUTION), mode="area")
+        return images
+
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """images [N, 3, H, W] in [-1, 1] -> 5 feature maps [N, C_k, H_k, W_k], unit length along channels."""
+        x = self.scaling_layer(self.prepare(images.to(torch.float32)))
+        return [_normalize_channels(f) for f in self.vgg(x)]
+
+    def distance(self, features_a: list[torch.Tensor], features_b: list[torch.Tensor]) -> torch.Tensor:
+        """LPIPS [N] between two feature lists from :meth:`features`."""
+        total = 0
+        for lin, fa, fb in zip(self.lins, features_a, features_b):
+            total = total + lin(torch.square(fa - fb)).mean(dim=[1, 2, 3])
+        return total
+
+    def forward(self, images_a: torch.Tensor, images_b: torch.Tensor) -> torch.Tensor:
+        return self.distance(self.features(images_a), self.features(images_b))
+
+
+def _normalize_channels(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """x / ||x|| along channels, as ``lpips.normalize_tensor``."""
+    return x / (x.square().sum(dim=1, keepdim=True).sqrt() + eps)
+
+
+def _load_vgg16_into(vgg: torch.nn.Module, path: str) -> None:
+    """Copy torchvision VGG16 ``features.<i>.*`` tensors from ``path`` into lpips' sliced VGG16."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged or foreign file: torch raises many kinds
+        raise WeightsError(f"cannot read VGG16 weights from {path}: {str(exc).strip().splitlines()[0]}") from None
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path} is not a VGG16 state dict")
+    mapped = {}
+    for k, indices in enumerate(_SLICES, start=1):
+        for i in indices:
+            for kind in ("weight", "bias"):
+                key = f"features.{i}.{kind}"
+                if key in state:
+                    mapped[f"slice{k}.{i}.{kind}"] = state[key]
+    try:
+        vgg.load_state_dict(mapped, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"{path} does not hold torchvision VGG16 weights: {str(exc).splitlines()[0]}") from None

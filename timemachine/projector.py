@@ -1,0 +1,534 @@
+"""Projecting photos into a generator's latent space (GAN inversion), and pivotal tuning.
+
+The algorithm of the official StyleGAN2-ADA ``projector.py`` is the reference: start from the mean
+latent ``w_avg`` of 10,000 mapped samples, optimise w with Adam against LPIPS-VGG16 (+ noise
+regularisation), with a learning-rate ramp-up/cosine ramp-down and Gaussian noise on w whose scale
+(``w_std`` x 0.05) decays to zero over the first 75 % of the steps; the per-layer noise maps are optimised
+too and renormalised after every step.  On top of it:
+
+* ``space='w+'``: one latent per synthesis layer instead of one shared latent (more fidelity, less
+  editability);
+* a batch of photos is one optimisation (every tensor has a batch dimension; samples do not interact);
+* early stopping when the loss stops improving; a per-step callback with loss, LPIPS and previews;
+* resumable checkpoints (:func:`project` with ``checkpoint_path``);
+* pivotal tuning (Roich et al. 2021, "Pivotal Tuning for Latent-based Editing of Real Images"):
+  :func:`pivotal_tuning` fine-tunes a copy of the synthesis network around the found latent with LPIPS +
+  L2, regularised to stay unchanged away from the pivot; the result is a weight delta.
+
+Shapes: targets [N, 3, R, R] float32 in [-1, 1] (R = G.img_resolution); latents [N, num_ws, w_dim];
+noise {layer: [N, 1, res, res]}.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import math
+import os
+import time
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from timemachine.errors import ProjectionError
+from timemachine.networks import Generator
+from timemachine.perceptual import PerceptualDistance
+
+CHECKPOINT_FORMAT = "timemachine-projection-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+@dataclasses.dataclass
+class ProjectorSettings:
+    """How to project.  The defaults are the official projector's, except where noted.
+
+    Attributes:
+        space:                'w' (one latent shared by all layers, official) or 'w+' (one per layer).
+        steps:                optimisation steps (official: 1000).
+        seed:                 seeds the initial noise maps and the noise added to w (official: 303).
+        w_avg_samples:        mapped samples for w_avg / w_std (official: 10000).
+        initial_learning_rate, lr_rampdown_length, lr_rampup_length: Adam learning-rate schedule.
+        initial_noise_factor, noise_ramp_length: scale and decay of the noise added to w.
+        regularize_noise_weight: weight of the noise-map autocorrelation penalty (official: 1e5).
+        early_stop_patience:  stop when the loss has not improved by ``early_stop_min_delta`` (relative)
+                              for this many steps, counted only once the noise on w has decayed to zero;
+                              0 = never stop early (official).
+        preview_every:        pass a preview image to the callback every this many steps (0 = never).
+        checkpoint_every:     with a checkpoint path, save the state every this many steps.
+    """
+
+    space: str = "w"
+    steps: int = 1000
+    seed: int = 303
+    w_avg_samples: int = 10000
+    initial_learning_rate: float = 0.1
+    initial_noise_factor: float = 0.05
+    lr_rampdown_length: float = 0.25
+    lr_rampup_length: float = 0.05
+    noise_ramp_length: float = 0.75
+    regularize_noise_weight: float = 1e5
+    early_stop_patience: int = 0
+    early_stop_min_delta: float = 1e-3
+    preview_every: int = 0
+    checkpoint_every: int = 50
+
+    def validate(self) -> None:
+        """Raise :class:`ProjectionError` for settings that cannot work."""
+        if self.space not in ("w", "w+"):
+            raise ProjectionError(f"latent space must be 'w' or 'w+', not {self.space!r}")
+        if not 1 <= self.steps <= 100_000:
+            raise ProjectionError(f"steps must be between 1 and 100000, got {self.steps}")
+        if not 1 <= self.w_avg_samples <= 1_000_000:
+            raise ProjectionError(f"w_avg_samples must be between 1 and 1000000, got {self.w_avg_samples}")
+        for name in ("initial_learning_rate", "lr_rampdown_length", "lr_rampup_length", "noise_ramp_length"):
+            if not getattr(self, name) > 0:
+                raise ProjectionError(f"{name} must be positive")
+        if self.early_stop_patience < 0 or self.preview_every < 0 or self.checkpoint_every < 0:
+            raise ProjectionError("early_stop_patience, preview_every and checkpoint_every must be >= 0")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class PTISettings:
+    """Pivotal tuning (Roich et al. 2021); defaults from the authors' configuration.
+
+    Attributes:
+        steps:              fine-tuning steps (authors: 350).
+        learning_rate:      Adam learning rate of the generator weights (authors: 3e-4).
+        l2_weight:          weight of the pixel MSE next to LPIPS (authors: 1).
+        locality_weight:    weight of the locality regulariser, applied to both its LPIPS and L2 terms
+                            (authors: 0.1 each).
+        locality_alpha:     distance from the pivot of the regulariser's sample latents (authors: 30).
+        lpips_threshold:    stop once LPIPS to the photo falls below this (authors: 0.07; 0 = never).
+        seed:               seeds the regulariser's random latents.
+    """
+
+    steps: int = 350
+    learning_rate: float = 3e-4
+    l2_weight: float = 1.0
+    locality_weight: float = 0.1
+    locality_alpha: float = 30.0
+    lpips_threshold: float = 0.07
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not 1 <= self.steps <= 100_000:
+            raise ProjectionError(f"PTI steps must be between 1 and 100000, got {self.steps}")
+        if not self.learning_rate > 0:
+            raise ProjectionError("the PTI learning rate must be positive")
+        if self.l2_weight < 0 or self.locality_weight < 0 or self.locality_alpha < 0 or self.lpips_threshold < 0:
+            raise ProjectionError("PTI weights, alpha and threshold must be >= 0")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class ProgressEvent:
+    """What the callback receives after each step.
+
+    Attributes:
+        stage:   'project' or 'pti'.
+        step:    1-based step just finished; ``total`` the planned number of steps.
+        loss:    total loss of the step (summed over the batch).
+        lpips:   LPIPS per photo [N] at this step.
+        preview: uint8 [N, R, R, 3] images of the current latents, on preview steps; else None.
+    """
+
+    stage: str
+    step: int
+    total: int
+    loss: float
+    lpips: np.ndarray
+    preview: Optional[np.ndarray] = None
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+@dataclasses.dataclass
+class Projection:
+    """Result of :func:`project` (and optionally :func:`pivotal_tuning`).
+
+    Attributes:
+        ws:          float32 [N, num_ws, w_dim] final latents (rows equal per sample in 'w' space).
+        noise:       {layer: float32 [N, 1, res, res]} optimised noise maps.
+        loss_curve:  float32 [steps_run, N] loss per step and photo (LPIPS + weighted noise penalty).
+        lpips_curve: float32 [steps_run, N] LPIPS per step and photo.
+        steps_run:   steps actually run (fewer than planned after an early stop).
+        settings:    the ProjectorSettings used.
+        seconds:     wall time of the optimisation (without model loading).
+        pti_delta:   {synthesis parameter name: float32 delta} after pivotal tuning, else None.
+        pti_settings, pti_steps_run, pti_seconds: likewise for pivotal tuning.
+    """
+
+    ws: torch.Tensor
+    noise: dict[str, torch.Tensor]
+    loss_curve: np.ndarray
+    lpips_curve: np.ndarray
+    steps_run: int
+    settings: ProjectorSettings
+    seconds: float
+    pti_delta: Optional[dict[str, torch.Tensor]] = None
+    pti_settings: Optional[PTISettings] = None
+    pti_steps_run: int = 0
+    pti_seconds: float = 0.0
+
+
+def compute_w_stats(G: Generator, num_samples: int = 10000, seed: int = 123,
+                    batch_size: int = 2048) -> tuple[torch.Tensor, float]:
+    """Mean latent and its spread, as the official projector computes them.
+
+    Maps ``num_samples`` standard-normal z (numpy RandomState(seed), like the official code) through
+    ``G.mapping`` without truncation.  Returns ``w_avg`` [1, 1, w_dim] float32 on G's device and the scalar
+    ``w_std = sqrt(sum |w - w_avg|^2 / num_samples)``.
+    """
+    if G.c_dim != 0:
+        raise ProjectionError("projection of conditional generators (c_dim > 0) is not supported")
+    device = G.mapping.w_avg.device if hasattr(G.mapping, "w_avg") else next(G.parameters()).device
+    z_all = np.random.RandomState(seed).randn(num_samples, G.z_dim)
+    w_chunks = []
+    with torch.no_grad():
+        for start in range(0, num_samples, batch_size):
+            z = torch.from_numpy(z_all[start:start + batch_size]).to(device, torch.float32)
+            w_chunks.append(G.mapping(z, None)[:, :1, :].to(torch.float64))
+    w_samples = torch.cat(w_chunks)                           # [S, 1, C] float64 for a stable sum
+    w_avg = w_samples.mean(dim=0, keepdim=True)               # [1, 1, C]
+    w_std = float(((w_samples - w_avg).square().sum() / num_samples).sqrt())
+    return w_avg.to(torch.float32), w_std
+
+
+def noise_regularization(noise: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Penalty on spatial autocorrelation of the noise maps, at every scale down to 8x8 (official).
+
+    noise {layer: [N, 1, res, res]} -> [N], summed over layers and scales.
+    """
+    total = 0.0
+    for v in noise.values():
+        x = v
+        while True:
+            total = total + (x * torch.roll(x, shifts=1, dims=3)).mean(dim=[1, 2, 3]).square()
+            total = total + (x * torch.roll(x, shifts=1, dims=2)).mean(dim=[1, 2, 3]).square()
+            if x.shape[2] <= 8:
+                break
+            x = F.avg_pool2d(x, kernel_size=2)
+    return total
+
+
+def learning_rate(settings: ProjectorSettings, step: int) -> float:
+    """Official schedule: linear ramp-up over the first 5 %, cosine ramp-down over the last 25 %."""
+    t = step / settings.steps
+    ramp = min(1.0, (1.0 - t) / settings.lr_rampdown_length)
+    ramp = 0.5 - 0.5 * math.cos(ramp * math.pi)
+    ramp = ramp * min(1.0, t / settings.lr_rampup_length)
+    return settings.initial_learning_rate * ramp
+
+
+def w_noise_scale(settings: ProjectorSettings, step: int, w_std: float) -> float:
+    """Std of the Gaussian added to w at ``step``: w_std * 0.05 * max(0, 1 - t/0.75)^2 (official)."""
+    t = step / settings.steps
+    return w_std * settings.initial_noise_factor * max(0.0, 1.0 - t / settings.noise_ramp_length) ** 2
+
+
+def targets_digest(targets: torch.Tensor) -> str:
+    """SHA-256 of the target images' bytes: ties a checkpoint to its photos."""
+    return hashlib.sha256(targets.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
+
+
+def _check_targets(G: Generator, targets: torch.Tensor) -> torch.Tensor:
+    if targets.ndim == 3:
+        targets = targets.unsqueeze(0)
+    expected = (G.img_channels, G.img_resolution, G.img_resolution)
+    if targets.ndim != 4 or tuple(targets.shape[1:]) != expected:
+        raise ProjectionError(f"targets must be [N, {expected[0]}, {expected[1]}, {expected[2]}] images, "
+                              f"got {list(targets.shape)}")
+    if not torch.isfinite(targets).all():
+        raise ProjectionError("target images contain NaN or infinite values")
+    return targets.to(torch.float32)
+
+
+def _preview(G: Generator, ws: torch.Tensor, noise: dict[str, torch.Tensor]) -> np.ndarray:
+    with torch.no_grad():
+        img = G.synthesis(ws, noise_mode="const", noise=noise)
+    return (img * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _save_checkpoint(path: str, state: dict) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _load_checkpoint(path: str) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # damaged file: torch raises many kinds
+        raise ProjectionError(f"cannot resume: the checkpoint {path} is damaged ({str(exc).splitlines()[0]})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ProjectionError(f"cannot resume: {path} is not a timemachine projection checkpoint")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise ProjectionError(f"cannot resume: checkpoint version {state.get('version')} is not supported")
+    return state
+
+
+def project(
+    G: Generator,
+    targets: torch.Tensor,
+    settings: Optional[ProjectorSettings] = None,
+    perceptual: Optional[PerceptualDistance] = None,
+    callback: Optional[ProgressCallback] = None,
+    checkpoint_path: Optional[str] = None,
+    resume: bool = False,
+    w_stats: Optional[tuple[torch.Tensor, float]] = None,
+) -> Projection:
+    """Find latents whose images match ``targets``.
+
+    Args:
+        G:           generator (eval mode; it is not modified).
+        targets:     [N, 3, R, R] (or [3, R, R]) float32 in [-1, 1].
+        settings:    :class:`ProjectorSettings` (default: official).
+        perceptual:  LPIPS module (default: real VGG16 weights, see :mod:`timemachine.perceptual`).
+        callback:    called with a :class:`ProgressEvent` after every step.
+        checkpoint_path: save the state there every ``settings.checkpoint_every`` steps (atomically).
+        resume:      continue from ``checkpoint_path`` if it exists; it must belong to the same
+                     targets, model and settings, else :class:`ProjectionError`.
+        w_stats:     precomputed ``(w_avg, w_std)`` from :func:`compute_w_stats` (it is deterministic).
+
+    Returns:
+        a :class:`Projection`.
+    """
+    settings = settings or ProjectorSettings()
+    settings.validate()
+    targets = _check_targets(G, targets)
+    device = G.mapping.w_avg.device
+    targets = targets.to(device)
+    batch = targets.shape[0]
+    perceptual = (perceptual or PerceptualDistance()).to(device)
+    from timemachine.checkpoint import model_fingerprint
+
+    # What a checkpoint must match to be resumed (how often to preview or save does not matter).
+    settings_key = {k: v for k, v in settings.to_dict().items() if k not in ("preview_every", "checkpoint_every")}
+    identity = {"targets": targets_digest(targets), "model": model_fingerprint(G), "settings": settings_key}
+
+    started = time.perf_counter()
+    w_avg, w_std = w_stats if w_stats is not None else compute_w_stats(G, settings.w_avg_samples)
+    rows = 1 if settings.space == "w" else G.num_ws
+    generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+    w_opt = w_avg.to(device).repeat([batch, rows, 1]).clone()               # [N, rows, C]
+    noise = {name: torch.randn([batch, 1, res, res], generator=generator).to(device)
+             for name, res in _noise_shapes(G).items()}
+    optimizer_state = None
+    loss_curve: list[np.ndarray] = []
+    lpips_curve: list[np.ndarray] = []
+    start_step = 0
+
+    if resume and checkpoint_path and os.path.exists(checkpoint_path):
+        state = _load_checkpoint(checkpoint_path)
+        for key, what in (("targets", "photos"), ("model", "model"), ("settings", "settings")):
+            if state.get(key) != identity[key]:
+                raise ProjectionError(f"cannot resume: the checkpoint was made with other {what}")
+        start_step = int(state["step"])
+        w_opt = state["w_opt"].to(device)
+        noise = {name: tensor.to(device) for name, tensor in state["noise"].items()}
+        optimizer_state = state["optimizer"]
+        generator.set_state(state["rng"])
+        loss_curve = list(state["loss_curve"].numpy())
+        lpips_curve = list(state["lpips_curve"].numpy())
+
+    w_opt.requires_grad_(True)
+    for tensor in noise.values():
+        tensor.requires_grad_(True)
+    optimizer = torch.optim.Adam([w_opt] + list(noise.values()), betas=(0.9, 0.999), lr=settings.initial_learning_rate)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+
+    with torch.no_grad():
+        target_features = perceptual.features(targets)
+
+    best_loss, since_best = math.inf, 0
+    step = start_step
+    while step < settings.steps:
+        lr = learning_rate(settings, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        sigma = w_noise_scale(settings, step, w_std)
+        w_noise = torch.randn(w_opt.shape, generator=generator).to(device) * sigma
+        ws = (w_opt + w_noise).expand(-1, G.num_ws, -1) if rows == 1 else w_opt + w_noise
+        synth = G.synthesis(ws, noise_mode="const", noise=noise)
+        lpips = perceptual.distance(perceptual.features(synth), target_features)         # [N]
+        reg = noise_regularization(noise)                                                 # [N]
+        loss = lpips.sum() + reg.sum() * settings.regularize_noise_weight
+
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            for tensor in noise.values():  # renormalise each map to zero mean, unit variance
+                tensor -= tensor.mean(dim=[1, 2, 3], keepdim=True)
+                tensor *= tensor.square().mean(dim=[1, 2, 3], keepdim=True).rsqrt()
+        step += 1
+
+        lpips_np = lpips.detach().cpu().numpy().astype(np.float32)
+        loss_curve.append(lpips_np + reg.detach().cpu().numpy().astype(np.float32) * settings.regularize_noise_weight)
+        lpips_curve.append(lpips_np)
+        if callback is not None:
+            preview = None
+            if settings.preview_every and (step % settings.preview_every == 0 or step == settings.steps):
+                preview = _preview(G, _broadcast(w_opt.detach(), G.num_ws), noise)
+            callback(ProgressEvent("project", step, settings.steps, float(loss), lpips_np, preview))
+        if checkpoint_path and settings.checkpoint_every and step % settings.checkpoint_every == 0 \
+                and step < settings.steps:
+            _save_checkpoint(checkpoint_path, {
+                "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **identity, "step": step,
+                "w_opt": w_opt.detach().cpu(), "noise": {k: v.detach().cpu() for k, v in noise.items()},
+                "optimizer": optimizer.state_dict(), "rng": generator.get_state(),
+                "loss_curve": torch.from_numpy(np.stack(loss_curve)),
+                "lpips_curve": torch.from_numpy(np.stack(lpips_curve))})
+        if settings.early_stop_patience and sigma == 0.0:
+            total = float(loss)
+            if total < best_loss * (1 - settings.early_stop_min_delta):
+                best_loss, since_best = total, 0
+            else:
+                since_best += 1
+                if since_best >= settings.early_stop_patience:
+                    break
+
+    return Projection(
+        ws=_broadcast(w_opt.detach(), G.num_ws).cpu(),
+        noise={k: v.detach().cpu() for k, v in noise.items()},
+        loss_curve=np.stack(loss_curve) if loss_curve else np.zeros([0, batch], np.float32),
+        lpips_curve=np.stack(lpips_curve) if lpips_curve else np.zeros([0, batch], np.float32),
+        steps_run=step, settings=settings, seconds=time.perf_counter() - started)
+
+
+def _broadcast(w: torch.Tensor, num_ws: int) -> torch.Tensor:
+    """[N, 1, C] -> [N, num_ws, C]; [N, num_ws, C] unchanged."""
+    return w.repeat([1, num_ws, 1]) if w.shape[1] == 1 else w
+
+
+def _noise_shapes(G: Generator) -> dict[str, int]:
+    """{layer name: resolution} of the synthesis layers that take noise."""
+    return {name: getattr(G.synthesis, name.split(".")[0]).resolution for name in G.synthesis.noise_layer_names()}
+
+
+# ------------------------------------------------------------------------------------------------------
+# Pivotal tuning
+
+
+def pivotal_tuning(
+    G: Generator,
+    projection: Projection,
+    targets: torch.Tensor,
+    settings: Optional[PTISettings] = None,
+    perceptual: Optional[PerceptualDistance] = None,
+    callback: Optional[ProgressCallback] = None,
+) -> Projection:
+    """Fine-tune a copy of ``G.synthesis`` so that the pivot latents reproduce the photos more closely.
+
+    Loss per step (Roich et al. 2021): LPIPS(G'(w_p), x) + l2_weight * MSE(G'(w_p), x)
+    + locality_weight * [LPIPS + MSE](G'(w_r), G(w_r)), where w_r = w_p + alpha * (w_z - w_p) / |w_z - w_p|
+    for a fresh random mapped latent w_z each step, keeps the network unchanged away from the pivot.
+    One delta is tuned for the whole batch of photos.
+
+    Returns:
+        ``projection`` with ``pti_delta`` = {synthesis parameter name: float32 tensor} (tuned minus original,
+        on the CPU), ``pti_settings``, ``pti_steps_run`` and ``pti_seconds`` filled in.
+    """
+    settings = settings or PTISettings()
+    settings.validate()
+    targets = _check_targets(G, targets)
+    device = G.mapping.w_avg.device
+    targets = targets.to(device)
+    perceptual = (perceptual or PerceptualDistance()).to(device)
+    started = time.perf_counter()
+
+    tuned = copy.deepcopy(G.synthesis).train(False).requires_grad_(True)
+    original = G.synthesis
+    ws_pivot = projection.ws.to(device)
+    noise = {k: v.to(device) for k, v in projection.noise.items()}
+    generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+    optimizer = torch.optim.Adam(tuned.parameters(), lr=settings.learning_rate)
+    with torch.no_grad():
+        target_features = perceptual.features(targets)
+
+    steps_run = 0
+    for step in range(settings.steps):
+        synth = tuned(ws_pivot, noise_mode="const", noise=noise)
+        lpips = perceptual.distance(perceptual.features(synth), target_features)
+        loss = lpips.sum() + settings.l2_weight * F.mse_loss(synth, targets, reduction="none").mean(dim=[1, 2, 3]).sum()
+        if settings.locality_weight > 0:
+            z = torch.randn([ws_pivot.shape[0], G.z_dim], generator=generator).to(device)
+            with torch.no_grad():
+                w_z = G.mapping(z, None)
+                direction = w_z - ws_pivot
+                w_r = ws_pivot + settings.locality_alpha * direction / direction.norm(dim=[1, 2], keepdim=True)
+                reference = original(w_r, noise_mode="const")
+            regularized = tuned(w_r, noise_mode="const")
+            locality = perceptual(regularized, reference).sum() + \
+                F.mse_loss(regularized, reference, reduction="none").mean(dim=[1, 2, 3]).sum()
+            loss = loss + settings.locality_weight * locality
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        steps_run = step + 1
+        lpips_np = lpips.detach().cpu().numpy().astype(np.float32)
+        if callback is not None:
+            callback(ProgressEvent("pti", steps_run, settings.steps, float(loss), lpips_np))
+        if settings.lpips_threshold and float(lpips_np.max()) < settings.lpips_threshold:
+            break
+
+    with torch.no_grad():
+        delta = {name: (p_tuned.detach() - p_orig.detach()).cpu()
+                 for (name, p_tuned), (_, p_orig) in zip(tuned.named_parameters(), original.named_parameters())}
+    return dataclasses.replace(projection, pti_delta=delta, pti_settings=settings, pti_steps_run=steps_run,
+                               pti_seconds=time.perf_counter() - started)
+
+
+def apply_weight_delta(G: Generator, delta: Optional[dict[str, torch.Tensor]]) -> Generator:
+    """A copy of ``G`` whose synthesis parameters are shifted by ``delta`` (from :func:`pivotal_tuning`).
+
+    ``delta=None`` returns ``G`` itself.  Raises :class:`ProjectionError` if the delta does not fit G.
+    """
+    if not delta:
+        return G
+    params = dict(G.synthesis.named_parameters())
+    for name, value in delta.items():
+        if name not in params or tuple(params[name].shape) != tuple(value.shape):
+            raise ProjectionError(f"the tuned weights do not fit this model (parameter {name})")
+    tuned = copy.deepcopy(G)
+    with torch.no_grad():
+        for name, param in tuned.synthesis.named_parameters():
+            if name in delta:
+                param.add_(delta[name].to(param.device, param.dtype))
+    return tuned
+
+
+# ------------------------------------------------------------------------------------------------------
+# Quality measures
+
+
+def psnr(images: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
+    """Peak signal-to-noise ratio in dB per image, for images in [-1, 1] (peak-to-peak 2), after clamping.
+
+    images, targets [N, 3, R, R] -> float64 [N].
+    """
+    mse = (images.clamp(-1, 1) - targets.clamp(-1, 1)).square().mean(dim=[1, 2, 3]).double()
+    return (10 * torch.log10(4.0 / mse.clamp_min(1e-12))).cpu().numpy()
+
+
+def reconstruct(G: Generator, projection: Projection, device: Any = None) -> torch.Tensor:
+    """Images [N, 3, R, R] in ~[-1, 1] of the projection's latents and noise (with PTI weights if any)."""
+    G_used = apply_weight_delta(G, projection.pti_delta)
+    device = device or G.mapping.w_avg.device
+    with torch.no_grad():
+        return G_used.synthesis(projection.ws.to(device), noise_mode="const",
+                                noise={k: v.to(device) for k, v in projection.noise.items()})
