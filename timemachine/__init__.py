@@ -5,6 +5,7 @@ along a per-breed "age vector", and rendered as a video.  Modules, one concept e
 
     networks    the generator (official StyleGAN2-ADA semantics and call signatures)
     checkpoint  loading official network pickles safely; the project's safetensors format
+    weights     the model zoo, the local cache, verified downloads, imports, conversion (--model specs)
     errors      the exceptions users can cause
 """
 

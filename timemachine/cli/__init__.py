@@ -23,7 +23,7 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 #: Modules that define commands, in the order ``--help`` lists them.
-COMMAND_MODULES = ["doctor"]
+COMMAND_MODULES = ["doctor", "weights"]
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

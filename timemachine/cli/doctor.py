@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     _line("ops implementation", "reference (forced by STYLEGAN_OPS_IMPL=ref)" if plugin.forced_reference()
           else "CUDA kernels on GPU tensors, reference elsewhere")
     _line("ffmpeg", _ffmpeg_status())
+    _line("weights", _weights_status())
 
     status = EXIT_OK
     if args.build_ops:
@@ -71,6 +72,20 @@ def run(args: argparse.Namespace) -> int:
         for name, state in plugin.plugin_status().items():
             _line(f"cuda op {name}", state if torch.cuda.is_available() else "unused (no GPU); --build-ops compiles it")
     return status
+
+
+def _weights_status() -> str:
+    """Which zoo networks are here, e.g. 'afhqdog verified, vgg16 not downloaded (cache: ~/.local/share/...)'."""
+    from timemachine import weights
+    from timemachine.errors import TimemachineError
+
+    try:
+        statuses = weights.zoo_status()
+    except TimemachineError as exc:
+        return f"cannot tell: {exc}"
+    words = {"verified": "verified", "unverified": "present", "partial": "partial", "missing": "not downloaded"}
+    parts = [f"{s.entry.name} {words[s.state]}" for s in statuses]
+    return f"{', '.join(parts)} (cache: {weights.models_dir()})"
 
 
 def _ffmpeg_status() -> str:
