@@ -7,7 +7,10 @@ so official tools read its files, and adds optional keys:
     noise/<layer>   float32 [res, res]  optimised noise of synthesis layer ``<layer>`` (e.g. 'b8.conv0')
     meta            a 0-d unicode array holding a JSON object (settings, model fingerprint, metrics)
 
-Files are always read with ``allow_pickle=False``: a latent file cannot run code.
+A projection with pivotal tuning also has a sibling file ``<stem>.pti.safetensors`` holding the tuned
+weight delta {synthesis parameter name: float32 tensor}; ``meta['pti_delta']`` names it.
+
+Files are always read with ``allow_pickle=False`` (and safetensors): a latent file cannot run code.
 """
 
 from __future__ import annotations
@@ -38,25 +41,52 @@ class LatentFile:
         ws:    float32 [num_ws, w_dim].
         noise: {layer name: float32 [res, res]} or empty (then the network's constant noise is used).
         meta:  JSON-compatible dict (empty for official files).
+        pti_delta: {synthesis parameter name: float32 tensor} from pivotal tuning, or None.
     """
 
     ws: torch.Tensor
     noise: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    pti_delta: Optional[dict[str, torch.Tensor]] = None
+
+
+def pti_delta_path(latent_path: PathLike) -> str:
+    """``dir/projected_w.npz`` -> ``dir/projected_w.pti.safetensors``."""
+    root, _ = os.path.splitext(os.fspath(latent_path))
+    return root + ".pti.safetensors"
 
 
 def save_latent(path: PathLike, ws: torch.Tensor, noise: Optional[dict[str, torch.Tensor]] = None,
-                meta: Optional[dict[str, Any]] = None) -> None:
-    """Write ``ws`` [num_ws, w_dim] (and optional noise and metadata) as an official-format npz, atomically."""
+                meta: Optional[dict[str, Any]] = None,
+                pti_delta: Optional[dict[str, torch.Tensor]] = None) -> None:
+    """Write ``ws`` [num_ws, w_dim] (and optional noise, metadata, PTI delta) as an official-format npz.
+
+    Every file is written to a temporary name and renamed into place; the PTI delta first, so a latent
+    file never names a delta that is not there.
+    """
     ws = ws.detach().to("cpu", torch.float32)
     if ws.ndim != 2:
         raise ValueError(f"ws must be [num_ws, w_dim], got {tuple(ws.shape)}")
     arrays: dict[str, np.ndarray] = {"w": ws.unsqueeze(0).numpy()}
     for name, tensor in (noise or {}).items():
         arrays[NOISE_PREFIX + name] = tensor.detach().to("cpu", torch.float32).reshape(tensor.shape[-2:]).numpy()
+    meta = dict(meta or {})
+    path = os.fspath(path)
+    if pti_delta:
+        from safetensors.torch import save_file
+
+        delta_path = pti_delta_path(path)
+        tmp_delta = f"{delta_path}.tmp-{os.getpid()}"
+        try:
+            save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in pti_delta.items()}, tmp_delta,
+                      metadata={"format": "timemachine-pti-delta"})
+            os.replace(tmp_delta, delta_path)
+        finally:
+            if os.path.exists(tmp_delta):
+                os.remove(tmp_delta)
+        meta["pti_delta"] = os.path.basename(delta_path)
     if meta:
         arrays["meta"] = np.array(json.dumps(meta, sort_keys=True))
-    path = os.fspath(path)
     tmp = f"{path}.tmp-{os.getpid()}.npz"
     try:
         np.savez(tmp, **arrays)
@@ -120,4 +150,25 @@ def load_latent(path: PathLike, num_ws: Optional[int] = None, w_dim: Optional[in
             raise LatentError(f"{path}: the 'meta' entry is not valid JSON") from None
         if not isinstance(meta, dict):
             raise LatentError(f"{path}: the 'meta' entry is not a JSON object")
-    return LatentFile(ws=torch.from_numpy(w.astype(np.float32)), noise=noise, meta=meta)
+    pti_delta = _load_pti_delta(path, meta.get("pti_delta")) if meta.get("pti_delta") else None
+    return LatentFile(ws=torch.from_numpy(w.astype(np.float32)), noise=noise, meta=meta, pti_delta=pti_delta)
+
+
+def _load_pti_delta(latent_path: str, name: Any) -> dict[str, torch.Tensor]:
+    """The PTI delta named in a latent file's metadata: a safetensors file in the same directory."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not isinstance(name, str) or os.path.basename(name) != name or not name.endswith(".safetensors"):
+        raise LatentError(f"{latent_path}: the metadata names an invalid tuned-weights file {name!r}")
+    delta_path = os.path.join(os.path.dirname(os.path.abspath(latent_path)), name)
+    if not os.path.isfile(delta_path):
+        raise LatentError(f"{latent_path} was made with pivotal tuning, but its tuned weights {name} are missing")
+    try:
+        delta = load_file(delta_path, device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise LatentError(f"cannot read the tuned weights {delta_path}: {exc}") from None
+    for key, value in delta.items():
+        if value.dtype != torch.float32 or not torch.isfinite(value).all():
+            raise LatentError(f"{delta_path}: tensor {key} is not finite float32")
+    return delta

@@ -10,8 +10,9 @@ Images are area-downsampled to 256x256 first when larger, like the official proj
 
 VGG16 weights.  LPIPS is only meaningful with the ImageNet-trained VGG16 (torchvision's
 ``vgg16-397923af.pth``).  They are taken from, in order: the ``vgg_weights`` argument; the
-``TIMEMACHINE_VGG_WEIGHTS`` environment variable (a path); torch's hub cache where torchvision keeps them;
-the weights manager (:func:`timemachine.weights.vgg16_path`, which may download them).  The value
+``TIMEMACHINE_VGG_WEIGHTS`` environment variable (a path); the weights manager
+(:func:`timemachine.weights.vgg16_weights_path`: a verified copy in torch's hub cache, or the project's
+own, downloaded when allowed).  The value
 ``random`` (argument or environment) builds a randomly initialised VGG16 instead - for tests and
 benchmarks only; it warns, and nothing ever falls back to it silently.
 """
@@ -29,7 +30,6 @@ from timemachine.errors import WeightsError
 
 ENV_VGG_WEIGHTS = "TIMEMACHINE_VGG_WEIGHTS"
 RANDOM = "random"
-VGG16_FILENAME = "vgg16-397923af.pth"
 #: LPIPS works on at most 256x256 images, like the official projector.
 FEATURE_RESOLUTION = 256
 #: torchvision ``features.<i>`` index ranges of the five LPIPS slices (relu1_2 ... relu5_3).
@@ -40,15 +40,13 @@ class RandomWeightsWarning(UserWarning):
     """Random VGG16 weights were asked for: perceptual distances are meaningless for real photos."""
 
 
-def _hub_cache_path() -> str:
-    return os.path.join(torch.hub.get_dir(), "checkpoints", VGG16_FILENAME)
-
-
-def resolve_vgg_weights(vgg_weights: Union[str, os.PathLike, None] = None, allow_download: bool = True) -> str:
+def resolve_vgg_weights(vgg_weights: Union[str, os.PathLike, None] = None,
+                        offline: Optional[bool] = None, progress=None) -> str:
     """The VGG16 weights to use: a file path, or ``'random'`` (see the module docstring for the order).
 
     Raises:
-        WeightsError: a named file does not exist, or no weights are available and none may be downloaded.
+        WeightsError: a named file does not exist, or no weights are available and none may be downloaded
+        (``offline``, default: ``TIMEMACHINE_OFFLINE``).  ``progress`` receives download progress.
     """
     choice = vgg_weights if vgg_weights is not None else os.environ.get(ENV_VGG_WEIGHTS)
     if choice is not None and str(choice).strip():
@@ -58,11 +56,9 @@ def resolve_vgg_weights(vgg_weights: Union[str, os.PathLike, None] = None, allow
         if not os.path.isfile(choice):
             raise WeightsError(f"VGG16 weights file not found: {choice}")
         return choice
-    if os.path.isfile(_hub_cache_path()):
-        return _hub_cache_path()
     from timemachine import weights  # the manager: manifest, download, verification
 
-    return str(weights.vgg16_path(allow_download=allow_download))
+    return str(weights.vgg16_weights_path(offline=offline, progress=progress))
 
 
 class PerceptualDistance(torch.nn.Module):
@@ -73,13 +69,16 @@ class PerceptualDistance(torch.nn.Module):
     Parameters are frozen; gradients flow to the input images.
     """
 
-    def __init__(self, vgg_weights: Union[str, os.PathLike, None] = None, allow_download: bool = True):
+    def __init__(self, vgg_weights: Union[str, os.PathLike, None] = None, offline: Optional[bool] = None,
+                 progress=None):
         super().__init__()
         import lpips
 
-        source = resolve_vgg_weights(vgg_weights, allow_download=allow_download)
+        source = resolve_vgg_weights(vgg_weights, offline=offline, progress=progress)
         # pnet_rand=True: build the VGG16 without torchvision fetching anything; weights are loaded below.
-        model = lpips.LPIPS(net="vgg", version="0.1", pnet_rand=True, verbose=False)
+        with warnings.catch_warnings():  # lpips passes torchvision's deprecated 'pretrained' argument
+            warnings.simplefilter("ignore", UserWarning)
+            model = lpips.LPIPS(net="vgg", version="0.1", pnet_rand=True, verbose=False)
         if source == RANDOM:
             warnings.warn("using a randomly initialised VGG16 (TIMEMACHINE_VGG_WEIGHTS=random): perceptual "
                           "distances are meaningless for real photos; use this only for tests and benchmarks",

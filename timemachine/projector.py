@@ -179,6 +179,16 @@ class Projection:
     pti_steps_run: int = 0
     pti_seconds: float = 0.0
 
+    @property
+    def batch_size(self) -> int:
+        return int(self.ws.shape[0])
+
+    def select(self, index: int) -> "Projection":
+        """The projection of photo ``index`` alone (batch size 1).  A PTI delta is shared by the batch."""
+        return dataclasses.replace(
+            self, ws=self.ws[index:index + 1], noise={k: v[index:index + 1] for k, v in self.noise.items()},
+            loss_curve=self.loss_curve[:, index:index + 1], lpips_curve=self.lpips_curve[:, index:index + 1])
+
 
 def compute_w_stats(G: Generator, num_samples: int = 10000, seed: int = 123,
                     batch_size: int = 2048) -> tuple[torch.Tensor, float]:
@@ -384,7 +394,7 @@ def project(
             preview = None
             if settings.preview_every and (step % settings.preview_every == 0 or step == settings.steps):
                 preview = _preview(G, _broadcast(w_opt.detach(), G.num_ws), noise)
-            callback(ProgressEvent("project", step, settings.steps, float(loss), lpips_np, preview))
+            callback(ProgressEvent("project", step, settings.steps, float(loss.detach()), lpips_np, preview))
         if checkpoint_path and settings.checkpoint_every and step % settings.checkpoint_every == 0 \
                 and step < settings.steps:
             _save_checkpoint(checkpoint_path, {
@@ -394,7 +404,7 @@ def project(
                 "loss_curve": torch.from_numpy(np.stack(loss_curve)),
                 "lpips_curve": torch.from_numpy(np.stack(lpips_curve))})
         if settings.early_stop_patience and sigma == 0.0:
-            total = float(loss)
+            total = float(loss.detach())
             if total < best_loss * (1 - settings.early_stop_min_delta):
                 best_loss, since_best = total, 0
             else:
@@ -482,7 +492,7 @@ def pivotal_tuning(
         steps_run = step + 1
         lpips_np = lpips.detach().cpu().numpy().astype(np.float32)
         if callback is not None:
-            callback(ProgressEvent("pti", steps_run, settings.steps, float(loss), lpips_np))
+            callback(ProgressEvent("pti", steps_run, settings.steps, float(loss.detach()), lpips_np))
         if settings.lpips_threshold and float(lpips_np.max()) < settings.lpips_threshold:
             break
 

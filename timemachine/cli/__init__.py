@@ -4,14 +4,18 @@ Each command group lives in its own module here and registers itself through ``r
 its handler receives the parsed arguments and returns an exit code.
 
 Exit codes: 0 success; 1 a check failed (``doctor --build-ops``); 2 bad input or a user-fixable problem
-(one line on stderr, no traceback); 130 interrupted.
+(one line on stderr, no traceback); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).  Interruptions
+unwind normally, so temporary files are removed and no output is left half-written.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
+import warnings
 from typing import Optional, Sequence
 
 from timemachine import __version__
@@ -21,9 +25,22 @@ EXIT_OK = 0
 EXIT_FAILED_CHECK = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, so that cleanup code runs as for Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"timemachine: warning: {message}", file=sys.stderr)
 
 #: Modules that define commands, in the order ``--help`` lists them.
-COMMAND_MODULES = ["doctor", "weights"]
+COMMAND_MODULES = ["doctor", "weights", "project"]
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -56,6 +73,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``timemachine`` console script and of ``python -m timemachine``."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    warnings.showwarning = _show_warning
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(args.handler(args) or EXIT_OK)
     except TimemachineError as exc:
@@ -64,6 +84,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         error_line("interrupted")
         return EXIT_INTERRUPTED
+    except Terminated:
+        error_line("terminated")
+        return EXIT_TERMINATED
     except BrokenPipeError:
         # Output piped into a program that stopped reading (e.g. `| head`): not an error worth a traceback.
         devnull = os.open(os.devnull, os.O_WRONLY)

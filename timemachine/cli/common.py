@@ -1,0 +1,101 @@
+"""Options and progress bars shared by the commands that load a model and project photos."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from typing import Iterator, Optional
+
+from timemachine.errors import TimemachineError
+
+ENV_MODEL = "TIMEMACHINE_MODEL"
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default=os.environ.get(ENV_MODEL), metavar="NAME|PATH|URL",
+                       help="generator: zoo name (afhqdog, afhqcat, afhqwild), imported name, .pkl/.safetensors "
+                            f"file or URL (default: ${ENV_MODEL})")
+    group.add_argument("--device", default=None, help="'auto', 'cpu', 'cuda' or 'cuda:N' (default: auto)")
+    group.add_argument("--offline", action="store_const", const=True, default=None,
+                       help="never use the network (same as TIMEMACHINE_OFFLINE=1)")
+
+
+def add_projection_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("projection")
+    group.add_argument("--space", choices=["w", "w+"], default="w",
+                       help="W: one latent for all layers (edits age best); W+: one per layer (closer fit)")
+    group.add_argument("--steps", type=int, default=1000, help="optimisation steps (official: 1000)")
+    group.add_argument("--seed", type=int, default=303, help="random seed of the projection")
+    group.add_argument("--early-stop", type=int, default=0, metavar="STEPS",
+                       help="stop when the loss has not improved for STEPS steps (0 = run all steps)")
+    group.add_argument("--pti", action="store_true", help="pivotal tuning after projecting (closer, slower)")
+    group.add_argument("--pti-steps", type=int, default=350, help="pivotal tuning steps")
+    group.add_argument("--vgg-weights", default=None, metavar="PATH|random",
+                       help="VGG16 weights for LPIPS (default: downloaded/cached ImageNet weights; 'random' is "
+                            "for tests and benchmarks only)")
+    group.add_argument("--no-cache", action="store_true", help="do not read or write the projection cache")
+
+
+def projection_settings(args: argparse.Namespace):
+    """(ProjectorSettings, PTISettings or None) from the parsed options, validated."""
+    from timemachine.projector import ProjectorSettings, PTISettings
+
+    settings = ProjectorSettings(space=args.space, steps=args.steps, seed=args.seed,
+                                 early_stop_patience=args.early_stop)
+    settings.validate()
+    pti = None
+    if args.pti:
+        pti = PTISettings(steps=args.pti_steps)
+        pti.validate()
+    return settings, pti
+
+
+def load_model(args: argparse.Namespace):
+    """The :class:`timemachine.pipeline.LoadedModel` for ``--model``, with a licence notice and download bar."""
+    from timemachine import pipeline, weights
+    from timemachine.cli.weights import download_progress, licence_notice
+
+    if not args.model:
+        raise TimemachineError(f"no model given: pass --model NAME|PATH|URL or set {ENV_MODEL}")
+    manifest = weights.load_manifest()
+    if args.model in manifest and not weights.zoo_path(manifest[args.model]).is_file():
+        licence_notice(manifest[args.model])
+    with download_progress(args.model) as progress:
+        return pipeline.load_model(args.model, device=args.device, offline=args.offline, progress=progress)
+
+
+def load_perceptual(args: argparse.Namespace, device):
+    from timemachine import pipeline
+    from timemachine.cli.weights import download_progress
+
+    with download_progress("vgg16") as progress:
+        return pipeline.load_perceptual(device, vgg_weights=args.vgg_weights, offline=args.offline, progress=progress)
+
+
+@contextlib.contextmanager
+def projection_progress(settings, pti_settings, num_photos: int) -> Iterator:
+    """A projector callback drawing tqdm bars on stderr: one for projecting, one per photo for PTI."""
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+    label = "projecting" if num_photos == 1 else f"projecting {num_photos} photos"
+
+    def callback(event) -> None:
+        bar = bars.get(event.stage)
+        if bar is None or event.step == 1:
+            if bar is not None:
+                bar.close()
+            bar = tqdm(total=event.total, initial=event.step - 1, desc=label if event.stage == "project" else
+                       "pivotal tuning", unit="step", file=sys.stderr, disable=None, dynamic_ncols=True)
+            bars[event.stage] = bar
+        bar.set_postfix(loss=f"{event.loss:.4f}", lpips=f"{float(event.lpips.mean()):.4f}", refresh=False)
+        bar.update(event.step - bar.n)
+
+    try:
+        yield callback
+    finally:
+        for bar in bars.values():
+            bar.close()
