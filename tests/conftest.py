@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from timemachine.device import tune_cpu_allocator
+
+tune_cpu_allocator()  # as the CLI and UI do: large tensors are reused instead of re-mapped
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 #: Reference material outside the repository (fixtures, real latents); see ../shared/README.md.
 SHARED_DIR = pathlib.Path(os.environ.get("TIMEMACHINE_SHARED_DIR", REPO_ROOT.parent / "shared"))
@@ -51,3 +55,37 @@ def tiny_G(tiny_pkl):
 
 has_gpu = torch.cuda.is_available()
 gpu_only = pytest.mark.skipif(not has_gpu, reason="needs a CUDA GPU; none is visible on this machine")
+
+
+def make_small_generator(seed: int = 0, resolution: int = 32, w_dim: int = 32, channel_max: int = 64,
+                         noise_strength: float = 0.1):
+    """A small, randomly initialised generator whose images are roughly in [-1, 1] (eval, no grad)."""
+    from timemachine.networks import Generator
+
+    torch.manual_seed(seed)
+    G = Generator(z_dim=w_dim, c_dim=0, w_dim=w_dim, img_resolution=resolution, img_channels=3,
+                  mapping_kwargs=dict(num_layers=2),
+                  synthesis_kwargs=dict(channel_base=16 * resolution, channel_max=channel_max))
+    with torch.no_grad():
+        for name, p in G.named_parameters():
+            if name.endswith("noise_strength"):
+                p.fill_(noise_strength)
+    return G.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def small_G():
+    return make_small_generator()
+
+
+@pytest.fixture(scope="session")
+def random_lpips():
+    """LPIPS with a random VGG16 (asked for by name, as a user would have to)."""
+    import warnings
+
+    from timemachine.perceptual import PerceptualDistance, RandomWeightsWarning
+
+    torch.manual_seed(1234)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        return PerceptualDistance("random")
