@@ -9,6 +9,7 @@ start latent (mapped from z) and a random direction, and measures on the CPU:
                  and ``fused_modconv=True`` (per-sample weights in a grouped convolution everywhere, the
                  official eval-mode float32 path).  All (path, batch) pairs are measured once per round, in
                  turn, for ``--rounds`` rounds; the best of the rounds is kept.
+* ``peak``       the RSS high-water mark of one synthesis call per batch size, each in a fresh process.
 * ``encoder``    the MP4 encoder's share of a render of ``--encoder-frames`` walk frames: the same frames
                  consumed without writing (``iter_frames``) against ``render_video`` writing an MP4 (CRF 18,
                  preset medium), interleaved, best of ``--rounds``; and the encoder alone (the frames fed to an
@@ -132,7 +133,52 @@ def bench_synthesis(resolution: int, rounds: int, batch_sizes: list[int]) -> Non
                                                       for b in batch_sizes))
 
 
+def peak_worker(resolution: int, batch: int, conn) -> None:
+    import torch
+
+    from timemachine.device import prepare_device
+
+    prepare_device("cpu")
+    G, latent, direction = make_inputs(resolution)
+    ws = latent.ws.unsqueeze(0) + torch.linspace(0, 1, batch).reshape(-1, 1, 1) * direction
+    before = max_rss_bytes()
+    with torch.no_grad():
+        G.synthesis(ws, noise_mode="const")
+    conn.send((before, max_rss_bytes()))
+
+
+def bench_peak(resolution: int, batch_sizes: list[int]) -> None:
+    """RSS high-water mark of one synthesis call per batch size, each in a fresh process."""
+    ctx = mp.get_context("spawn")
+    mib = 2 ** 20
+    print(f"memory of synthesis at {resolution}x{resolution} by batch size (fresh process each, our CPU path)")
+    for batch in batch_sizes:
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=peak_worker, args=(resolution, batch, child), daemon=True)
+        proc.start()
+        before, after = parent.recv()
+        proc.join(timeout=30)
+        print(f"  batch {batch}: high-water {after / mib:6.0f} MiB (model loaded: {before / mib:.0f} MiB; "
+              f"synthesis adds {(after - before) / mib:.0f} MiB)", flush=True)
+
+
 # ----------------------------------------------------------------------------------------------------------
+
+
+def textured_frames(count: int, resolution: int) -> list:
+    """Frames with detail at several scales that drift, plus fresh grain each frame: uint8 [R, R, 3] each."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (resolution // 8, resolution // 8, 3), dtype=np.uint8)
+    frames = []
+    for k in range(count):
+        smooth = np.asarray(Image.fromarray(np.roll(base, k, axis=1)).resize((resolution, resolution),
+                                                                             Image.Resampling.BICUBIC))
+        grain = rng.integers(-20, 21, smooth.shape)
+        frames.append(np.clip(smooth.astype(int) + grain, 0, 255).astype(np.uint8))
+    return frames
 
 
 def bench_encoder(resolution: int, rounds: int, frames: int, batch: int) -> None:
@@ -144,27 +190,31 @@ def bench_encoder(resolution: int, rounds: int, frames: int, batch: int) -> None
     settings = render.RenderSettings(frames=frames, hold_start=0, hold_end=0, batch_size=batch, crf=18,
                                      preset="medium")
     kept = [f.copy() for f in render.iter_frames(G, latent, direction, settings)]  # warm-up, frames for part (c)
+    textured = textured_frames(frames, resolution)
     with tempfile.TemporaryDirectory() as tmp:
-        best = {"synthesis only": float("inf"), "render_video to MP4": float("inf"), "encoder alone": float("inf")}
+        best = {"synthesis only": float("inf"), "render_video to MP4": float("inf"), "encoder alone": float("inf"),
+                "encoder alone, textured": float("inf")}
         inside_writers = float("inf")
         for r in range(rounds):
-            t0 = time.perf_counter()
-            for _ in render.iter_frames(G, latent, direction, settings):
-                pass
-            best["synthesis only"] = min(best["synthesis only"], time.perf_counter() - t0)
+            for variant in (["synthesis only", "render_video to MP4"] if r % 2 == 0 else
+                            ["render_video to MP4", "synthesis only"]):  # alternate the order: no drift bias
+                t0 = time.perf_counter()
+                if variant == "synthesis only":
+                    for _ in render.iter_frames(G, latent, direction, settings):
+                        pass
+                else:
+                    result = render.render_video(G, latent, direction,
+                                                 render.RenderOutputs(video=os.path.join(tmp, "v.mp4")), settings)
+                    inside_writers = min(inside_writers, result.writing_seconds)
+                best[variant] = min(best[variant], time.perf_counter() - t0)
 
-            t0 = time.perf_counter()
-            result = render.render_video(G, latent, direction, render.RenderOutputs(video=os.path.join(tmp, "v.mp4")),
-                                         settings)
-            best["render_video to MP4"] = min(best["render_video to MP4"], time.perf_counter() - t0)
-            inside_writers = min(inside_writers, result.writing_seconds)
-
-            t0 = time.perf_counter()
-            writer = video.Mp4Writer(os.path.join(tmp, "e.mp4"), fps=24, crf=18, preset="medium")
-            for frame in kept:
-                writer.append(frame)
-            writer.commit()
-            best["encoder alone"] = min(best["encoder alone"], time.perf_counter() - t0)
+            for variant, source in (("encoder alone", kept), ("encoder alone, textured", textured)):
+                t0 = time.perf_counter()
+                writer = video.Mp4Writer(os.path.join(tmp, "e.mp4"), fps=24, crf=18, preset="medium")
+                for frame in source:
+                    writer.append(frame)
+                writer.commit()
+                best[variant] = min(best[variant], time.perf_counter() - t0)
             print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {v:.1f} s" for k, v in best.items()), flush=True)
         size = os.path.getsize(os.path.join(tmp, "v.mp4"))
 
@@ -175,6 +225,10 @@ def bench_encoder(resolution: int, rounds: int, frames: int, batch: int) -> None
     print(f"  synthesis only            {synth:8.1f} s   {synth / frames * 1e3:6.0f} ms/frame")
     print(f"  render_video to MP4       {full:8.1f} s   {full / frames * 1e3:6.0f} ms/frame   ({size / 1e6:.2f} MB)")
     print(f"  encoder alone (from RAM)  {alone:8.1f} s   {alone / frames * 1e3:6.0f} ms/frame")
+    textured_time = best["encoder alone, textured"]
+    print(f"  encoder alone, textured   {textured_time:8.1f} s   {textured_time / frames * 1e3:6.0f} ms/frame   "
+          f"(= {textured_time / synth * 100:.1f} % of synthesis; detail at all scales + per-frame grain, a "
+          "harder case for x264 than these smooth random-weights images)")
     print(f"  encoder's share of the render's wall time: {max(0.0, full - synth) / full * 100:.1f} % "
           f"(render_video / synthesis only = {full / synth:.3f}); time inside the writers "
           f"{inside_writers:.2f} s = {inside_writers / full * 100:.1f} %")
@@ -243,11 +297,11 @@ def bench_memory(resolution: int, frames: int, batch: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="synthesis,encoder,memory")
+    parser.add_argument("--parts", default="synthesis,peak,encoder,memory")
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-sizes", default="1,2,4,8")
-    parser.add_argument("--batch", type=int, default=4, help="batch size of the encoder and memory parts")
+    parser.add_argument("--batch", type=int, default=2, help="batch size of the encoder and memory parts")
     parser.add_argument("--encoder-frames", type=int, default=24)
     parser.add_argument("--frames", type=int, default=1000, help="walk frames of the memory part")
     parser.add_argument("--memory-resolutions", default="512")
@@ -260,6 +314,9 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f} at start")
     if "synthesis" in parts:
         bench_synthesis(args.resolution, args.rounds, [int(b) for b in args.batch_sizes.split(",")])
+        print()
+    if "peak" in parts:
+        bench_peak(args.resolution, [int(b) for b in args.batch_sizes.split(",")])
         print()
     if "encoder" in parts:
         bench_encoder(args.resolution, args.rounds, args.encoder_frames, args.batch)

@@ -98,7 +98,10 @@ class RenderSettings:
         hold_start: extra copies of the first frame (the adult) before the walk.
         hold_end:   extra copies of the last frame (the young animal) after the walk.
         pingpong:   walk back again (F - 2 more frames), for a seamless loop.
-        batch_size: walk frames synthesised together (memory ~ batch_size x one frame's activations).
+        batch_size: walk frames synthesised together.  On the CPU at 512x512 (benchmarks/bench_render.py, 2
+                    cores) batching gains little and costs memory: 1.08x the frames/s of batch 1 at batch 2,
+                    1.10x at batch 4, 0.76x at batch 8, for a synthesis high-water mark of 1.2 / 1.7 / 2.3 /
+                    4.3 GiB; so the default is 2.  GPUs gain more from larger batches.
         fps:        frames per second of the videos.
         crf:        MP4 quality, x264 constant rate factor 1 (best) - 51 (worst); 18 is near-lossless.
         preset:     x264 preset (:data:`video.X264_PRESETS`): speed of encoding against file size.
@@ -113,7 +116,7 @@ class RenderSettings:
     hold_start: int = 12
     hold_end: int = 24
     pingpong: bool = False
-    batch_size: int = 4
+    batch_size: int = 2
     fps: float = 24.0
     crf: int = 18
     preset: str = "medium"
@@ -318,7 +321,7 @@ def check_inputs(G: Generator, latent: LatentFile, direction: Union[torch.Tensor
 
 def iter_walk_frames(G: Generator, latent: LatentFile, direction: Union[torch.Tensor, np.ndarray],
                      frames: int, strength: float = 1.0, easing: str = "smoothstep",
-                     batch_size: int = 4) -> Iterator[np.ndarray]:
+                     batch_size: int = 2) -> Iterator[np.ndarray]:
     """The F walk frames in order, uint8 [R, R, 3] each (see the module docstring for the maths).
 
     Inputs are checked at once (:class:`RenderError`); frames are then made lazily, one batch at a time.

@@ -446,8 +446,8 @@ def _split_single_frame_gif(data: bytes) -> tuple[bytes, int, bool, bytes]:
     """Take apart a one-frame GIF (as Pillow writes it) to reuse its frame in an animation.
 
     Returns (colour table, its size bits N (3 * 2**(N+1) bytes), whether the rows are interlaced, image data =
-    LZW minimum code size + data sub-blocks + terminator).  Extensions are dropped.  Streaming an animation frame by frame this way keeps
-    memory flat (Pillow's own multi-frame writer holds every frame until the end).
+    LZW minimum code size + data sub-blocks + terminator).  Extensions are dropped.  Streaming an animation
+    frame by frame this way keeps memory flat (Pillow's own multi-frame writer holds every frame until the end).
     """
     if data[:6] not in (b"GIF87a", b"GIF89a"):
         raise ValueError("not a GIF")
