@@ -3,10 +3,16 @@
 //   bias_act(x, b, xref, yref, dy, grad, dim, act, alpha, gain, clamp) -> y
 // where an empty tensor means "not given" and clamp < 0 means no clamping (modes: see bias_act.h).
 
-#include <torch/extension.h>
-
-#include <ATen/cuda/CUDAContext.h>
+// Only the headers needed (not <torch/extension.h>, which pulls in all of libtorch's API): this halves the
+// compile time of the file.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
 #include <climits>
@@ -14,6 +20,14 @@
 #include "bias_act.h"
 
 namespace {
+
+// Number of multiprocessors of the current device (sizes grid-stride launches).
+int multiprocessor_count() {
+    int device = 0, count = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+    return count;
+}
 
 // The derivatives of these activations are computed from the forward output (Activation.ref == 'y').
 bool derivative_needs_output(int64_t act) {
@@ -26,7 +40,7 @@ bool derivative_needs_input(int64_t act) { return act == kSwish; }
 
 // Same sizes and the same strides in every dimension that has more than one element: then one memory
 // offset addresses the same element in both tensors.
-bool same_layout(const torch::Tensor& a, const torch::Tensor& b) {
+bool same_layout(const at::Tensor& a, const at::Tensor& b) {
     if (a.sizes() != b.sizes()) return false;
     for (int64_t d = 0; d < a.dim(); ++d) {
         if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
@@ -35,7 +49,7 @@ bool same_layout(const torch::Tensor& a, const torch::Tensor& b) {
 }
 
 // xref, yref and dy are either empty ("not given") or match x in device, dtype, shape and layout.
-void check_like_x(const torch::Tensor& t, const torch::Tensor& x, const char* name) {
+void check_like_x(const at::Tensor& t, const at::Tensor& x, const char* name) {
     if (t.numel() == 0) return;
     TORCH_CHECK(t.device() == x.device(), "bias_act: ", name, " must be on x's device ", x.device(), ", got ",
                 t.device());
@@ -47,7 +61,7 @@ void check_like_x(const torch::Tensor& t, const torch::Tensor& x, const char* na
 
 }  // namespace
 
-torch::Tensor bias_act(torch::Tensor x, torch::Tensor b, torch::Tensor xref, torch::Tensor yref, torch::Tensor dy,
+at::Tensor bias_act(at::Tensor x, at::Tensor b, at::Tensor xref, at::Tensor yref, at::Tensor dy,
                        int64_t grad, int64_t dim, int64_t act, double alpha, double gain, double clamp) {
     TORCH_CHECK(x.is_cuda(), "bias_act: x must be a CUDA tensor, got one on ", x.device());
     const auto dtype = x.scalar_type();
@@ -72,6 +86,11 @@ torch::Tensor bias_act(torch::Tensor x, torch::Tensor b, torch::Tensor xref, tor
     check_like_x(xref, x, "xref");
     check_like_x(yref, x, "yref");
     check_like_x(dy, x, "dy");
+
+    const c10::cuda::OptionalCUDAGuard device_guard(x.device());
+    at::Tensor y = at::empty_like(x);  // x is dense, so y gets x's strides
+    if (x.numel() == 0) return y;      // (then xref, yref and dy are empty too: "not given" is fine)
+
     if (grad >= 1) {
         TORCH_CHECK(!derivative_needs_output(act) || yref.numel() != 0,
                     "bias_act: the derivative of activation ", act, " needs yref (the forward output)");
@@ -83,10 +102,6 @@ torch::Tensor bias_act(torch::Tensor x, torch::Tensor b, torch::Tensor xref, tor
     if (grad == 2) {
         TORCH_CHECK(dy.numel() != 0, "bias_act: grad=2 needs dy (the gradient of the forward output)");
     }
-
-    const at::cuda::OptionalCUDAGuard device_guard(x.device());
-    torch::Tensor y = torch::empty_like(x);  // x is dense, so y gets x's strides
-    if (x.numel() == 0) return y;
 
     BiasActParams p;
     p.x = x.data_ptr();
@@ -106,9 +121,9 @@ torch::Tensor bias_act(torch::Tensor x, torch::Tensor b, torch::Tensor xref, tor
 
     // Enough blocks to fill the GPU (8 x 256 threads per multiprocessor); the grid-stride loop does the rest.
     const int64_t blocks_needed = (x.numel() + kBiasActThreads - 1) / kBiasActThreads;
-    const int64_t blocks_to_fill = int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 8;
+    const int64_t blocks_to_fill = int64_t(multiprocessor_count()) * 8;
     const int num_blocks = static_cast<int>(std::min(blocks_needed, blocks_to_fill));
-    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "bias_act",
                                     [&] { launch_bias_act<scalar_t>(p, num_blocks, stream); });
     return y;

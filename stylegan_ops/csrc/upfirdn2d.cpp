@@ -5,10 +5,16 @@
 // NCHW-contiguous one) and f a float32 [fh, fw] filter on x's device.  `kernel`: -1 automatic, 0 the general
 // kernel, 1 the shared-memory tile kernel (an error where none fits); tests use it to check both.
 
-#include <torch/extension.h>
-
-#include <ATen/cuda/CUDAContext.h>
+// Only the headers needed (not <torch/extension.h>, which pulls in all of libtorch's API): this halves the
+// compile time of the file.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <climits>
 #include <cstdlib>
@@ -17,12 +23,20 @@
 
 namespace {
 
+// Number of multiprocessors of the current device (sizes grid-stride launches).
+int multiprocessor_count() {
+    int device = 0, count = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+    return count;
+}
+
 // Bound on the upsampled, padded extent of an axis: keeps every coordinate the kernels compute (sums and
 // differences of these terms) far inside the int32 range.
 constexpr int64_t kMaxExtent = int64_t(1) << 29;
 
 // The largest element offset a tensor's strides reach (0 for an empty tensor).
-int64_t max_offset(const torch::Tensor& t) {
+int64_t max_offset(const at::Tensor& t) {
     if (t.numel() == 0) return 0;
     int64_t offset = 0;
     for (int64_t d = 0; d < t.dim(); ++d) offset += (t.size(d) - 1) * t.stride(d);
@@ -30,7 +44,7 @@ int64_t max_offset(const torch::Tensor& t) {
 }
 
 // Stride of dimension d as an int; 0 where the dimension has one element (its stride is never used).
-int stride_or_zero(const torch::Tensor& t, int64_t d) { return t.size(d) > 1 ? static_cast<int>(t.stride(d)) : 0; }
+int stride_or_zero(const at::Tensor& t, int64_t d) { return t.size(d) > 1 ? static_cast<int>(t.stride(d)) : 0; }
 
 // Output size along one axis, after checking that everything about the axis fits the kernels' int32 math.
 int64_t output_size(const char* axis, int64_t in_size, int64_t up, int64_t down, int64_t pad0, int64_t pad1,
@@ -46,7 +60,7 @@ int64_t output_size(const char* axis, int64_t in_size, int64_t up, int64_t down,
 
 }  // namespace
 
-torch::Tensor upfirdn2d(torch::Tensor x, torch::Tensor f, int64_t up_x, int64_t up_y, int64_t down_x, int64_t down_y,
+at::Tensor upfirdn2d(at::Tensor x, at::Tensor f, int64_t up_x, int64_t up_y, int64_t down_x, int64_t down_y,
                         int64_t pad_x0, int64_t pad_x1, int64_t pad_y0, int64_t pad_y1, bool flip_filter, double gain,
                         int64_t kernel) {
     TORCH_CHECK(x.is_cuda(), "upfirdn2d: x must be a CUDA tensor, got one on ", x.device());
@@ -70,14 +84,16 @@ torch::Tensor upfirdn2d(torch::Tensor x, torch::Tensor f, int64_t up_x, int64_t 
     const int64_t filter_h = f.size(0), filter_w = f.size(1);
     const int64_t out_w = output_size("x", in_w, up_x, down_x, pad_x0, pad_x1, filter_w);
     const int64_t out_h = output_size("y", in_h, up_y, down_y, pad_y0, pad_y1, filter_h);
-    TORCH_CHECK(n * c * out_h * out_w <= INT_MAX, "upfirdn2d: the output [", n, ", ", c, ", ", out_h, ", ", out_w,
+    // (checked in steps, so that no product can overflow int64)
+    TORCH_CHECK(n <= INT_MAX && c <= INT_MAX && n * c <= INT_MAX && out_h * out_w <= INT_MAX &&
+                    n * c * out_h * out_w <= INT_MAX, "upfirdn2d: the output [", n, ", ", c, ", ", out_h, ", ", out_w,
                 "] has more than 2^31 elements (32-bit indexing)");
 
-    const at::cuda::OptionalCUDAGuard device_guard(x.device());
+    const c10::cuda::OptionalCUDAGuard device_guard(x.device());
     const auto memory_format = x.suggest_memory_format();  // channels_last stays channels_last
-    torch::Tensor y = torch::empty({n, c, out_h, out_w}, x.options().memory_format(memory_format));
+    at::Tensor y = at::empty({n, c, out_h, out_w}, x.options().memory_format(memory_format));
     if (y.numel() == 0) return y;
-    const torch::Tensor filter = f.contiguous();
+    const at::Tensor filter = f.contiguous();
 
     Upfirdn2dParams p;
     p.x = x.data_ptr();
@@ -112,8 +128,8 @@ torch::Tensor upfirdn2d(torch::Tensor x, torch::Tensor f, int64_t up_x, int64_t 
     TORCH_CHECK(requested != Upfirdn2dKernel::kTiled || upfirdn2d_tiled_applicable(p),
                 "upfirdn2d: no tiled kernel fits these parameters (up ", up_x, "x", up_y, ", down ", down_x, "x",
                 down_y, ", filter ", filter_h, "x", filter_w, ")");
-    const int num_multiprocessors = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    const int num_multiprocessors = multiprocessor_count();
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "upfirdn2d", [&] {
         launch_upfirdn2d<scalar_t>(p, requested, num_multiprocessors, stream);
     });
