@@ -94,10 +94,11 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, ac
             raise ValueError(f"bias must have shape [{x.shape[dim]}], got {tuple(getattr(b, 'shape', ()))}")
         if b.dtype != x.dtype or b.device != x.device:
             raise ValueError("bias must have the dtype and device of x")
+    use_cuda = plugin.choose_impl(impl, x) == "cuda"
     _, _, resolved_gain, resolved_clamp = _resolve_params(act, alpha, gain, clamp)
     if act == "linear" and b is None and resolved_gain == 1 and resolved_clamp < 0:
         return x  # nothing to do; both implementations return x itself (no autograd Function around it)
-    if plugin.choose_impl(impl, x) == "cuda" and plugin.get_plugin("bias_act") is not None:
+    if use_cuda and plugin.get_plugin("bias_act") is not None:
         return _bias_act_cuda(dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp).apply(x, b)
     return bias_act_ref(x, b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
 
