@@ -65,6 +65,20 @@ def _resolve_params(act: str, alpha: Optional[float], gain: Optional[float], cla
     return spec, alpha, gain, clamp
 
 
+def _check_bias(x: torch.Tensor, b: Optional[torch.Tensor], dim: int) -> int:
+    """Validate the bias against ``x``; return ``dim`` counted from the front (negative dims allowed)."""
+    if b is None:
+        return dim
+    if not (isinstance(dim, int) and -x.ndim <= dim < x.ndim):
+        raise ValueError(f"dim must be an integer in [{-x.ndim}, {x.ndim}) for a {x.ndim}D x, got {dim!r}")
+    dim = dim % x.ndim
+    if not isinstance(b, torch.Tensor) or b.ndim != 1 or b.shape[0] != x.shape[dim]:
+        raise ValueError(f"bias must have shape [{x.shape[dim]}], got {tuple(getattr(b, 'shape', ()))}")
+    if b.dtype != x.dtype or b.device != x.device:
+        raise ValueError("bias must have the dtype and device of x")
+    return dim
+
+
 def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, act: str = "linear",
              alpha: Optional[float] = None, gain: Optional[float] = None, clamp: Optional[float] = None,
              impl: Optional[str] = None) -> torch.Tensor:
@@ -86,11 +100,7 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, ac
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError("x must be a tensor")
-    if b is not None:
-        if not isinstance(b, torch.Tensor) or b.ndim != 1 or b.shape[0] != x.shape[dim]:
-            raise ValueError(f"bias must have shape [{x.shape[dim]}], got {tuple(getattr(b, 'shape', ()))}")
-        if b.dtype != x.dtype or b.device != x.device:
-            raise ValueError("bias must have the dtype and device of x")
+    dim = _check_bias(x, b, dim)
     if plugin.choose_impl(impl, x) == "cuda" and plugin.get_plugin("bias_act") is not None:
         return _bias_act_cuda(dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp).apply(x, b)
     return bias_act_ref(x, b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
@@ -101,6 +111,7 @@ def bias_act_ref(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1
                  clamp: Optional[float] = None) -> torch.Tensor:
     """Reference implementation of :func:`bias_act` with standard PyTorch ops (same arguments)."""
     spec, alpha, gain, clamp = _resolve_params(act, alpha, gain, clamp)
+    dim = _check_bias(x, b, dim)
     if b is not None:
         x = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
     x = spec.func(x, alpha=alpha)
