@@ -106,7 +106,12 @@ def test_setup_filter_special_inputs():
     assert _upfirdn2d.setup_filter(5, normalize=False).tolist() == [[25.0]]  # 1 tap, applied along x and y
     assert _upfirdn2d.setup_filter([1, 2, 1], separable=True).tolist() == [0.25, 0.5, 0.25]
     assert _upfirdn2d.setup_filter([1, 3, 3, 1]).shape == (4, 4)  # StyleGAN2's default: 4 taps -> 2D
+    assert _upfirdn2d.setup_filter(np.ones(7)).shape == (7, 7)  # separable by default from 8 taps on
+    assert _upfirdn2d.setup_filter(np.ones(8)).shape == (8,)
+    assert _upfirdn2d.setup_filter(np.ones(8), separable=False).shape == (8, 8)
     assert _upfirdn2d.setup_filter([1, -1], normalize=False).tolist() == [[1.0, -1.0], [-1.0, 1.0]]
+    with torch.device("meta"):  # networks are built on the meta device before their weights are loaded
+        assert _upfirdn2d.setup_filter([1, 3, 3, 1]).device.type == "meta"
     caller_taps = torch.tensor([1.0, 3.0, 3.0, 1.0])
     _upfirdn2d.setup_filter(caller_taps, flip_filter=True, gain=4)
     assert caller_taps.tolist() == [1.0, 3.0, 3.0, 1.0], "setup_filter must not modify the caller's tensor"
