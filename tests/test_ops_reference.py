@@ -171,8 +171,9 @@ def test_resampling_helpers_match_naive(which, f, factor, padding, flip, gain, h
         call = lambda: _upfirdn2d.downsample2d(torch.from_numpy(x), f, down=factor, padding=padding,
                                                flip_filter=flip, gain=gain)
     try:
-        expected = naive.upfirdn2d_naive(x, taps, up=up, down=down, padding=[px0 + cx0, px1 + cx1, py0 + cy0, py1 + cy1],
-                                         flip_filter=flip, gain=total_gain)
+        padding_with_centring = [px0 + cx0, px1 + cx1, py0 + cy0, py1 + cy1]
+        expected = naive.upfirdn2d_naive(x, taps, up=up, down=down, padding=padding_with_centring, flip_filter=flip,
+                                         gain=total_gain)
     except naive.TooSmall:
         event("image smaller than the filter: ValueError")
         with pytest.raises(ValueError, match="smaller than the filter"):
@@ -340,6 +341,10 @@ def conv2d_resample_cases(draw):
     )
 
 
+def _without_f(args: dict) -> dict:
+    return {k: v for k, v in args.items() if k != "f"}
+
+
 def _conv_inputs(case):
     x = random_array(case["seed"], (case["n"], case["c_in"], case["h"], case["w"]))
     w = random_array(case["seed"] + 1, (case["c_out"], case["c_in"] // case["args"]["groups"], case["kh"], case["kw"]))
@@ -352,14 +357,15 @@ def test_conv2d_resample_matches_ref_and_naive(case):
     x, w = _conv_inputs(case)
     args = case["args"]
     try:
-        expected = naive.conv2d_resample_naive(x, w, as_numpy_filter(args["f"]), **{k: v for k, v in args.items() if k != "f"})
+        expected = naive.conv2d_resample_naive(x, w, as_numpy_filter(args["f"]), **_without_f(args))
     except naive.TooSmall:
         event("image smaller than filter or kernel: skipped")
         return
     ref = _conv2d_resample.conv2d_resample_ref(torch.from_numpy(x), torch.from_numpy(w), **args)
     fast = _conv2d_resample.conv2d_resample(torch.from_numpy(x), torch.from_numpy(w), **args)
     kh, kw, up, down = case["kh"], case["kw"], args["up"], args["down"]
-    event(f"{'1x1' if kh == kw == 1 else 'kxk'} up={min(up, 2)}{'+' if up > 1 else ''} down={min(down, 2)}{'+' if down > 1 else ''}")
+    kernel = "1x1" if kh == kw == 1 else "kxk"
+    event(f"{kernel} kernel, {'up' if up > 1 else 'no up'}, {'down' if down > 1 else 'no down'}")
     assert_matches(ref, expected)
     assert_matches(fast, expected)
     assert_matches(fast, ref.numpy())
@@ -398,7 +404,8 @@ CONV_PATH_CASES = {
     "1x1 up: conv, then upsample": (
         (1, 1), 2, dict(f=FIR4, up=2, padding=[1, 0, 0, 2]), ["conv", "upfirdn2d(up=2, down=1)"]),
     "down: filter, then strided conv": (
-        (3, 3), 2, dict(f=FIR4, down=2, padding=[1, 2, 0, 1], flip_weight=False), ["upfirdn2d(up=1, down=1)", "conv/2"]),
+        (3, 3), 2, dict(f=FIR4, down=2, padding=[1, 2, 0, 1], flip_weight=False),
+        ["upfirdn2d(up=1, down=1)", "conv/2"]),
     "down 3, odd filter": (
         (3, 2), 1, dict(f=[1, 2, 1], down=3, flip_filter=True), ["upfirdn2d(up=1, down=1)", "conv/3"]),
     "up: strided conv_transpose, then filter": (
@@ -410,7 +417,8 @@ CONV_PATH_CASES = {
         (3, 3), 1, dict(f=FIR4, up=2, down=2, padding=1),
         ["conv_transpose/2", "upfirdn2d(up=1, down=1)", "upfirdn2d(up=1, down=2)"]),
     "1x1 up and down": (
-        (1, 1), 1, dict(f=FIR4, up=3, down=2), ["conv_transpose/3", "upfirdn2d(up=1, down=1)", "upfirdn2d(up=1, down=2)"]),
+        (1, 1), 1, dict(f=FIR4, up=3, down=2),
+        ["conv_transpose/3", "upfirdn2d(up=1, down=1)", "upfirdn2d(up=1, down=2)"]),
     "plain conv, symmetric padding": (
         (3, 3), 2, dict(padding=1, flip_weight=False), ["conv"]),
     "plain conv, 1x1": (
@@ -431,8 +439,7 @@ def test_conv2d_resample_fast_paths(name, monkeypatch):
         args["f"] = _upfirdn2d.setup_filter(args["f"])
     x = random_array(9, (2, 2 * groups, 7, 6))
     w = random_array(10, (3 * groups, 2, kh, kw))
-    expected = naive.conv2d_resample_naive(x, w, as_numpy_filter(args.get("f")),
-                                           **{k: v for k, v in args.items() if k != "f"})
+    expected = naive.conv2d_resample_naive(x, w, as_numpy_filter(args.get("f")), **_without_f(args))
     ref = _conv2d_resample.conv2d_resample_ref(torch.from_numpy(x), torch.from_numpy(w), **args)
     spy = _PathSpy(monkeypatch)
     fast = _conv2d_resample.conv2d_resample(torch.from_numpy(x), torch.from_numpy(w), **args)
@@ -505,46 +512,44 @@ def _x(*shape, dtype=torch.float32):
 
 
 FIR = _upfirdn2d.setup_filter([1, 3, 3, 1])
+IMG = _x(1, 1, 4, 4)       # one 4x4 image
+W3 = _x(1, 1, 3, 3)        # one 3x3 kernel
+bias_act, bias_act_ref = _bias_act.bias_act, _bias_act.bias_act_ref
+setup_filter, upfirdn2d = _upfirdn2d.setup_filter, _upfirdn2d.upfirdn2d
+conv, conv_ref = _conv2d_resample.conv2d_resample, _conv2d_resample.conv2d_resample_ref
 
-INVALID_CALLS = {
-    "unknown activation": (lambda: _bias_act.bias_act_ref(_x(1, 2), act="gelu"), "unknown activation 'gelu'"),
-    "bias of the wrong length": (lambda: _bias_act.bias_act(_x(1, 2, 3), _x(3)), r"bias must have shape \[2\]"),
-    "2D bias": (lambda: _bias_act.bias_act_ref(_x(1, 2), _x(1, 2)), r"bias must have shape \[2\]"),
-    "bias of another dtype": (lambda: _bias_act.bias_act(_x(1, 2), _x(2, dtype=torch.float64)), "dtype and device"),
-    "bias dim out of range": (lambda: _bias_act.bias_act(_x(1, 2), _x(2), dim=2), r"dim must be an integer in \[-2, 2\)"),
-    "negative clamp": (lambda: _bias_act.bias_act_ref(_x(1, 2), clamp=-0.5), "clamp must be non-negative"),
-    "unknown impl": (lambda: _bias_act.bias_act(_x(1, 2), impl="triton"), "impl must be None, 'ref' or 'cuda'"),
-    "3D filter": (lambda: _upfirdn2d.setup_filter(np.ones((2, 2, 2))), "non-empty scalar, 1D or 2D"),
-    "empty filter": (lambda: _upfirdn2d.setup_filter([]), "non-empty scalar, 1D or 2D"),
-    "separable 2D filter": (lambda: _upfirdn2d.setup_filter(np.ones((2, 2)), separable=True), "cannot be made separable"),
-    "zero-sum filter": (lambda: _upfirdn2d.setup_filter([1, -1]), "sum to 0; pass normalize=False"),
-    "3D image": (lambda: _upfirdn2d.upfirdn2d(_x(2, 4, 4), FIR), r"4D tensor \[N, C, H, W\]"),
+INVALID_CALLS = {  # mistake: (the call, a regex its message must match)
+    "unknown activation": (lambda: bias_act_ref(_x(1, 2), act="gelu"), "unknown activation 'gelu'"),
+    "bias of the wrong length": (lambda: bias_act(_x(1, 2, 3), _x(3)), r"bias must have shape \[2\]"),
+    "2D bias": (lambda: bias_act_ref(_x(1, 2), _x(1, 2)), r"bias must have shape \[2\]"),
+    "bias of another dtype": (lambda: bias_act(_x(1, 2), _x(2, dtype=torch.float64)), "dtype and device"),
+    "bias dim out of range": (lambda: bias_act(_x(1, 2), _x(2), dim=2), r"dim must be an integer in \[-2, 2\)"),
+    "negative clamp": (lambda: bias_act_ref(_x(1, 2), clamp=-0.5), "clamp must be non-negative"),
+    "unknown impl": (lambda: bias_act(_x(1, 2), impl="triton"), "impl must be None, 'ref' or 'cuda'"),
+    "3D filter": (lambda: setup_filter(np.ones((2, 2, 2))), "non-empty scalar, 1D or 2D"),
+    "empty filter": (lambda: setup_filter([]), "non-empty scalar, 1D or 2D"),
+    "separable 2D filter": (lambda: setup_filter(np.ones((2, 2)), separable=True), "cannot be made separable"),
+    "zero-sum filter": (lambda: setup_filter([1, -1]), "sum to 0; pass normalize=False"),
+    "3D image": (lambda: upfirdn2d(_x(2, 4, 4), FIR), r"4D tensor \[N, C, H, W\]"),
     "3D image (ref)": (lambda: _upfirdn2d.upfirdn2d_ref(_x(2, 4, 4), FIR), r"4D tensor \[N, C, H, W\]"),
-    "float64 filter": (lambda: _upfirdn2d.upfirdn2d(_x(1, 1, 4, 4), FIR.double()), "float32 tensor"),
-    "filter with grad": (lambda: _upfirdn2d.upfirdn2d(_x(1, 1, 4, 4), FIR.clone().requires_grad_(True)),
-                         "gradients with respect to the filter"),
-    "zero up factor": (lambda: _upfirdn2d.upfirdn2d(_x(1, 1, 4, 4), FIR, up=0), "scaling factors must be >= 1"),
-    "three down factors": (lambda: _upfirdn2d.upfirdn2d(_x(1, 1, 4, 4), FIR, down=[1, 2, 3]), "int or a pair of ints"),
-    "three padding entries": (lambda: _upfirdn2d.upfirdn2d(_x(1, 1, 4, 4), FIR, padding=[1, 2, 3]), "1, 2 or 4 entries"),
-    "fractional padding": (lambda: _upfirdn2d.upfirdn2d(_x(1, 1, 4, 4), FIR, padding=0.5), "int or a list of ints"),
-    "image smaller than filter": (lambda: _upfirdn2d.upfirdn2d(_x(1, 1, 2, 2), FIR, padding=-1), "smaller than the filter"),
-    "3D filter for filter2d": (lambda: _upfirdn2d.filter2d(_x(1, 1, 4, 4), _x(2, 2, 2)), r"1D \(separable\) or 2D"),
-    "conv: 3D image": (lambda: _conv2d_resample.conv2d_resample(_x(1, 4, 4), _x(1, 1, 3, 3)), r"x must be a 4D"),
-    "conv: weight dtype": (lambda: _conv2d_resample.conv2d_resample(_x(1, 1, 4, 4), _x(1, 1, 3, 3, dtype=torch.float64)),
-                           "of x's dtype"),
-    "conv: float64 filter": (lambda: _conv2d_resample.conv2d_resample(_x(1, 1, 4, 4), _x(1, 1, 3, 3), f=FIR.double(),
-                                                                      up=2), "float32 filter"),
-    "conv: zero up": (lambda: _conv2d_resample.conv2d_resample(_x(1, 1, 4, 4), _x(1, 1, 3, 3), up=0), "up must be"),
-    "conv: fractional down": (lambda: _conv2d_resample.conv2d_resample(_x(1, 1, 4, 4), _x(1, 1, 3, 3), down=1.5),
-                              "down must be"),
-    "conv: zero groups": (lambda: _conv2d_resample.conv2d_resample_ref(_x(1, 1, 4, 4), _x(1, 1, 3, 3), groups=0),
-                          "groups must be"),
-    "conv: channel mismatch": (lambda: _conv2d_resample.conv2d_resample(_x(1, 4, 4, 4), _x(4, 3, 3, 3)),
-                               r"does not fit x with 4 channels"),
-    "conv: out channels not divisible by groups": (
-        lambda: _conv2d_resample.conv2d_resample(_x(1, 4, 5, 5), _x(3, 2, 3, 3), groups=2, up=2), "divisible by groups"),
-    "conv: bad padding": (lambda: _conv2d_resample.conv2d_resample(_x(1, 1, 4, 4), _x(1, 1, 3, 3), padding=[1, 2, 3]),
-                          "1, 2 or 4 entries"),
+    "float64 filter": (lambda: upfirdn2d(IMG, FIR.double()), "float32 tensor"),
+    "filter with grad": (lambda: upfirdn2d(IMG, FIR.clone().requires_grad_(True)), "gradients with respect to the f"),
+    "zero up factor": (lambda: upfirdn2d(IMG, FIR, up=0), "scaling factors must be >= 1"),
+    "three down factors": (lambda: upfirdn2d(IMG, FIR, down=[1, 2, 3]), "int or a pair of ints"),
+    "three padding entries": (lambda: upfirdn2d(IMG, FIR, padding=[1, 2, 3]), "1, 2 or 4 entries"),
+    "fractional padding": (lambda: upfirdn2d(IMG, FIR, padding=0.5), "int or a list of ints"),
+    "image smaller than filter": (lambda: upfirdn2d(IMG, FIR, padding=-1), "smaller than the filter"),
+    "3D filter for filter2d": (lambda: _upfirdn2d.filter2d(IMG, _x(2, 2, 2)), r"1D \(separable\) or 2D"),
+    "conv: 3D image": (lambda: conv(_x(1, 4, 4), W3), r"x must be a 4D"),
+    "conv: weight dtype": (lambda: conv(IMG, W3.double()), "of x's dtype"),
+    "conv: float64 filter": (lambda: conv(IMG, W3, f=FIR.double(), up=2), "float32 filter"),
+    "conv: zero up": (lambda: conv(IMG, W3, up=0), "up must be an integer >= 1"),
+    "conv: fractional down": (lambda: conv(IMG, W3, down=1.5), "down must be an integer >= 1"),
+    "conv: zero groups": (lambda: conv_ref(IMG, W3, groups=0), "groups must be an integer >= 1"),
+    "conv: channel mismatch": (lambda: conv(_x(1, 4, 4, 4), _x(4, 3, 3, 3)), "does not fit x with 4 channels"),
+    "conv: out channels not divisible by groups": (lambda: conv(_x(1, 4, 5, 5), _x(3, 2, 3, 3), groups=2, up=2),
+                                                   "divisible by groups"),
+    "conv: bad padding": (lambda: conv(IMG, W3, padding=[1, 2, 3]), "1, 2 or 4 entries"),
 }
 
 
