@@ -24,6 +24,15 @@ from stylegan_ops import upfirdn2d as _upfirdn2d
 import naive_ops as naive  # tests/naive_ops.py
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """The tensors here are tiny: extra intra-op threads only spin, and on a busy 2-core machine triple the time."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def examples(n: int) -> settings:
     """Deterministic hypothesis settings drawing ``n`` examples (no database, no timing deadline)."""
     return settings(derandomize=True, deadline=None, database=None, max_examples=n, print_blob=False,
