@@ -151,36 +151,32 @@ def test_upfirdn2d_ref_matches_naive(n, c, h, w, f, up, down, padding, flip, gai
     assert_matches(got32, expected, rel=1e-5)
 
 
-@examples(60)
-@given(which=st.sampled_from(["filter2d", "upsample2d", "downsample2d"]), f=filters(), factor=factors,
-       padding=paddings(-2, 3), flip=st.booleans(), gain=st.sampled_from([1.0, 2.0]), h=st.integers(1, 6),
-       w=st.integers(1, 6), seed=seeds)
-def test_resampling_helpers_match_naive(which, f, factor, padding, flip, gain, h, w, seed):
-    """filter2d keeps the size, upsample2d multiplies it, downsample2d divides it (plus the padding)."""
-    x = random_array(seed, (1, 2, h, w))
+def _check_resampling_helper(which: str, x: np.ndarray, f, factor, padding, flip: bool, gain: float) -> None:
+    """filter2d keeps the size, upsample2d multiplies it, downsample2d divides it (plus the padding); the
+    filter sits where the centring paddings of tests/naive_ops.py put it."""
+    h, w = x.shape[2:]
     taps = naive.filter_2d(as_numpy_filter(f))
     fh, fw = taps.shape
     fx, fy = naive.as_pair(factor)
     px0, px1, py0, py1 = naive.as_quad(padding)
+    common = dict(padding=padding, flip_filter=flip, gain=gain)
     if which == "filter2d":
         (cx0, cx1), (cy0, cy1) = naive.centring_padding_same(fw), naive.centring_padding_same(fh)
         up, down, total_gain = 1, 1, gain
         out_h, out_w = h + py0 + py1, w + px0 + px1
-        call = lambda: _upfirdn2d.filter2d(torch.from_numpy(x), f, padding=padding, flip_filter=flip, gain=gain)
+        call = lambda: _upfirdn2d.filter2d(torch.from_numpy(x), f, **common)
     elif which == "upsample2d":
         (cx0, cx1), (cy0, cy1) = naive.centring_padding_up(fw, fx), naive.centring_padding_up(fh, fy)
         up, down, total_gain = factor, 1, gain * fx * fy
         out_h, out_w = h * fy + py0 + py1, w * fx + px0 + px1
-        call = lambda: _upfirdn2d.upsample2d(torch.from_numpy(x), f, up=factor, padding=padding, flip_filter=flip,
-                                             gain=gain)
+        call = lambda: _upfirdn2d.upsample2d(torch.from_numpy(x), f, up=factor, **common)
     else:
         (cx0, cx1), (cy0, cy1) = naive.centring_padding_down(fw, fx), naive.centring_padding_down(fh, fy)
         up, down, total_gain = 1, factor, gain
         out_h, out_w = (h + py0 + py1) // fy, (w + px0 + px1) // fx
-        call = lambda: _upfirdn2d.downsample2d(torch.from_numpy(x), f, down=factor, padding=padding,
-                                               flip_filter=flip, gain=gain)
+        call = lambda: _upfirdn2d.downsample2d(torch.from_numpy(x), f, down=factor, **common)
+    padding_with_centring = [px0 + cx0, px1 + cx1, py0 + cy0, py1 + cy1]
     try:
-        padding_with_centring = [px0 + cx0, px1 + cx1, py0 + cy0, py1 + cy1]
         expected = naive.upfirdn2d_naive(x, taps, up=up, down=down, padding=padding_with_centring, flip_filter=flip,
                                          gain=total_gain)
     except naive.TooSmall:
@@ -190,6 +186,26 @@ def test_resampling_helpers_match_naive(which, f, factor, padding, flip, gain, h
         return
     assert expected.shape[2:] == (out_h, out_w)
     assert_matches(call(), expected)
+
+
+@examples(60)
+@given(which=st.sampled_from(["filter2d", "upsample2d", "downsample2d"]), f=filters(), factor=factors,
+       padding=paddings(-2, 3), flip=st.booleans(), gain=st.sampled_from([1.0, 2.0]), h=st.integers(1, 6),
+       w=st.integers(1, 6), seed=seeds)
+def test_resampling_helpers_match_naive(which, f, factor, padding, flip, gain, h, w, seed):
+    _check_resampling_helper(which, random_array(seed, (1, 2, h, w)), f, factor, padding, flip, gain)
+
+
+@pytest.mark.parametrize("which", ["filter2d", "upsample2d", "downsample2d"])
+def test_resampling_helpers_filter_placement(which):
+    """Every mix of odd/even filter sizes and factors, so each centring rule is pinned whatever hypothesis draws."""
+    x = random_array(14, (1, 2, 7, 6))
+    rect = torch.tensor(random_array(15, (3, 4)), dtype=torch.float32)
+    for f in ([1, 2, 1], [1, 3, 3, 1], [2, 1, 1, 3, 4], rect):
+        f = f if isinstance(f, torch.Tensor) else _upfirdn2d.setup_filter(f, normalize=False)
+        for factor in (1, 2, 3, [2, 3], [3, 2]):
+            for flip in (False, True):
+                _check_resampling_helper(which, x, f, factor, [1, 0, 0, 2], flip, 1.0)
 
 
 @pytest.mark.parametrize("fx, fy", [(2, 2), (3, 3), (2, 3), (1, 3)])
@@ -285,6 +301,19 @@ def test_bias_act_ref_matches_naive(case):
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, atol=1e-12)
     got32 = _bias_act.bias_act(torch.from_numpy(x).float(), None if b is None else tb.float(), impl=None, **params)
     np.testing.assert_allclose(got32.numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("act", sorted(naive.ACT_DEFAULTS))
+def test_bias_act_ref_each_activation_on_a_grid(act):
+    """Every activation over [-5, 5], bias along a middle or a negative dim, defaults or explicit parameters."""
+    x = np.linspace(-5, 5, 30).reshape(2, 3, 5)
+    for dim in (1, -1):
+        b = random_array(16, x.shape[dim])
+        for alpha, gain, clamp in [(None, None, None), (0.3, 0.7, None), (None, None, 1.5), (0.1, 2.5, 0.4)]:
+            params = dict(dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
+            got = _bias_act.bias_act_ref(torch.from_numpy(x), torch.from_numpy(b), **params)
+            np.testing.assert_allclose(got.numpy(), naive.bias_act_naive(x, b, **params), rtol=1e-12, atol=1e-12,
+                                       err_msg=str(params))
 
 
 def test_bias_act_clamp_zero_and_defaults():
@@ -405,25 +434,26 @@ class _PathSpy:
         monkeypatch.setattr(_conv2d_resample, "conv2d_resample_ref", spy_ref)
 
 
-FIR4 = [1, 3, 3, 1]
+FIR4 = [1, 3, 3, 1]   # StyleGAN2's filter
+SKEW4 = [1, 2, 4, 1]  # a lopsided one, so that a flipped filter shows
 #: One case per branch of conv2d_resample: (kernel kh x kw, groups, arguments, the calls that branch makes).
 CONV_PATH_CASES = {
     "1x1 down: downsample, then conv": (
-        (1, 1), 1, dict(f=FIR4, down=2, padding=1), ["upfirdn2d(up=1, down=2)", "conv"]),
+        (1, 1), 1, dict(f=SKEW4, down=2, padding=1), ["upfirdn2d(up=1, down=2)", "conv"]),
     "1x1 up: conv, then upsample": (
         (1, 1), 2, dict(f=FIR4, up=2, padding=[1, 0, 0, 2]), ["conv", "upfirdn2d(up=2, down=1)"]),
     "down: filter, then strided conv": (
-        (3, 3), 2, dict(f=FIR4, down=2, padding=[1, 2, 0, 1], flip_weight=False),
+        (3, 3), 2, dict(f=SKEW4, down=2, padding=[1, 2, 0, 1], flip_weight=False),
         ["upfirdn2d(up=1, down=1)", "conv/2"]),
     "down 3, odd filter": (
-        (3, 2), 1, dict(f=[1, 2, 1], down=3, flip_filter=True), ["upfirdn2d(up=1, down=1)", "conv/3"]),
+        (3, 2), 1, dict(f=[1, 2, 3], down=3, flip_filter=True), ["upfirdn2d(up=1, down=1)", "conv/3"]),
     "up: strided conv_transpose, then filter": (
-        (3, 3), 1, dict(f=FIR4, up=2, padding=1), ["conv_transpose/2", "upfirdn2d(up=1, down=1)"]),
+        (3, 3), 1, dict(f=SKEW4, up=2, padding=1), ["conv_transpose/2", "upfirdn2d(up=1, down=1)"]),
     "up, grouped, asymmetric/negative padding": (
         (3, 2), 3, dict(f=[1, 2, 1], up=3, padding=[-1, 2, 1, -2], flip_weight=False),
         ["conv_transpose/3", "upfirdn2d(up=1, down=1)"]),
     "up and down: conv_transpose, filter, downsample": (
-        (3, 3), 1, dict(f=FIR4, up=2, down=2, padding=1),
+        (3, 3), 1, dict(f=SKEW4, up=2, down=2, padding=1, flip_filter=True),
         ["conv_transpose/2", "upfirdn2d(up=1, down=1)", "upfirdn2d(up=1, down=2)"]),
     "1x1 up and down": (
         (1, 1), 1, dict(f=FIR4, up=3, down=2),
