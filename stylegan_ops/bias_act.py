@@ -65,6 +65,20 @@ def _resolve_params(act: str, alpha: Optional[float], gain: Optional[float], cla
     return spec, alpha, gain, clamp
 
 
+def _check_bias(x: torch.Tensor, b: Optional[torch.Tensor], dim: int) -> int:
+    """Validate the bias against ``x``; return ``dim`` counted from the front (negative dims allowed)."""
+    if b is None:
+        return dim
+    if not (isinstance(dim, int) and -x.ndim <= dim < x.ndim):
+        raise ValueError(f"dim must be an integer in [{-x.ndim}, {x.ndim}) for a {x.ndim}D x, got {dim!r}")
+    dim = dim % x.ndim
+    if not isinstance(b, torch.Tensor) or b.ndim != 1 or b.shape[0] != x.shape[dim]:
+        raise ValueError(f"bias must have shape [{x.shape[dim]}], got {tuple(getattr(b, 'shape', ()))}")
+    if b.dtype != x.dtype or b.device != x.device:
+        raise ValueError("bias must have the dtype and device of x")
+    return dim
+
+
 def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, act: str = "linear",
              alpha: Optional[float] = None, gain: Optional[float] = None, clamp: Optional[float] = None,
              impl: Optional[str] = None) -> torch.Tensor:
@@ -86,14 +100,7 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, ac
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError("x must be a tensor")
-    if b is not None:
-        if not (isinstance(dim, int) and -x.ndim <= dim < x.ndim):
-            raise ValueError(f"dim must name a dimension of x (which has {x.ndim}), got {dim!r}")
-        dim %= x.ndim
-        if not isinstance(b, torch.Tensor) or b.ndim != 1 or b.shape[0] != x.shape[dim]:
-            raise ValueError(f"bias must have shape [{x.shape[dim]}], got {tuple(getattr(b, 'shape', ()))}")
-        if b.dtype != x.dtype or b.device != x.device:
-            raise ValueError("bias must have the dtype and device of x")
+    dim = _check_bias(x, b, dim)
     use_cuda = plugin.choose_impl(impl, x) == "cuda"
     _, _, resolved_gain, resolved_clamp = _resolve_params(act, alpha, gain, clamp)
     if act == "linear" and b is None and resolved_gain == 1 and resolved_clamp < 0:
@@ -108,6 +115,7 @@ def bias_act_ref(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1
                  clamp: Optional[float] = None) -> torch.Tensor:
     """Reference implementation of :func:`bias_act` with standard PyTorch ops (same arguments)."""
     spec, alpha, gain, clamp = _resolve_params(act, alpha, gain, clamp)
+    dim = _check_bias(x, b, dim)
     if b is not None:
         x = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
     x = spec.func(x, alpha=alpha)

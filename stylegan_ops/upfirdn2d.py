@@ -107,6 +107,8 @@ def setup_filter(f, device: Optional[torch.device] = None, normalize: bool = Tru
     if f.ndim != (1 if separable else 2):
         raise ValueError("a 2D filter cannot be made separable")
     if normalize:
+        if f.device.type != "meta" and f.sum() == 0:  # meta tensors (models built without memory) hold no taps
+            raise ValueError("cannot normalize a filter whose taps sum to 0; pass normalize=False")
         f = f / f.sum()
     if flip_filter:
         f = f.flip(list(range(f.ndim)))
@@ -142,6 +144,8 @@ def upfirdn2d(x: torch.Tensor, f: Optional[torch.Tensor], up: IntPair = 1, down:
 def upfirdn2d_ref(x: torch.Tensor, f: Optional[torch.Tensor], up: IntPair = 1, down: IntPair = 1,
                   padding: IntPair = 0, flip_filter: bool = False, gain: float = 1) -> torch.Tensor:
     """Reference implementation of :func:`upfirdn2d` (same arguments) with standard PyTorch ops."""
+    if not (isinstance(x, torch.Tensor) and x.ndim == 4):
+        raise ValueError("x must be a 4D tensor [N, C, H, W]")
     _check_filter(f, x)
     if f is None:
         f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
@@ -164,6 +168,7 @@ def upfirdn2d_ref(x: torch.Tensor, f: Optional[torch.Tensor], up: IntPair = 1, d
     x = x[:, :, max(-pady0, 0): x.shape[2] - max(-pady1, 0), max(-padx0, 0): x.shape[3] - max(-padx1, 0)]
 
     # 3. Convolve: conv2d computes a correlation, so a true convolution flips the taps.
+    f = f.to(torch.promote_types(f.dtype, x.dtype))  # scale in float64 for float64 x: exact to its precision
     f = f * (gain ** (f.ndim / 2))
     f = f.to(x.dtype)
     if not flip_filter:

@@ -205,7 +205,7 @@ def test_bias_act_dim_may_be_negative():
     x = torch.randn([3, 4, 5])
     b = torch.randn([5])
     assert torch.equal(bias_act(x, b, dim=-1, act="relu"), bias_act(x, b, dim=2, act="relu"))
-    with pytest.raises(ValueError, match="dim must name a dimension"):
+    with pytest.raises(ValueError, match=r"dim must be an integer in \[-3, 3\)"):
         bias_act(x, b, dim=3)
 
 
