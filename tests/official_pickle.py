@@ -66,12 +66,29 @@ class Call:
         self.args = tuple(args)
         self.state = state
 
+    def __call__(self, *args, **kwargs):  # a Call may itself be the function of another Call
+        raise TypeError(f"{self!r} only describes a call for pickling")
+
     def __reduce_ex__(self, protocol):
         return (self.func, self.args) if self.state is None else (self.func, self.args, self.state)
+
+    def __repr__(self) -> str:
+        return f"Call({self.func!r}, {len(self.args)} args)"
 
 
 class EasyDict(dict):
     """Pickles as a ``dnnlib.util.EasyDict`` (NEWOBJ of that class, then its items), like the official one."""
+
+
+class SetItem:
+    """Pickles as ``target[key] = value`` where ``target`` (and usually ``value``) were already written earlier
+    in the same stream, so both are memo references, not copies; leaves ``target`` on the stack.  This makes
+    cycles that ordinary pickling of Python objects cannot express, e.g. a record inside its own ``_modules``."""
+
+    def __init__(self, target: Any, key: Any, value: Any):
+        self.target = target
+        self.key = key
+        self.value = value
 
 
 class Raw:
@@ -171,9 +188,18 @@ class OfficialPickler(pickle._Pickler):
     def save_raw(self, obj: Raw) -> None:
         self.write(obj.opcodes)
 
+    def save_setitem(self, obj: SetItem) -> None:
+        if id(obj.target) not in self.memo:
+            raise ValueError("SetItem needs a target written earlier in the stream")
+        self.save(obj.target)
+        self.save(obj.key)
+        self.save(obj.value)
+        self.write(pickle.SETITEM)
+
     dispatch[GlobalRef] = save_global_ref
     dispatch[EasyDict] = save_easydict
     dispatch[Raw] = save_raw
+    dispatch[SetItem] = save_setitem
 
 
 def dumps(obj: Any, protocol: int = 4, **pickler_kwargs) -> bytes:
@@ -284,9 +310,14 @@ def snapshot_of(G_ema: networks.Generator, G: Optional[networks.Generator] = Non
 
 
 def dumps_snapshot(snapshot: dict, numpy1_names: bool = False, module_src: str = PLACEHOLDER_MODULE_SRC,
-                   edit_state: Optional[Callable[[str, str, dict], None]] = None) -> bytes:
-    """The bytes of an official-format network pickle of ``snapshot`` (see :func:`snapshot_of`)."""
-    return dumps(snapshot, protocol=4, numpy1_names=numpy1_names, module_src=module_src, edit_state=edit_state)
+                   edit_state: Optional[Callable[[str, str, dict], None]] = None, protocol: int = 4) -> bytes:
+    """The bytes of an official-format network pickle of ``snapshot`` (see :func:`snapshot_of`).
+
+    ``protocol=4`` is what ``pickle.dump`` writes under Python >= 3.8 (and what the shared fixture holds);
+    ``protocol=3`` what it wrote under Python 3.7, the version NVIDIA's training code required: no
+    STACK_GLOBAL/MEMOIZE/FRAME/EMPTY_SET, so sets appear as ``builtins.set([...])``."""
+    return dumps(snapshot, protocol=protocol, numpy1_names=numpy1_names, module_src=module_src,
+                 edit_state=edit_state)
 
 
 def write_official_pickle(path, G_ema: networks.Generator, **kwargs) -> None:
@@ -381,6 +412,7 @@ def binbytes_payload_spans(data: bytes) -> list[tuple[int, int]]:
 __all__ = [
     "EASYDICT", "LOAD_FROM_BYTES", "ORDERED_DICT", "REBUILD_PARAMETER", "REBUILD_TENSOR_V2", "RECONSTRUCT_PERSISTENT_OBJ",
     "AugmentPipe", "Call", "Discriminator", "EasyDict", "GlobalRef", "OFFICIAL_GLOBALS", "OfficialPickler", "Raw",
+    "SetItem",
     "binbytes_payload_spans", "dumps", "dumps_snapshot", "find_opcode_offsets", "legacy_torch_save",
     "make_generator", "persistent", "pickle_globals", "randomize_", "record_init_args", "snapshot_of",
     "storage_bytes", "tensor_call", "write_official_pickle",
