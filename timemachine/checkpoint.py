@@ -10,8 +10,8 @@ Here nothing from the file is executed:
 
 * before anything is unpickled, :func:`_check_opcodes` walks the pickle's opcodes: only those that protocol 2-4
   pickles of plain data use are accepted (no persistent IDs, extension registry, INST/OBJ, protocol 5
-  buffers), and every length field is checked against the bytes present, so a forged length cannot make
-  the unpickler allocate gigabytes.
+  buffers), and every length field and memo index is checked against the bytes and entries present, so a
+  forged number cannot make the unpickler allocate gigabytes.
 * :class:`_RestrictedUnpickler` resolves only the globals in :data:`ALLOWED_GLOBALS`; any other global
   (``os.system``, ``builtins.eval``, ...) stops the load with a :class:`CheckpointError` naming it.
   ``_reconstruct_persistent_obj`` is replaced by :class:`PersistentRecord`, an inert record of ``meta``.
@@ -147,9 +147,9 @@ def _load_storage_from_bytes(data: Any) -> _StorageRef:
         raise CheckpointError("tensor data in the file is not a byte string")
     f = io.BytesIO(data)
     where = "tensor data in the file"
+    _check_opcodes(f, where, persistent_ids=True, count=5)  # persistent IDs: only the storage unpickler takes them
 
     def plain_pickle() -> Any:
-        _check_opcodes(f, where)
         return _RestrictedUnpickler(f, allowed={}, where=where).load()
 
     try:
@@ -160,7 +160,6 @@ def _load_storage_from_bytes(data: Any) -> _StorageRef:
         sys_info = plain_pickle()
         if not isinstance(sys_info, dict) or sys_info.get("little_endian") is not True:
             raise CheckpointError("tensor data in the file is not little-endian")
-        _check_opcodes(f, where, persistent_ids=True)
         unpickler = _LegacyStorageUnpickler(f)
         obj = unpickler.load()
         keys = plain_pickle()
@@ -333,8 +332,27 @@ _REFUSED_OPCODE_NAMES = {
 }
 
 
-def _check_opcodes(stream: BinaryIO, where: str = "the file", persistent_ids: bool = False) -> None:
-    """Walk one pickle's opcodes from the stream's position (which is restored) without building anything.
+def _check_one_pickle(view: Any, size: int, where: str, allowed: frozenset) -> None:
+    """The opcode walk of :func:`_check_opcodes` for one pickle (pickletools.genops stops at its STOP)."""
+    memo_size = 0
+    for opcode, arg, pos in pickletools.genops(view):
+        if opcode.name not in allowed:
+            what = _REFUSED_OPCODE_NAMES.get(opcode.name, f"the pickle opcode {opcode.name}")
+            raise CheckpointError(f"refusing to load: {where} uses {what}, which network pickles never do")
+        if opcode.name == "FRAME" and pos + 9 + arg > size:  # the unpickler reads a frame at once
+            raise CheckpointError(f"{where} is truncated (a frame runs past its end)")
+        # Picklers number memo entries 0, 1, 2...; the C unpickler grows its memo array to twice the
+        # index it is given and zero-fills it, so LONG_BINPUT 1500000000 would take 24 GB.
+        if opcode.name == "MEMOIZE" or opcode.name in ("BINPUT", "LONG_BINPUT") and arg == memo_size:
+            memo_size += 1
+        elif opcode.name in ("BINPUT", "LONG_BINPUT") and arg > memo_size:
+            raise CheckpointError(f"{where} is damaged: memo index {arg} out of sequence "
+                                  f"(expected at most {memo_size})")
+
+
+def _check_opcodes(stream: BinaryIO, where: str = "the file", persistent_ids: bool = False, count: int = 1) -> None:
+    """Walk the opcodes of ``count`` consecutive pickles from the stream's position (which is restored),
+    without building anything.
 
     Raises CheckpointError for an opcode outside :data:`_ALLOWED_OPCODES` (plus BINPERSID when
     ``persistent_ids``), for a length field that runs past the end of the data, and for a truncated pickle.
@@ -354,12 +372,8 @@ def _check_opcodes(stream: BinaryIO, where: str = "the file", persistent_ids: bo
         view.seek(start)
         with warnings.catch_warnings():  # decoding a damaged protocol 0 string may warn about its escapes
             warnings.simplefilter("ignore", DeprecationWarning)
-            for opcode, arg, pos in pickletools.genops(view):
-                if opcode.name not in allowed:
-                    what = _REFUSED_OPCODE_NAMES.get(opcode.name, f"the pickle opcode {opcode.name}")
-                    raise CheckpointError(f"refusing to load: {where} uses {what}, which network pickles never do")
-                if opcode.name == "FRAME" and pos + 9 + arg > size:  # the unpickler reads a frame at once
-                    raise CheckpointError(f"{where} is truncated (a frame runs past its end)")
+            for _ in range(count):
+                _check_one_pickle(view, size, where, allowed)
     except CheckpointError:
         raise
     except Exception as exc:  # pickletools: unknown opcode, data shorter than a length field, no STOP...
@@ -429,7 +443,8 @@ def _str_key_items(value: Any, what: str) -> list[tuple[str, Any]]:
     return items
 
 
-def _collect_tensors(record: PersistentRecord, prefix: str = "", _seen: Optional[set] = None) -> dict[str, torch.Tensor]:
+def _collect_tensors(record: PersistentRecord, prefix: str = "",
+                     _seen: Optional[set] = None) -> dict[str, torch.Tensor]:
     """Flatten a record tree into a state dict: ``{'synthesis.b4.conv1.weight': tensor, ...}``."""
     seen = set() if _seen is None else _seen
     where = prefix[:-1] if prefix else "the network"
