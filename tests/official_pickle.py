@@ -20,9 +20,9 @@ same machinery builds hostile pickles for the loader's tests (:class:`Call` pick
 
 Typical use::
 
-    G = make_generator(z_dim=32, w_dim=32, img_resolution=16, img_channels=3, seed=1)
-    data = dumps_snapshot(snapshot_of(G_ema=G))          # bytes of an official-format network pickle
-    pickle_globals(data)                                 # {('torch_utils.persistence', '_reconstruct_persistent_obj'), ...}
+    G = make_generator(z_dim=32, w_dim=32, c_dim=0, img_resolution=16, img_channels=3, seed=1)
+    data = dumps_snapshot(snapshot_of(G_ema=G))   # bytes of an official-format network pickle
+    pickle_globals(data)                          # {('torch_utils.persistence', '_reconstruct_persistent_obj'), ...}
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import copy
 import io
 import pickle
 import pickletools
+import re
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
@@ -141,12 +142,16 @@ class OfficialPickler(pickle._Pickler):
         self.module_src = module_src
         self.edit_state = edit_state
         self._module_paths: dict[int, str] = {}
+        self._storage_count = 0
 
     def reducer_override(self, obj):
         if isinstance(obj, torch.nn.Module):
             return RECONSTRUCT_PERSISTENT_OBJ, (self._meta(obj),)
         if isinstance(obj, np.generic):
             return self.numpy_scalar, (obj.dtype, obj.tobytes())
+        if isinstance(obj, torch.storage.TypedStorage):  # what TypedStorage.__reduce__ does, with stable keys
+            self._storage_count += 1
+            return LOAD_FROM_BYTES, (_typed_storage_bytes(obj, self._storage_count),)
         return NotImplemented
 
     def _meta(self, module: torch.nn.Module) -> dict:
@@ -285,9 +290,10 @@ class AugmentPipe(torch.nn.Module):
         self.xint = float(xint)
         self.scale = float(scale)
         self.imgfilter_bands = [1, 1, 1, 1]
+        generator = torch.Generator().manual_seed(12)  # not the global RNG: the same bytes in every test order
         self.register_buffer("p", torch.ones([]))
-        self.register_buffer("Hz_geom", torch.randn([12]))
-        self.register_buffer("Hz_fbank", torch.randn([4, 13]))
+        self.register_buffer("Hz_geom", torch.randn([12], generator=generator))
+        self.register_buffer("Hz_fbank", torch.randn([4, 13], generator=generator))
 
 
 def snapshot_of(G_ema: networks.Generator, G: Optional[networks.Generator] = None, D: Any = "dummy",
@@ -340,13 +346,22 @@ def legacy_torch_save(payload: Any) -> bytes:
     return head + dumps(payload, protocol=2) + pickle.dumps([], protocol=2)
 
 
-def storage_bytes(values: torch.Tensor) -> bytes:
+def _typed_storage_bytes(storage: torch.storage.TypedStorage, number: int = 0) -> bytes:
+    """``torch.save(storage, _use_new_zipfile_serialization=False)``, as ``TypedStorage.__reduce__`` does, with the
+    storage key (torch writes the storage's memory address) replaced by ``number`` padded to the same width,
+    so that the same tensors always give the same bytes."""
+    buffer = io.BytesIO()
+    torch.save(storage, buffer, _use_new_zipfile_serialization=False)
+    data = buffer.getvalue()
+    key = re.search(rb"Storage\nq\x01X....(\d+)q\x02", data, re.DOTALL).group(1)
+    return data.replace(key, str(number).zfill(len(key)).encode())
+
+
+def storage_bytes(values: torch.Tensor, number: int = 0) -> bytes:
     """What ``TypedStorage.__reduce__`` hands to ``torch.storage._load_from_bytes`` for ``values``' storage."""
     values = values.detach().contiguous()
     storage = torch.storage.TypedStorage(wrap_storage=values.untyped_storage(), dtype=values.dtype, _internal=True)
-    buffer = io.BytesIO()
-    torch.save(storage, buffer, _use_new_zipfile_serialization=False)
-    return buffer.getvalue()
+    return _typed_storage_bytes(storage, number)
 
 
 def tensor_call(values: torch.Tensor, blob: Optional[bytes] = None, size=None, stride=None, offset: int = 0,
@@ -410,7 +425,8 @@ def binbytes_payload_spans(data: bytes) -> list[tuple[int, int]]:
 
 
 __all__ = [
-    "EASYDICT", "LOAD_FROM_BYTES", "ORDERED_DICT", "REBUILD_PARAMETER", "REBUILD_TENSOR_V2", "RECONSTRUCT_PERSISTENT_OBJ",
+    "EASYDICT", "LOAD_FROM_BYTES", "ORDERED_DICT", "REBUILD_PARAMETER", "REBUILD_TENSOR_V2",
+    "RECONSTRUCT_PERSISTENT_OBJ",
     "AugmentPipe", "Call", "Discriminator", "EasyDict", "GlobalRef", "OFFICIAL_GLOBALS", "OfficialPickler", "Raw",
     "SetItem",
     "binbytes_payload_spans", "dumps", "dumps_snapshot", "find_opcode_offsets", "legacy_torch_save",

@@ -623,8 +623,9 @@ def test_cyclic_and_shared_structures_are_refused_quickly(tmp_path, small_G):
             "synthesis_kwargs"].__setitem__("x", cyclic)),
         r"configuration (is nested too deeply|is too large)": _inject("", "Generator", lambda s: s["_init_kwargs"][
             "synthesis_kwargs"].__setitem__("x", exponential)),
-        r"configuration holds a Tensor, where only numbers, strings and lists belong": _inject("", "Generator", lambda s: s[
-            "_init_kwargs"]["synthesis_kwargs"].__setitem__("conv_clamp", tensor_call(torch.ones(1)))),
+        r"configuration holds a Tensor, where only numbers, strings and lists belong": _inject(
+            "", "Generator", lambda s: s["_init_kwargs"]["synthesis_kwargs"].__setitem__(
+                "conv_clamp", tensor_call(torch.ones(1)))),
         r"the same module appears twice": _inject("mapping", "MappingNetwork", lambda s: s["_modules"].__setitem__(
             "fc1", s["_modules"]["fc0"])),
     }
@@ -785,6 +786,20 @@ def test_tensor_data_claiming_more_elements_than_present(tmp_path, small_G, nume
         with pytest.raises(CheckpointError, match=rf"tensor data in the file claims {numel} elements but holds 16 "
                                                   r"bytes of torch\.float32"):
             load_generator(path, device="cpu")
+
+
+@pytest.mark.parametrize("opcodes, message", [
+    # found by test_checkpoint_fuzz: the C unpickler zero-fills a memo array of twice the index (24 GB here)
+    (b"N" + pickle.LONG_BINPUT + (1_500_000_000).to_bytes(4, "little"), r"memo index 1500000000 out of sequence"),
+    (b"N" + pickle.BINPUT + b"\x07", r"memo index 7 out of sequence"),
+    (pickle.FRAME + (2 ** 40).to_bytes(8, "little") + b"N", r"truncated \(a frame runs past its end\)"),
+    (b"\x8e" + (2 ** 40).to_bytes(8, "little"), r"damaged or truncated: expected 1099511627776 bytes"),
+    (pickle.LONG4 + (2 ** 31 - 1).to_bytes(4, "little"), r"damaged: not enough data in stream to read long4"),
+], ids=["LONG_BINPUT", "BINPUT", "FRAME", "BINBYTES8", "LONG4"])
+def test_forged_numbers_allocate_nothing(tmp_path, opcodes, message):
+    with address_space_limit(2 << 30):
+        with pytest.raises(CheckpointError, match=message):
+            load_generator(write(tmp_path / "forged.pkl", dumps(Raw(opcodes))))
 
 
 @pytest.mark.parametrize("size, stride, offset, message", [
