@@ -181,7 +181,7 @@ def _load_storage_from_bytes(data: Any) -> _StorageRef:
     if numel != reference.numel or numel < 0 or numel * itemsize != available:
         raise CheckpointError(f"tensor data in the file claims {reference.numel} elements but holds "
                               f"{available} bytes of {reference.dtype}")
-    values = torch.frombuffer(bytearray(data[f.tell():]), dtype=reference.dtype) if numel else \
+    values = torch.frombuffer(bytearray(memoryview(data)[f.tell():]), dtype=reference.dtype) if numel else \
         torch.empty(0, dtype=reference.dtype)
     return _StorageRef(torch.storage.TypedStorage(wrap_storage=values.untyped_storage(), dtype=reference.dtype,
                                                   _internal=True))
