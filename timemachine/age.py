@@ -227,7 +227,7 @@ def layer_mask(spec: Union[str, Sequence[int], None], num_ws: int) -> torch.Tens
 # The vector
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class AgeVector:
     """An age direction for one breed, tied to one generator.
 
@@ -266,7 +266,7 @@ class AgeVector:
             self.direction = torch.from_numpy(self.direction)
         self.direction = self.direction.detach().to("cpu", torch.float32).contiguous()
         self.default_layers = normalize_layers(self.default_layers)
-        self.default_strength = float(self.default_strength)
+        self.default_strength = check_strength(self.default_strength)
         self.validate()
 
     # -- facts -------------------------------------------------------------------------------------------
@@ -410,7 +410,7 @@ class AgeVector:
         original = float(v.norm())
         for b in basis:
             v = v - (v @ b) * b
-        if float(v.norm()) <= 1e-6 * original:
+        if float(v.norm()) <= 1e-5 * original:
             raise AgeVectorError(f"nothing is left of {self.name!r} after removing the other directions")
         details = dict(self.details)
         details["orthogonalized_against"] = list(details.get("orthogonalized_against", [])) + names

@@ -44,6 +44,8 @@ Each --puppy/--adult value is a photo (JPEG, PNG, WebP, ...; centre-cropped to a
 with the projection options below, through the projection cache, so building again never re-projects)
 or a latent file (.npz, e.g. projected_w.npz from 'timemachine project' or NVIDIA's projector.py).
 Latent files must fit the model; files that record another model are refused.
+
+Interrupted?  Run the same command again: photos projected so far come from the cache.
 """
 
 
@@ -64,19 +66,19 @@ def register(subparsers, formatter) -> None:
     p = commands.add_parser("build", help="build an age vector from puppy and adult photos or latents",
                             description=BUILD_DESCRIPTION, formatter_class=formatter)
     p.add_argument("name", metavar="NAME", help="library name (letters, digits, '.', '_', '-'), e.g. the breed")
-    p.add_argument("--puppy", nargs="+", action="extend", required=True, metavar="FILE",
+    p.add_argument("--puppy", nargs="+", action="extend", required=True, metavar="FILE", default=argparse.SUPPRESS,
                    help="puppy/kitten photos or latent files (.npz)")
-    p.add_argument("--adult", nargs="+", action="extend", required=True, metavar="FILE",
+    p.add_argument("--adult", nargs="+", action="extend", required=True, metavar="FILE", default=argparse.SUPPRESS,
                    help="adult photos or latent files (.npz) of the same breed")
     p.add_argument("--method", choices=["auto", "pair", "mean", "linear"], default="auto",
                    help="pair: one of each; mean: difference of averages; linear: classifier normal (>= 2 per side)")
-    p.add_argument("--species", default=None,
-                   help="dog, cat, wild or any short text (default: from the zoo model's name)")
-    p.add_argument("--notes", default="", help="free text kept with the vector")
+    p.add_argument("--species", default=argparse.SUPPRESS,
+                   help="dog, cat, wild or any short text (default: from the zoo model's name, else none)")
+    p.add_argument("--notes", default=argparse.SUPPRESS, help="free text kept with the vector")
     p.add_argument("--strength", type=float, default=1.0, help="default strength when rendering")
     p.add_argument("--layers", type=_layers_text, default="all",
                    help="default layers when rendering: all, coarse, middle, fine, or indices like 0-3,8")
-    p.add_argument("--orthogonal-to", action="append", default=[], metavar="VECTOR",
+    p.add_argument("--orthogonal-to", action="append", default=argparse.SUPPRESS, metavar="VECTOR",
                    help="remove the component along another saved vector (name or file); repeatable")
     p.add_argument("--batch-size", type=int, default=8, help="photos projected together")
     p.add_argument("--force", action="store_true", help="replace an existing vector of the same name")
@@ -102,11 +104,12 @@ def register(subparsers, formatter) -> None:
                                         "strengths (0.5-1.5) and layer groups on a pet of the breed, then keep "
                                         "the best here.  The direction itself is not changed.")
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--strength", type=float, default=None, help="default strength (1 = the mean separation)")
-    p.add_argument("--layers", type=_layers_text, default=None,
+    p.add_argument("--strength", type=float, default=argparse.SUPPRESS,
+                   help="default strength (1 = the mean separation, negative = older)")
+    p.add_argument("--layers", type=_layers_text, default=argparse.SUPPRESS,
                    help="default layers: all, coarse, middle, fine, or indices like 0-3,8")
-    p.add_argument("--species", default=None, help="dog, cat, wild or any short text")
-    p.add_argument("--notes", default=None, help="free text kept with the vector")
+    p.add_argument("--species", default=argparse.SUPPRESS, help="dog, cat, wild or any short text")
+    p.add_argument("--notes", default=argparse.SUPPRESS, help="free text kept with the vector")
     p.set_defaults(handler=run_set)
 
     p = commands.add_parser("rename", help="rename a vector", formatter_class=formatter,
@@ -133,7 +136,7 @@ def register(subparsers, formatter) -> None:
                             description="Check an age vector file (format, shape, values, metadata; nothing in "
                                         "it is executed) and add it to the library.")
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--name", default=None, help="library name (default: the name stored in the file)")
+    p.add_argument("--name", default=argparse.SUPPRESS, help="library name (default: the name stored in the file)")
     p.add_argument("--force", action="store_true", help="replace an existing vector of the same name")
     p.set_defaults(handler=run_import)
 
@@ -142,10 +145,10 @@ def register(subparsers, formatter) -> None:
                             description="Remove from NAME its components along other saved vectors "
                                         "(Gram-Schmidt), so that editing age no longer moves along them - e.g. "
                                         "against a fur-colour direction to keep the colour while aging.")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", help="library name")
     p.add_argument("--against", nargs="+", action="extend", required=True, metavar="VECTOR",
                    help="other vectors (names or files) of the same model")
-    p.add_argument("--as", dest="new_name", default=None, metavar="NEW",
+    p.add_argument("--as", dest="new_name", default=argparse.SUPPRESS, metavar="NEW",
                    help="save the result under a new name (default: replace NAME)")
     p.add_argument("--force", action="store_true", help="replace an existing vector called NEW")
     p.set_defaults(handler=run_orthogonalize)
@@ -173,9 +176,12 @@ def run_build(args: argparse.Namespace) -> int:
     method = _auto_method(len(args.puppy), len(args.adult)) if args.method == "auto" else args.method
     age.check_counts(method, len(args.puppy), len(args.adult))
     age.check_strength(args.strength)
-    age.check_notes(args.notes)
-    if args.species is not None:
-        age.check_species(args.species)
+    species = getattr(args, "species", None)
+    notes = getattr(args, "notes", "")
+    orthogonal_to = getattr(args, "orthogonal_to", [])
+    age.check_notes(notes)
+    if species is not None:
+        age.check_species(species)
     if args.batch_size < 1:
         raise AgeVectorError("--batch-size must be at least 1")
     if age.library_path(name).exists() and not args.force:
@@ -186,13 +192,14 @@ def run_build(args: argparse.Namespace) -> int:
     for path in args.puppy + args.adult:
         if not os.path.isfile(path):
             raise AgeVectorError(f"no such file: {path}")
-    others = [age.load_vector(spec) for spec in args.orthogonal_to]
+    others = [age.load_vector(spec) for spec in orthogonal_to]
     settings, _ = common.projection_settings(args)
 
     model = common.load_model(args)
-    species = args.species if args.species is not None else _ZOO_SPECIES.get(str(args.model), "")
+    if species is None:
+        species = _ZOO_SPECIES.get(str(args.model), "")
     age.check_build_request(name, model, len(args.puppy), len(args.adult), method, species=species,
-                            notes=args.notes, default_strength=args.strength, default_layers=args.layers)
+                            notes=notes, default_strength=args.strength, default_layers=args.layers)
     for other in others:
         other.check_model(model.fingerprint, model.spec)
     inputs = age.prepare_inputs(model, args.puppy, args.adult)     # reads every photo and latent file
@@ -204,7 +211,7 @@ def run_build(args: argparse.Namespace) -> int:
             age.project_inputs(model, inputs, settings, perceptual, cache=cache, callback=callback,
                                batch_size=args.batch_size)
     vector = age.build_vector_from_inputs(name, model, inputs, method, settings=settings, species=species,
-                                          notes=args.notes, default_strength=args.strength,
+                                          notes=notes, default_strength=args.strength,
                                           default_layers=args.layers)
     if others:
         vector = vector.orthogonalized(others)
@@ -288,8 +295,9 @@ def run_show(args: argparse.Namespace) -> int:
 def run_set(args: argparse.Namespace) -> int:
     from timemachine import age
 
-    vector = age.update_vector(args.name, strength=args.strength, layers=args.layers, species=args.species,
-                               notes=args.notes)
+    vector = age.update_vector(args.name, strength=getattr(args, "strength", None),
+                               layers=getattr(args, "layers", None), species=getattr(args, "species", None),
+                               notes=getattr(args, "notes", None))
     print(f"{vector.name}: strength {vector.default_strength:g}, layers {vector.default_layers}, "
           f"species {vector.species or '-'}")
     return EXIT_OK
@@ -322,7 +330,7 @@ def run_export(args: argparse.Namespace) -> int:
 def run_import(args: argparse.Namespace) -> int:
     from timemachine import age
 
-    vector = age.import_vector(args.file, name=args.name, force=args.force)
+    vector = age.import_vector(args.file, name=getattr(args, "name", None), force=args.force)
     print(f"imported {vector.name!r}: {_summary(vector)} -> {age.library_path(vector.name)}")
     return EXIT_OK
 
@@ -330,8 +338,8 @@ def run_import(args: argparse.Namespace) -> int:
 def run_orthogonalize(args: argparse.Namespace) -> int:
     from timemachine import age
 
-    vector = age.load_vector(args.name)
-    new_name = age.check_vector_name(args.new_name) if args.new_name else vector.name
+    vector = age.load_vector(age.check_vector_name(args.name))
+    new_name = age.check_vector_name(getattr(args, "new_name", vector.name))
     if new_name != vector.name and age.library_path(new_name).exists() and not args.force:
         raise AgeVectorError(f"an age vector named {new_name!r} already exists (use --force to replace it)")
     others = [age.load_vector(spec) for spec in args.against]
