@@ -1,0 +1,275 @@
+"""CPU speed and memory of rendering: synthesis by batch size, the MP4 encoder's share, memory of long renders.
+
+Builds the AFHQ 512x512 architecture with random weights (``bench_generator.build_generator``), a random
+start latent (mapped from z) and a random direction, and measures on the CPU:
+
+* ``synthesis``  frames/s of ``G.synthesis(ws, noise_mode='const')`` under ``torch.no_grad()`` for batch
+                 sizes 1, 2, 4, 8, on both modulation paths: ``fused_modconv=None`` (our CPU default: 3x3
+                 layers scale the activations around one shared-weight convolution, 1x1 ToRGB layers fused)
+                 and ``fused_modconv=True`` (per-sample weights in a grouped convolution everywhere, the
+                 official eval-mode float32 path).  All (path, batch) pairs are measured once per round, in
+                 turn, for ``--rounds`` rounds; the best of the rounds is kept.
+* ``encoder``    the MP4 encoder's share of a render of ``--encoder-frames`` walk frames: the same frames
+                 consumed without writing (``iter_frames``) against ``render_video`` writing an MP4 (CRF 18,
+                 preset medium), interleaved, best of ``--rounds``; and the encoder alone (the frames fed to an
+                 :class:`Mp4Writer` from memory).  ffmpeg runs in its own process, in parallel with synthesis.
+* ``memory``     a long render (MP4 + GIF) in a fresh process per resolution (``--memory-resolutions``):
+                 resident memory (RSS, /proc/self/statm) before rendering and after frame 1, 100, 500, 1000
+                 (those <= ``--frames``), the process's RSS high-water mark (``getrusage``), and the RSS of
+                 the running ffmpeg encoder (/proc/<pid>/status).
+
+The machine may be shared: timings are best-of interleaved rounds, so noise hits all variants alike and the
+least disturbed measurement is kept.  The figures printed as ratios come from this one run.
+
+Usage::
+
+    python benchmarks/bench_render.py                                   # everything, 512x512
+    python benchmarks/bench_render.py --parts synthesis --rounds 5
+    python benchmarks/bench_render.py --parts memory --frames 1000 --memory-resolutions 128,512
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import resource
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+PATHS = {"ours (fused_modconv=None)": None, "fused (fused_modconv=True)": True}
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def max_rss_bytes() -> int:
+    """This process's RSS high-water mark."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+
+
+def children_rss_bytes() -> tuple[int, int]:
+    """(current RSS, RSS high-water mark) of this process's running children (the ffmpeg encoders), summed."""
+    pids = set()
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/children") as f:
+                pids.update(f.read().split())
+        except OSError:
+            pass
+    current = high = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        current += int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+        high += int(fields.get("VmHWM", "0 kB").split()[0]) * 1024
+    return current, high
+
+
+def make_inputs(resolution: int):
+    import torch
+
+    from bench_generator import build_generator
+    from timemachine.latents import LatentFile
+
+    G = build_generator(resolution)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        ws = G.mapping(torch.randn(1, G.z_dim, generator=gen), None, truncation_psi=1)[0]
+    direction = torch.randn(G.num_ws, G.w_dim, generator=gen) * 0.5
+    return G, LatentFile(ws=ws), direction
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+def bench_synthesis(resolution: int, rounds: int, batch_sizes: list[int]) -> None:
+    import torch
+
+    from timemachine.device import prepare_device
+
+    prepare_device("cpu")
+    G, latent, direction = make_inputs(resolution)
+    ws = latent.ws.unsqueeze(0) + torch.linspace(0, 1, max(batch_sizes)).reshape(-1, 1, 1) * direction
+
+    def run(batch: int, fused) -> float:
+        with torch.no_grad():
+            G.synthesis(ws[:batch], noise_mode="const", fused_modconv=fused)
+
+    for batch in batch_sizes:  # warm-up: oneDNN primitives for every shape, allocator pools
+        for fused in PATHS.values():
+            run(batch, fused)
+    best = {(name, b): float("inf") for name in PATHS for b in batch_sizes}
+    for r in range(rounds):
+        for batch in batch_sizes:
+            for name, fused in PATHS.items():
+                t0 = time.perf_counter()
+                run(batch, fused)
+                best[name, batch] = min(best[name, batch], (time.perf_counter() - t0) / batch)
+        ours_name, fused_name = tuple(PATHS)
+        print(f"  round {r + 1}/{rounds}, best so far, ms/frame ours/fused: " + "  ".join(
+            f"b{b} {best[ours_name, b] * 1e3:.0f}/{best[fused_name, b] * 1e3:.0f}" for b in batch_sizes), flush=True)
+
+    print()
+    print(f"synthesis at {resolution}x{resolution}, forward only (no grad), best of {rounds} interleaved rounds")
+    print(f"{'batch':>5} " + " ".join(f"{name:>28}" for name in PATHS) + f" {'fused/ours time':>16}")
+    ours_name, fused_name = tuple(PATHS)
+    for b in batch_sizes:
+        cells = " ".join(f"{1 / best[name, b]:>13.3f} frames/s {best[name, b] * 1e3:>6.0f} ms" for name in PATHS)
+        print(f"{b:>5} {cells} {best[fused_name, b] / best[ours_name, b]:>16.2f}")
+    base = best[ours_name, 1]
+    print("ours, speed-up over batch 1: " + ", ".join(f"batch {b}: {base / best[ours_name, b]:.2f}x"
+                                                      for b in batch_sizes))
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+def bench_encoder(resolution: int, rounds: int, frames: int, batch: int) -> None:
+    from timemachine import render, video
+    from timemachine.device import prepare_device
+
+    prepare_device("cpu")
+    G, latent, direction = make_inputs(resolution)
+    settings = render.RenderSettings(frames=frames, hold_start=0, hold_end=0, batch_size=batch, crf=18,
+                                     preset="medium")
+    kept = [f.copy() for f in render.iter_frames(G, latent, direction, settings)]  # warm-up, frames for part (c)
+    with tempfile.TemporaryDirectory() as tmp:
+        best = {"synthesis only": float("inf"), "render_video to MP4": float("inf"), "encoder alone": float("inf")}
+        inside_writers = float("inf")
+        for r in range(rounds):
+            t0 = time.perf_counter()
+            for _ in render.iter_frames(G, latent, direction, settings):
+                pass
+            best["synthesis only"] = min(best["synthesis only"], time.perf_counter() - t0)
+
+            t0 = time.perf_counter()
+            result = render.render_video(G, latent, direction, render.RenderOutputs(video=os.path.join(tmp, "v.mp4")),
+                                         settings)
+            best["render_video to MP4"] = min(best["render_video to MP4"], time.perf_counter() - t0)
+            inside_writers = min(inside_writers, result.writing_seconds)
+
+            t0 = time.perf_counter()
+            writer = video.Mp4Writer(os.path.join(tmp, "e.mp4"), fps=24, crf=18, preset="medium")
+            for frame in kept:
+                writer.append(frame)
+            writer.commit()
+            best["encoder alone"] = min(best["encoder alone"], time.perf_counter() - t0)
+            print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {v:.1f} s" for k, v in best.items()), flush=True)
+        size = os.path.getsize(os.path.join(tmp, "v.mp4"))
+
+    synth, full, alone = best["synthesis only"], best["render_video to MP4"], best["encoder alone"]
+    print()
+    print(f"MP4 encoder share, {frames} frames at {resolution}x{resolution}, batch {batch}, CRF 18 preset medium; "
+          f"best of {rounds} interleaved rounds")
+    print(f"  synthesis only            {synth:8.1f} s   {synth / frames * 1e3:6.0f} ms/frame")
+    print(f"  render_video to MP4       {full:8.1f} s   {full / frames * 1e3:6.0f} ms/frame   ({size / 1e6:.2f} MB)")
+    print(f"  encoder alone (from RAM)  {alone:8.1f} s   {alone / frames * 1e3:6.0f} ms/frame")
+    print(f"  encoder's share of the render's wall time: {max(0.0, full - synth) / full * 100:.1f} % "
+          f"(render_video / synthesis only = {full / synth:.3f}); time inside the writers "
+          f"{inside_writers:.2f} s = {inside_writers / full * 100:.1f} %")
+    print(f"  encoder alone / synthesis only = {alone / synth * 100:.1f} % "
+          "(ffmpeg runs in parallel, so it costs the render less than this on an idle machine)")
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+def memory_worker(resolution: int, frames: int, batch: int, conn) -> None:
+    from timemachine import render
+    from timemachine.device import prepare_device
+
+    prepare_device("cpu")
+    G, latent, direction = make_inputs(resolution)
+    checkpoints = sorted({1, 100, 500, 1000, frames} & set(range(1, frames + 1)))
+    samples = {}
+    before = (rss_bytes(), max_rss_bytes())
+    started = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        if done in checkpoints:
+            samples[done] = (rss_bytes(), max_rss_bytes(), children_rss_bytes()[0], time.perf_counter() - started)
+            conn.send(("sample", done, samples[done]))
+
+    settings = render.RenderSettings(frames=frames, hold_start=0, hold_end=0, batch_size=batch, preset="medium")
+    with tempfile.TemporaryDirectory() as tmp:
+        outputs = render.RenderOutputs(video=os.path.join(tmp, "v.mp4"), gif=os.path.join(tmp, "p.gif"))
+        result = render.render_video(G, latent, direction, outputs, settings, progress=progress)
+        sizes = {k: os.path.getsize(v) for k, v in result.files.items()}
+    conn.send(("done", before, samples, max_rss_bytes(), result.seconds, sizes))
+
+
+def bench_memory(resolution: int, frames: int, batch: int) -> None:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=memory_worker, args=(resolution, frames, batch, child), daemon=True)
+    proc.start()
+    mib = 2 ** 20
+    while True:
+        message = parent.recv()
+        if message[0] == "sample":
+            _, done, (rss, peak, encoders, seconds) = message
+            print(f"  {resolution}x{resolution} frame {done:>5}: RSS {rss / mib:7.0f} MiB, high-water "
+                  f"{peak / mib:7.0f} MiB, ffmpeg RSS {encoders / mib:5.0f} MiB, {seconds:7.0f} s", flush=True)
+            continue
+        _, before, samples, peak, seconds, sizes = message
+        break
+    proc.join(timeout=30)
+    print()
+    print(f"memory of a {frames}-frame render (MP4 + GIF) at {resolution}x{resolution}, batch {batch}, "
+          f"{seconds:.0f} s ({frames / seconds:.2f} frames/s)")
+    print(f"  before rendering (model loaded): RSS {before[0] / mib:.0f} MiB, high-water {before[1] / mib:.0f} MiB")
+    for done, (rss, high, encoders, _) in sorted(samples.items()):
+        print(f"  after frame {done:>5}: RSS {rss / mib:7.0f} MiB   high-water {high / mib:7.0f} MiB   "
+              f"ffmpeg RSS {encoders / mib:5.0f} MiB")
+    keys = sorted(samples)
+    if len(keys) >= 3:
+        first, last = samples[keys[1]][0], samples[keys[-1]][0]
+        print(f"  RSS change from frame {keys[1]} to frame {keys[-1]}: {(last - first) / mib:+.1f} MiB "
+              f"(the frames themselves: {(keys[-1] - keys[1]) * resolution * resolution * 3 / mib:.0f} MiB)")
+    print(f"  process high-water mark {peak / mib:.0f} MiB; files: "
+          + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sizes.items()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", default="synthesis,encoder,memory")
+    parser.add_argument("--resolution", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-sizes", default="1,2,4,8")
+    parser.add_argument("--batch", type=int, default=4, help="batch size of the encoder and memory parts")
+    parser.add_argument("--encoder-frames", type=int, default=24)
+    parser.add_argument("--frames", type=int, default=1000, help="walk frames of the memory part")
+    parser.add_argument("--memory-resolutions", default="512")
+    args = parser.parse_args()
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+
+    import torch
+
+    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"load average {os.getloadavg()[0]:.1f} at start")
+    if "synthesis" in parts:
+        bench_synthesis(args.resolution, args.rounds, [int(b) for b in args.batch_sizes.split(",")])
+        print()
+    if "encoder" in parts:
+        bench_encoder(args.resolution, args.rounds, args.encoder_frames, args.batch)
+        print()
+    if "memory" in parts:
+        for resolution in [int(r) for r in args.memory_resolutions.split(",")]:
+            bench_memory(resolution, args.frames, args.batch)
+            print()
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,681 @@
+"""Streaming, atomic writers of frame sequences: MP4 (H.264), animated GIF, PNG sequences, PNG stills.
+
+Every writer takes frames one at a time, uint8 [H, W, 3] RGB, and holds at most one of them: memory stays
+flat however long the video.  Every writer has the same life cycle::
+
+    writer = Mp4Writer("out/video.mp4", fps=24)   # nothing on disk yet; settings checked, ffmpeg found
+    for frame in frames:
+        writer.append(frame)                      # into a temporary file in the target directory
+    writer.finish()                               # the temporary file is complete (encoder done, flushed)
+    writer.commit()                               # renamed to its final name (os.replace)
+    # on any error or KeyboardInterrupt before commit(): writer.abort() removes the temporary file
+
+so a final name never holds a half-written file.  Temporary names are hidden and say what they are:
+``.video.mp4.<random>.tmp``.  :func:`commit_all` / :func:`abort_all` drive several writers at once (as
+:func:`timemachine.render.render_video` does: all outputs are finished before any is renamed).
+
+What each format does with frames:
+
+* :class:`Mp4Writer`  pipes raw RGB into ffmpeg (the binary that imageio-ffmpeg finds): H.264 (libx264),
+  yuv420p, CRF rate control, BT.709 matrix and tags, ``+faststart`` (plays while downloading).  yuv420p
+  needs even sides: an odd width or height is padded by one row/column repeating the edge pixels
+  (the video is then one pixel larger than the frames; 512x512 is unchanged).
+* :class:`GifWriter`  encodes each frame with its own 256-colour palette (Pillow's fast octree quantiser, no
+  dither: dither noise that changes from frame to frame would shimmer),
+  streamed frame by frame (each frame encoded by Pillow, its blocks appended to the file); loops forever;
+  optional downscale and frame subsampling;
+  consecutive identical frames (holds) become one frame shown longer.
+* :class:`PngSequenceWriter`  ``frame_00000.png ...`` written into a temporary directory renamed at the end.
+* :class:`PngStillWriter`  one image, written at :meth:`finish`.
+* :class:`SideBySideWriter`  places fixed panels (photo, reconstruction) left of each frame, with an
+  optional caption band on top, and passes the composite to another writer.
+"""
+
+from __future__ import annotations
+
+import fractions
+import functools
+import io
+import math
+import os
+import re
+import secrets
+import shutil
+import struct
+import subprocess
+import tempfile
+from typing import Optional, Sequence, Union
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from timemachine.errors import RenderError
+
+PathLike = Union[str, os.PathLike]
+
+#: libx264 speed presets, fastest (largest file) to slowest (smallest file at the same quality).
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+#: Constant rate factors accepted: 0 would be lossless, which needs the High 4:4:4 profile that browsers
+#: and QuickTime do not play, so the range starts at 1.  18 is visually near-lossless, 23 is x264's default.
+CRF_RANGE = (1, 51)
+#: GIF frame delays are whole 1/100 s, and browsers slow delays below 2/100 s down to 1/10 s: so a GIF
+#: frame lasts at least this many centiseconds (GIFs play at 50 fps at most).
+GIF_MIN_DELAY_CS = 2
+#: The name pattern of PNG sequence frames (0-based output frame index).
+PNG_FRAME_PATTERN = "frame_{:05d}.png"
+_PNG_FRAME_RE = re.compile(r"frame_\d{5,}\.png")
+
+
+def _check_frame(frame: np.ndarray) -> None:
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        description = f"{frame.dtype} {list(frame.shape)}" if isinstance(frame, np.ndarray) else type(frame).__name__
+        raise ValueError(f"frames must be uint8 [H, W, 3] arrays, got {description}")
+
+
+def _temp_name(path: str) -> str:
+    directory, base = os.path.split(os.path.abspath(path))
+    return os.path.join(directory, f".{base}.{secrets.token_hex(4)}.tmp")
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FrameWriter:
+    """Base class: a file written under a temporary name, renamed into place by :meth:`commit`.
+
+    Subclasses implement :meth:`_append`, :meth:`_finish` (complete the temporary file) and :meth:`_cleanup`
+    (release processes and handles; called on abort).  ``path`` is the final name; its directory must exist.
+    """
+
+    #: True for writers whose output is a directory (:class:`PngSequenceWriter`).
+    writes_directory = False
+
+    def __init__(self, path: PathLike):
+        self.path = os.path.abspath(os.fspath(path))
+        if not os.path.isdir(os.path.dirname(self.path)):
+            raise RenderError(f"cannot write {self.path}: its directory does not exist")
+        if os.path.isdir(self.path) and not self.writes_directory:
+            raise RenderError(f"cannot write {self.path}: it is a directory")
+        self.temp_path = _temp_name(self.path)
+        self.frames_written = 0
+        self._finished = False
+        self._done = False
+
+    def append(self, frame: np.ndarray) -> None:
+        """Add one frame, uint8 [H, W, 3]; all frames must have the same size."""
+        if self._finished or self._done:
+            raise RuntimeError(f"{type(self).__name__}: append() after finish()/abort()")
+        _check_frame(frame)
+        self._append(frame)
+        self.frames_written += 1
+
+    def finish(self) -> None:
+        """Complete the temporary file (flush, close the encoder and check it succeeded)."""
+        if self._finished:
+            return
+        if self.frames_written == 0:
+            raise RenderError(f"no frames were given for {self.path}")
+        self._finish()
+        self._finished = True
+
+    def commit(self) -> str:
+        """Rename the finished temporary file to the final name; returns the final path."""
+        if not self._finished:
+            self.finish()
+        try:
+            os.replace(self.temp_path, self.path)
+        except OSError as exc:
+            raise RenderError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        self._done = True
+        return self.path
+
+    def abort(self) -> None:
+        """Stop and delete the temporary output; the final name is left as it was.  Idempotent, never raises
+        for a missing file (it is called while another exception is being handled)."""
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._cleanup()
+        finally:
+            _remove_quietly(self.temp_path)
+
+    # -- for subclasses
+    def _append(self, frame: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        raise NotImplementedError
+
+    def _cleanup(self) -> None:
+        pass
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        pass
+
+
+def commit_all(writers: Sequence["FrameWriter | SideBySideWriter"]) -> list[str]:
+    """Finish every writer, then rename them all: no final name appears until every output is complete.
+
+    On an error (or KeyboardInterrupt) all writers not yet committed are aborted and the error re-raised.
+    """
+    try:
+        for writer in writers:
+            writer.finish()
+        return [writer.commit() for writer in writers]
+    except BaseException:
+        abort_all(writers)
+        raise
+
+
+def abort_all(writers: Sequence["FrameWriter | SideBySideWriter"]) -> None:
+    """Abort every writer (those already committed are left alone)."""
+    for writer in writers:
+        writer.abort()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# MP4 through ffmpeg
+
+
+def find_ffmpeg() -> str:
+    """Path of the ffmpeg binary imageio-ffmpeg uses (``$IMAGEIO_FFMPEG_EXE``, its bundled binary, or the
+    system's), checked to exist and to have the libx264 encoder.
+
+    Raises:
+        RenderError: imageio-ffmpeg is not installed, no ffmpeg is found, or it cannot encode H.264.
+    """
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        raise RenderError("writing MP4 needs the imageio-ffmpeg package (pip install imageio-ffmpeg)") from None
+    try:
+        exe = imageio_ffmpeg.get_ffmpeg_exe()
+    except RuntimeError:
+        raise RenderError("no ffmpeg found for writing MP4: reinstall imageio-ffmpeg, or set IMAGEIO_FFMPEG_EXE "
+                          "to an ffmpeg binary") from None
+    if not (os.path.isfile(exe) and os.access(exe, os.X_OK)):
+        raise RenderError(f"the ffmpeg binary {exe} does not exist or cannot be run (check IMAGEIO_FFMPEG_EXE)")
+    if not _has_libx264(exe):
+        raise RenderError(f"the ffmpeg binary {exe} cannot encode H.264 (no libx264 encoder)")
+    return exe
+
+
+@functools.lru_cache(maxsize=8)
+def _has_libx264(exe: str) -> bool:
+    try:
+        result = subprocess.run([exe, "-hide_banner", "-encoders"], stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return result.returncode == 0 and re.search(r"^\s*V\S*\s+libx264\s", result.stdout, re.MULTILINE) is not None
+
+
+class Mp4Writer(FrameWriter):
+    """H.264 MP4 (libx264, yuv420p, BT.709), streamed into ffmpeg's standard input.
+
+    Args:
+        path:   final file name (the container is MP4 whatever the extension).
+        fps:    frames per second (> 0; passed to ffmpeg as an exact fraction).
+        crf:    constant rate factor, :data:`CRF_RANGE`; lower = better and larger. 18 is near-lossless.
+        preset: one of :data:`X264_PRESETS` (speed against file size at the same quality).
+
+    ffmpeg starts at the first frame, when the size is known.  Its messages are captured, not printed;
+    a failure becomes a :class:`RenderError` naming ffmpeg's last message.
+    """
+
+    def __init__(self, path: PathLike, fps: float = 24.0, crf: int = 18, preset: str = "medium"):
+        check_fps(fps)
+        if isinstance(crf, bool) or not isinstance(crf, (int, np.integer)) or not CRF_RANGE[0] <= crf <= CRF_RANGE[1]:
+            raise RenderError(f"the MP4 quality (CRF) must be a whole number from {CRF_RANGE[0]} (best) to "
+                              f"{CRF_RANGE[1]} (worst), got {crf!r}")
+        if preset not in X264_PRESETS:
+            raise RenderError(f"unknown x264 preset {preset!r}; use one of: {', '.join(X264_PRESETS)}")
+        self.exe = find_ffmpeg()
+        super().__init__(path)
+        self.fps = fps
+        self.crf = int(crf)
+        self.preset = preset
+        self.frame_size: Optional[tuple[int, int]] = None   # (height, width) of incoming frames
+        self.video_size: Optional[tuple[int, int]] = None   # (height, width) encoded: even sides
+        self._process: Optional[subprocess.Popen] = None
+        self._stderr = None
+
+    def _command(self) -> list[str]:
+        height, width = self.video_size
+        rate = fractions.Fraction(self.fps).limit_denominator(1001)
+        # BT.709 conversion and tags: players assume BT.709 for untagged video at some sizes and BT.601 at
+        # others; converting with 709 and saying so gives the same colours in browsers, VLC and QuickTime.
+        color = ("scale=out_color_matrix=bt709:out_range=tv,"
+                 "setparams=color_primaries=bt709:color_trc=bt709:colorspace=bt709:range=tv,format=yuv420p")
+        return [self.exe, "-hide_banner", "-loglevel", "error",
+                "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-framerate", str(rate),
+                "-i", "pipe:0", "-an",
+                "-vf", color, "-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf),
+                "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-f", "mp4", "-y", self.temp_path]
+
+    def _start(self, frame: np.ndarray) -> None:
+        height, width = frame.shape[:2]
+        self.frame_size = (height, width)
+        self.video_size = (height + height % 2, width + width % 2)
+        self._stderr = tempfile.TemporaryFile()
+        try:
+            self._process = subprocess.Popen(self._command(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                             stderr=self._stderr, start_new_session=(os.name == "posix"))
+        except OSError as exc:
+            raise RenderError(f"cannot start ffmpeg ({self.exe}): {exc.strerror or exc}") from exc
+
+    def _append(self, frame: np.ndarray) -> None:
+        if self._process is None:
+            self._start(frame)
+        if frame.shape[:2] != self.frame_size:
+            raise ValueError(f"frame of size {frame.shape[1]}x{frame.shape[0]} in a video of "
+                             f"{self.frame_size[1]}x{self.frame_size[0]}")
+        if self.video_size != self.frame_size:  # odd side: repeat the last row / column
+            pad_h, pad_w = self.video_size[0] - self.frame_size[0], self.video_size[1] - self.frame_size[1]
+            frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+        try:
+            self._process.stdin.write(np.ascontiguousarray(frame).data)
+        except (BrokenPipeError, OSError):
+            self._process.wait()
+            raise RenderError(f"ffmpeg stopped while writing {self.path}: {self._ffmpeg_message()}") from None
+
+    def _finish(self) -> None:
+        process = self._process
+        try:
+            process.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass
+        returncode = process.wait()
+        if returncode != 0:
+            raise RenderError(f"ffmpeg failed to write {self.path} (exit code {returncode}): {self._ffmpeg_message()}")
+        self._close_stderr()
+        _fsync_file(self.temp_path)
+
+    def _ffmpeg_message(self) -> str:
+        if self._stderr is None:
+            return "no message"
+        self._stderr.seek(0)
+        lines = [line.strip() for line in self._stderr.read().decode("utf-8", "replace").splitlines() if line.strip()]
+        return lines[-1] if lines else "no message"
+
+    def _close_stderr(self) -> None:
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+    def _cleanup(self) -> None:
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+        if process is not None and process.stdin is not None:
+            try:
+                process.stdin.close()
+            except OSError:
+                pass
+        self._close_stderr()
+
+
+def check_fps(fps: float) -> None:
+    """Raise :class:`RenderError` unless ``fps`` is a finite number > 0 (at most 240)."""
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(fps) or not 0 < fps <= 240:
+        raise RenderError(f"frames per second must be a number above 0 and at most 240, got {fps!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# GIF
+
+
+class GifWriter(FrameWriter):
+    """Animated GIF that loops forever, written frame by frame.
+
+    Args:
+        path:  final file name.
+        fps:   rate of the frames given to :meth:`append` (the GIF lasts ``frames / fps`` seconds).
+        every: keep one frame in ``every`` (1 = all); the last frame given is always kept, so a walk ends on
+               its last image.  Each kept frame is shown until the next kept one.
+        size:  if given, frames are shrunk (Lanczos) so that their longer side is at most ``size`` pixels.
+
+    Timing: each frame's delay is rounded to 1/100 s so that the total never drifts (frame k starts at
+    ``round(100 * k / fps)`` cs), and is at least :data:`GIF_MIN_DELAY_CS`.  A frame equal to the one before
+    it (a hold) only lengthens that frame's delay.
+    """
+
+    def __init__(self, path: PathLike, fps: float = 24.0, every: int = 1, size: Optional[int] = None):
+        check_fps(fps)
+        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+            raise RenderError(f"the GIF frame step must be a whole number of at least 1, got {every!r}")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 8):
+            raise RenderError(f"the GIF size must be a whole number of pixels of at least 8, got {size!r}")
+        super().__init__(path)
+        self.fps = float(fps)
+        self.every = int(every)
+        self.size = None if size is None else int(size)
+        self.gif_frames = 0            # frames actually stored in the file
+        self._file = None
+        self._frame_size: Optional[tuple[int, int]] = None
+        self._pending: Optional[tuple[np.ndarray, int]] = None    # (shrunk frame, index where it starts)
+        self._skipped: Optional[tuple[np.ndarray, int]] = None    # last frame not kept (copy), its index
+
+    def _shrink(self, frame: np.ndarray) -> np.ndarray:
+        height, width = frame.shape[:2]
+        if self.size is None or max(height, width) <= self.size:
+            return np.array(frame, copy=True)
+        scale = self.size / max(height, width)
+        new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        return np.asarray(Image.fromarray(np.ascontiguousarray(frame)).resize(new_size, Image.Resampling.LANCZOS))
+
+    def _append(self, frame: np.ndarray) -> None:
+        if self._frame_size is None:
+            self._frame_size = frame.shape[:2]
+            self._file = open(self.temp_path, "xb")
+        elif frame.shape[:2] != self._frame_size:
+            raise ValueError("all frames of a GIF must have the same size")
+        index = self.frames_written
+        if index % self.every == 0:
+            self._keep(self._shrink(frame), index)
+            self._skipped = None
+        else:
+            self._skipped = (np.array(frame, copy=True), index)
+
+    def _keep(self, small: np.ndarray, index: int) -> None:
+        if self._pending is not None and np.array_equal(self._pending[0], small):
+            return  # a hold: the pending frame just lasts longer
+        if self._pending is not None:
+            self._write(self._pending[0], self._pending[1], index)
+        self._pending = (small, index)
+
+    def _write(self, small: np.ndarray, start: int, end: int) -> None:
+        """Encode one GIF frame shown from input frame ``start`` until ``end`` (exclusive)."""
+        delay_cs = round(100 * end / self.fps) - round(100 * start / self.fps)
+        delay_cs = min(max(delay_cs, GIF_MIN_DELAY_CS), 65535)
+        # Fast octree: measured here ~2000x faster than median cut on a 256x256 photo (0.4 ms vs 0.76 s) for a
+        # mean error of 3.9 instead of 3.3 levels.
+        image = Image.fromarray(small).quantize(colors=256, method=Image.Quantize.FASTOCTREE)
+        single = io.BytesIO()
+        image.save(single, format="GIF", interlace=False)
+        table, table_bits, interlaced, image_data = _split_single_frame_gif(single.getvalue())
+        height, width = small.shape[:2]
+        if self.gif_frames == 0:
+            self._file.write(b"GIF89a" + struct.pack("<HHBBB", width, height, 0x80 | table_bits, 0, 0) + table)
+            # NETSCAPE2.0 application extension: loop count 0 = forever
+            self._file.write(b"\x21\xff\x0bNETSCAPE2.0\x03\x01" + struct.pack("<H", 0) + b"\x00")
+        disposal = 1  # leave the frame in place (every frame covers the whole image anyway)
+        self._file.write(b"\x21\xf9\x04" + bytes([disposal << 2]) + struct.pack("<H", delay_cs) + b"\x00\x00")
+        flags = 0x80 | (0x40 if interlaced else 0) | table_bits  # local colour table, interlace, table size
+        self._file.write(b"\x2c" + struct.pack("<HHHHB", 0, 0, width, height, flags) + table)
+        self._file.write(image_data)
+        self.gif_frames += 1
+
+    def _finish(self) -> None:
+        if self._skipped is not None:  # always end on the last frame given
+            self._keep(self._shrink(self._skipped[0]), self._skipped[1])
+            self._skipped = None
+        self._write(self._pending[0], self._pending[1], self.frames_written)
+        self._pending = None
+        self._file.write(b";")  # GIF trailer
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+
+    def _cleanup(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._pending = self._skipped = None
+
+
+def _split_single_frame_gif(data: bytes) -> tuple[bytes, int, bool, bytes]:
+    """Take apart a one-frame GIF (as Pillow writes it) to reuse its frame in an animation.
+
+    Returns (colour table, its size bits N (3 * 2**(N+1) bytes), whether the rows are interlaced, image data =
+    LZW minimum code size + data sub-blocks + terminator).  Extensions are dropped.  Streaming an animation frame by frame this way keeps
+    memory flat (Pillow's own multi-frame writer holds every frame until the end).
+    """
+    if data[:6] not in (b"GIF87a", b"GIF89a"):
+        raise ValueError("not a GIF")
+    packed = data[10]
+    position = 13
+    table, table_bits = b"", 0
+    if packed & 0x80:
+        table_bits = packed & 0x07
+        size = 3 * 2 ** (table_bits + 1)
+        table, position = data[position:position + size], position + size
+    while position < len(data):
+        block = data[position]
+        if block == 0x21:  # extension: introducer, label, sub-blocks
+            position = _skip_sub_blocks(data, position + 2)
+        elif block == 0x2C:  # image descriptor (10 bytes), optional local table, LZW data
+            descriptor_packed = data[position + 9]
+            position += 10
+            if descriptor_packed & 0x80:
+                table_bits = descriptor_packed & 0x07
+                size = 3 * 2 ** (table_bits + 1)
+                table, position = data[position:position + size], position + size
+            start = position
+            position = _skip_sub_blocks(data, position + 1)  # after the LZW minimum code size byte
+            if not table:
+                raise ValueError("GIF frame without a colour table")
+            return table, table_bits, bool(descriptor_packed & 0x40), data[start:position]
+        else:
+            break
+    raise ValueError("no image in the GIF")
+
+
+def _skip_sub_blocks(data: bytes, position: int) -> int:
+    """Position after the data sub-blocks starting at ``position`` (each: size byte + data; 0 ends them)."""
+    while data[position] != 0:
+        position += data[position] + 1
+    return position + 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# PNG
+
+
+class PngSequenceWriter(FrameWriter):
+    """A directory of ``frame_00000.png, frame_00001.png, ...``, built under a temporary name.
+
+    ``path`` is the directory.  If it already exists it must hold only such frames (an earlier render's):
+    they are replaced as a whole at :meth:`commit`.  A directory holding anything else is refused, so a
+    mistyped path never deletes a user's files.
+    """
+
+    writes_directory = True
+
+    def __init__(self, path: PathLike, compress_level: int = 6):
+        super().__init__(path)
+        self._check_replaceable()
+        self.compress_level = compress_level
+        self._created = False
+
+    def _check_replaceable(self) -> None:
+        if os.path.lexists(self.path):
+            if not os.path.isdir(self.path) or os.path.islink(self.path):
+                raise RenderError(f"cannot write PNG frames to {self.path}: it exists and is not a directory")
+            others = [name for name in os.listdir(self.path) if not _PNG_FRAME_RE.fullmatch(name)]
+            if others:
+                raise RenderError(f"cannot write PNG frames to {self.path}: the directory holds other files "
+                                  f"(e.g. {others[0]}); choose an empty or new directory")
+
+    def _append(self, frame: np.ndarray) -> None:
+        if not self._created:
+            os.mkdir(self.temp_path)
+            self._created = True
+        name = os.path.join(self.temp_path, PNG_FRAME_PATTERN.format(self.frames_written))
+        with open(name, "xb") as f:
+            Image.fromarray(np.ascontiguousarray(frame)).save(f, format="PNG", compress_level=self.compress_level)
+
+    def _finish(self) -> None:
+        pass
+
+    def commit(self) -> str:
+        if not self._finished:
+            self.finish()
+        self._check_replaceable()
+        old = None
+        try:
+            if os.path.lexists(self.path):
+                old = _temp_name(self.path)
+                os.replace(self.path, old)
+            os.replace(self.temp_path, self.path)
+        except OSError as exc:
+            if old is not None and not os.path.lexists(self.path):
+                os.replace(old, self.path)
+                old = None
+            raise RenderError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        finally:
+            if old is not None:
+                _remove_quietly(old)
+        self._done = True
+        return self.path
+
+
+class PngStillWriter(FrameWriter):
+    """One PNG image: :meth:`append` keeps (a copy of) the latest frame given; :meth:`finish` writes it."""
+
+    def __init__(self, path: PathLike):
+        super().__init__(path)
+        self._image: Optional[np.ndarray] = None
+
+    def _append(self, frame: np.ndarray) -> None:
+        self._image = np.array(frame, copy=True)
+
+    def _finish(self) -> None:
+        with open(self.temp_path, "xb") as f:
+            Image.fromarray(self._image).save(f, format="PNG")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _cleanup(self) -> None:
+        self._image = None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Side by side
+
+
+class SideBySideWriter:
+    """Composite frames ``panel_1 | ... | panel_k | frame`` (+ a caption band on top) into another writer.
+
+    Args:
+        target: the writer that receives the composites (usually an :class:`Mp4Writer`).
+        panels: fixed images shown left of every frame, uint8 [H, W, 3] of the frames' size.
+        labels: captions, one per panel plus one for the frame, or None for no caption band.
+
+    The composite is built in one reused buffer, so a frame costs one copy of the frame.  It has the same
+    life cycle methods as a :class:`FrameWriter` (which it forwards to ``target``).
+    """
+
+    def __init__(self, target: FrameWriter, panels: Sequence[np.ndarray],
+                 labels: Optional[Sequence[str]] = None):
+        for panel in panels:
+            _check_frame(panel)
+        if labels is not None and len(labels) != len(panels) + 1:
+            raise ValueError(f"{len(panels) + 1} labels needed (one per panel and one for the frame), got {len(labels)}")
+        sizes = {panel.shape[:2] for panel in panels}
+        if len(sizes) > 1:
+            raise ValueError("all side-by-side panels must have the same size")
+        self.target = target
+        self.path = target.path
+        self.panels = [np.array(panel, copy=True) for panel in panels]
+        self.labels = list(labels) if labels is not None else None
+        self._canvas: Optional[np.ndarray] = None
+        self._band = 0
+
+    @property
+    def frames_written(self) -> int:
+        return self.target.frames_written
+
+    def _build_canvas(self, height: int, width: int) -> None:
+        if self.panels and self.panels[0].shape[:2] != (height, width):
+            raise ValueError(f"side-by-side panels are {self.panels[0].shape[1]}x{self.panels[0].shape[0]}, "
+                             f"frames {width}x{height}")
+        count = len(self.panels) + 1
+        self._band = caption_band_height(height) if self.labels else 0
+        canvas = np.zeros((self._band + height, count * width, 3), np.uint8)
+        for i, panel in enumerate(self.panels):
+            canvas[self._band:, i * width:(i + 1) * width] = panel
+        if self.labels:
+            canvas[:self._band] = draw_captions(self.labels, width, self._band)
+        self._canvas = canvas
+
+    def compose(self, frame: np.ndarray) -> np.ndarray:
+        """The composite of ``frame``: uint8 [band + H, (panels + 1) * W, 3].  The returned array is reused
+        by the next call: copy it to keep it."""
+        _check_frame(frame)
+        height, width = frame.shape[:2]
+        if self._canvas is None:
+            self._build_canvas(height, width)
+        if self._canvas.shape[0] - self._band != height or self._canvas.shape[1] != (len(self.panels) + 1) * width:
+            raise ValueError("all frames must have the same size")
+        self._canvas[self._band:, len(self.panels) * width:] = frame
+        return self._canvas
+
+    def append(self, frame: np.ndarray) -> None:
+        self.target.append(self.compose(frame))
+
+    def finish(self) -> None:
+        self.target.finish()
+
+    def commit(self) -> str:
+        return self.target.commit()
+
+    def abort(self) -> None:
+        self.target.abort()
+
+
+def caption_band_height(frame_height: int) -> int:
+    """Height in pixels of the caption band above side-by-side frames: about 7 % of the frame, even, >= 12."""
+    height = max(12, round(frame_height * 0.07))
+    return height + height % 2
+
+
+@functools.lru_cache(maxsize=16)
+def _caption_font(size: int):
+    try:
+        return ImageFont.load_default(size=size)  # Pillow's bundled scalable font (needs FreeType)
+    except (TypeError, ValueError, OSError, ImportError):
+        return ImageFont.load_default()
+
+
+def draw_captions(labels: Sequence[str], panel_width: int, band_height: int) -> np.ndarray:
+    """A caption band uint8 [band_height, len(labels) * panel_width, 3]: white text centred over each panel
+    on black."""
+    band = Image.new("RGB", (len(labels) * panel_width, band_height), (0, 0, 0))
+    draw = ImageDraw.Draw(band)
+    font = _caption_font(max(8, int(band_height * 0.7)))
+    for i, label in enumerate(labels):
+        centre = (i * panel_width + panel_width / 2, band_height / 2)
+        if isinstance(font, ImageFont.FreeTypeFont):
+            # 'mm': centred between ascender and descender, so all captions sit on one baseline
+            draw.text(centre, label, fill=(255, 255, 255), font=font, anchor="mm")
+        else:  # Pillow's bitmap font takes no anchor
+            left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+            draw.text((centre[0] - (left + right) / 2, centre[1] - (top + bottom) / 2), label,
+                      fill=(255, 255, 255), font=font)
+    return np.asarray(band)
+
+
+__all__ = [
+    "CRF_RANGE", "GIF_MIN_DELAY_CS", "PNG_FRAME_PATTERN", "X264_PRESETS",
+    "FrameWriter", "GifWriter", "Mp4Writer", "PngSequenceWriter", "PngStillWriter", "SideBySideWriter",
+    "abort_all", "caption_band_height", "check_fps", "commit_all", "draw_captions", "find_ffmpeg",
+]
