@@ -65,6 +65,20 @@ def _resolve_params(act: str, alpha: Optional[float], gain: Optional[float], cla
     return spec, alpha, gain, clamp
 
 
+def _check_bias(x: torch.Tensor, b: Optional[torch.Tensor], dim: int) -> int:
+    """Validate the bias against ``x``; return ``dim`` counted from the front (negative dims allowed)."""
+    if b is None:
+        return dim
+    if not (isinstance(dim, int) and -x.ndim <= dim < x.ndim):
+        raise ValueError(f"dim must be an integer in [{-x.ndim}, {x.ndim}) for a {x.ndim}D x, got {dim!r}")
+    dim = dim % x.ndim
+    if not isinstance(b, torch.Tensor) or b.ndim != 1 or b.shape[0] != x.shape[dim]:
+        raise ValueError(f"bias must have shape [{x.shape[dim]}], got {tuple(getattr(b, 'shape', ()))}")
+    if b.dtype != x.dtype or b.device != x.device:
+        raise ValueError("bias must have the dtype and device of x")
+    return dim
+
+
 def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, act: str = "linear",
              alpha: Optional[float] = None, gain: Optional[float] = None, clamp: Optional[float] = None,
              impl: Optional[str] = None) -> torch.Tensor:
@@ -86,12 +100,12 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, ac
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError("x must be a tensor")
-    if b is not None:
-        if not isinstance(b, torch.Tensor) or b.ndim != 1 or b.shape[0] != x.shape[dim]:
-            raise ValueError(f"bias must have shape [{x.shape[dim]}], got {tuple(getattr(b, 'shape', ()))}")
-        if b.dtype != x.dtype or b.device != x.device:
-            raise ValueError("bias must have the dtype and device of x")
-    if plugin.choose_impl(impl, x) == "cuda" and plugin.get_plugin("bias_act") is not None:
+    dim = _check_bias(x, b, dim)
+    use_cuda = plugin.choose_impl(impl, x) == "cuda"
+    _, _, resolved_gain, resolved_clamp = _resolve_params(act, alpha, gain, clamp)
+    if act == "linear" and b is None and resolved_gain == 1 and resolved_clamp < 0:
+        return x  # nothing to do; both implementations return x itself (no autograd Function around it)
+    if use_cuda and plugin.get_plugin("bias_act") is not None:
         return _bias_act_cuda(dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp).apply(x, b)
     return bias_act_ref(x, b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
 
@@ -101,6 +115,7 @@ def bias_act_ref(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1
                  clamp: Optional[float] = None) -> torch.Tensor:
     """Reference implementation of :func:`bias_act` with standard PyTorch ops (same arguments)."""
     spec, alpha, gain, clamp = _resolve_params(act, alpha, gain, clamp)
+    dim = _check_bias(x, b, dim)
     if b is not None:
         x = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
     x = spec.func(x, alpha=alpha)
@@ -112,11 +127,19 @@ def bias_act_ref(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1
 
 
 # ------------------------------------------------------------------------------------------------------
-# CUDA implementation: an autograd Function per parameter set, cached.  The kernel computes
-#   mode 1 (forward):      y = clamp(act(x + b) * gain)
-#   mode 2 (1st grad):     dx = dy * act'(x|y) * gain, zeroed where the output was clamped
-#   mode 3 (2nd grad):     d(dx)/d(x) contribution for activations with a second derivative
-# from x (input plus bias) or y (output), as the activation's ``ref`` says.
+# CUDA implementation: an autograd Function per parameter set, cached.  The kernel (csrc/bias_act.h) computes
+#   grad=0 (forward):      y = clamp(act(x + b) * gain)
+#   grad=1 (1st grad):     dx = dy * act'(x + b) * gain, zeroed where the output was clamped
+#   grad=2 (2nd grad):     d_x = d_dx * dy * act''(x + b) * gain, same zeros: d(dx)/dx for activations
+#                          with a second derivative
+# with act' and act'' computed from x (input before the bias, plus b) or y (output), as the activation's
+# ``ref`` says.  With clamping, y is always kept: the gradient needs it to know which outputs were clamped.
+# The kernel accepts any dense memory layout shared by all its tensors; 4D inputs laid out channels-last
+# stay channels-last, everything else is made contiguous.
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.ndim == 4 and x.stride(1) == 1 else torch.contiguous_format
+
 
 _cuda_cache: dict = {}
 
@@ -132,8 +155,7 @@ def _bias_act_cuda(dim: int, act: str, alpha, gain, clamp):
     class BiasActCuda(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, b):  # pylint: disable=arguments-differ
-            ctx.memory_format = (torch.channels_last if x.ndim > 2 and x.stride(1) == 1
-                                 else torch.contiguous_format)
+            ctx.memory_format = _memory_format(x)
             x = x.contiguous(memory_format=ctx.memory_format)
             b = b.contiguous() if b is not None else empty.to(x)
             y = x
@@ -143,7 +165,7 @@ def _bias_act_cuda(dim: int, act: str, alpha, gain, clamp):
             ctx.save_for_backward(
                 x if "x" in spec.ref or spec.has_2nd_grad else empty.to(x),
                 b if "x" in spec.ref or spec.has_2nd_grad else empty.to(x),
-                y if "y" in spec.ref else empty.to(x))
+                y if "y" in spec.ref or clamp >= 0 else empty.to(x))
             return y
 
         @staticmethod
@@ -162,8 +184,7 @@ def _bias_act_cuda(dim: int, act: str, alpha, gain, clamp):
     class BiasActCudaGrad(torch.autograd.Function):
         @staticmethod
         def forward(ctx, dy, x, b, y):  # pylint: disable=arguments-differ
-            ctx.memory_format = (torch.channels_last if dy.ndim > 2 and dy.stride(1) == 1
-                                 else torch.contiguous_format)
+            ctx.memory_format = _memory_format(dy)
             dx = ext.bias_act(dy, b, x, y, empty.to(dy), 1, dim, spec.cuda_idx, alpha, gain, clamp)
             ctx.save_for_backward(dy if spec.has_2nd_grad else empty.to(dy), x, b, y)
             return dx

@@ -41,6 +41,9 @@ def _validate(x, w, f, up, down, groups):
     for name, value in (("up", up), ("down", down), ("groups", groups)):
         if not (isinstance(value, int) and value >= 1):
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if x.shape[1] != w.shape[1] * groups or w.shape[0] % groups != 0:
+        raise ValueError(f"w {tuple(w.shape)} does not fit x with {x.shape[1]} channels and groups={groups}: "
+                         f"need w [C_out, C_in // groups, kh, kw] with C_out divisible by groups")
 
 
 def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: Optional[torch.Tensor] = None, up: int = 1,

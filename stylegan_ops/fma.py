@@ -10,7 +10,7 @@ import torch
 
 
 def fma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """``a * b + c`` for tensors broadcastable to a common shape; result has that shape and a's dtype."""
+    """``a * b + c`` for tensors broadcastable to a common shape; result has that shape and their promoted dtype."""
     return _FusedMultiplyAdd.apply(a, b, c)
 
 

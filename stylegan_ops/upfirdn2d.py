@@ -64,6 +64,20 @@ def _get_filter_size(f: Optional[torch.Tensor]) -> tuple[int, int]:
     return fw, fh
 
 
+def _check_filter(f: Optional[torch.Tensor], x: torch.Tensor) -> None:
+    """Raise ValueError unless ``f`` is None or a float32 [fh, fw] / [taps] filter on x's device, without grad."""
+    if f is None:
+        return
+    if not (isinstance(f, torch.Tensor) and f.ndim in (1, 2) and f.dtype == torch.float32):
+        raise ValueError("filter must be a float32 tensor [fh, fw] or [taps]")
+    if f.numel() == 0:
+        raise ValueError("filter must not be empty")
+    if f.requires_grad:
+        raise ValueError("gradients with respect to the filter are not supported")
+    if f.device != x.device:
+        raise ValueError(f"filter must be on x's device ({x.device}), got {f.device}")
+
+
 def setup_filter(f, device: Optional[torch.device] = None, normalize: bool = True,
                  flip_filter: bool = False, gain: float = 1, separable: Optional[bool] = None) -> torch.Tensor:
     """Turn a list/array/tensor of taps into a float32 filter for :func:`upfirdn2d`.
@@ -93,6 +107,8 @@ def setup_filter(f, device: Optional[torch.device] = None, normalize: bool = Tru
     if f.ndim != (1 if separable else 2):
         raise ValueError("a 2D filter cannot be made separable")
     if normalize:
+        if f.device.type != "meta" and f.sum() == 0:  # meta tensors (models built without memory) hold no taps
+            raise ValueError("cannot normalize a filter whose taps sum to 0; pass normalize=False")
         f = f / f.sum()
     if flip_filter:
         f = f.flip(list(range(f.ndim)))
@@ -119,6 +135,7 @@ def upfirdn2d(x: torch.Tensor, f: Optional[torch.Tensor], up: IntPair = 1, down:
     """
     if not (isinstance(x, torch.Tensor) and x.ndim == 4):
         raise ValueError("x must be a 4D tensor [N, C, H, W]")
+    _check_filter(f, x)
     if plugin.choose_impl(impl, x) == "cuda" and plugin.get_plugin("upfirdn2d") is not None:
         return _upfirdn2d_cuda(up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain).apply(x, f)
     return upfirdn2d_ref(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
@@ -127,12 +144,11 @@ def upfirdn2d(x: torch.Tensor, f: Optional[torch.Tensor], up: IntPair = 1, down:
 def upfirdn2d_ref(x: torch.Tensor, f: Optional[torch.Tensor], up: IntPair = 1, down: IntPair = 1,
                   padding: IntPair = 0, flip_filter: bool = False, gain: float = 1) -> torch.Tensor:
     """Reference implementation of :func:`upfirdn2d` (same arguments) with standard PyTorch ops."""
+    if not (isinstance(x, torch.Tensor) and x.ndim == 4):
+        raise ValueError("x must be a 4D tensor [N, C, H, W]")
+    _check_filter(f, x)
     if f is None:
         f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
-    if not (isinstance(f, torch.Tensor) and f.ndim in (1, 2) and f.dtype == torch.float32):
-        raise ValueError("filter must be a float32 tensor [fh, fw] or [taps]")
-    if f.requires_grad:
-        raise ValueError("gradients with respect to the filter are not supported")
     batch_size, num_channels, in_height, in_width = x.shape
     upx, upy = _parse_scaling(up)
     downx, downy = _parse_scaling(down)
@@ -152,6 +168,7 @@ def upfirdn2d_ref(x: torch.Tensor, f: Optional[torch.Tensor], up: IntPair = 1, d
     x = x[:, :, max(-pady0, 0): x.shape[2] - max(-pady1, 0), max(-padx0, 0): x.shape[3] - max(-padx1, 0)]
 
     # 3. Convolve: conv2d computes a correlation, so a true convolution flips the taps.
+    f = f.to(torch.promote_types(f.dtype, x.dtype))  # scale in float64 for float64 x: exact to its precision
     f = f * (gain ** (f.ndim / 2))
     f = f.to(x.dtype)
     if not flip_filter:
@@ -199,8 +216,9 @@ def downsample2d(x: torch.Tensor, f: Optional[torch.Tensor], down: IntPair = 2, 
 
 
 # ------------------------------------------------------------------------------------------------------
-# CUDA implementation.  The kernel handles one 2D filter per call; a separable filter is applied as a
-# horizontal pass followed by a vertical one.  The gradient of upfirdn2d is again an upfirdn2d (with up
+# CUDA implementation.  The kernel (csrc/upfirdn2d.cu) handles one 2D filter per call, reading x with any
+# strides (a channels_last x gives a channels_last result); a separable filter is applied as a horizontal
+# pass followed by a vertical one.  The gradient of upfirdn2d is again an upfirdn2d (with up
 # and down swapped, the filter flipped and the padding mirrored), so gradients of any order chain.
 
 _cuda_cache: dict = {}

@@ -85,7 +85,6 @@ def random_lpips():
 
     from timemachine.perceptual import PerceptualDistance, RandomWeightsWarning
 
-    torch.manual_seed(1234)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomWeightsWarning)
         return PerceptualDistance("random")

@@ -19,7 +19,6 @@ import dataclasses
 import io
 import json
 import os
-import zipfile
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -120,8 +119,9 @@ def load_latent(path: PathLike, num_ws: Optional[int] = None, w_dim: Optional[in
             arrays = {key: npz[key] for key in npz.files}
     except LatentError:
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise LatentError(f"{path} is not a readable .npz latent file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    except Exception as exc:  # untrusted bytes: numpy/zipfile/zlib raise many kinds for a damaged file
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise LatentError(f"{path} is not a readable .npz latent file ({reason})") from None
     if "w" not in arrays:
         raise LatentError(f"{path} has no 'w' array (keys: {', '.join(sorted(arrays)) or 'none'})")
     w = arrays["w"]

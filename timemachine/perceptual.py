@@ -76,8 +76,11 @@ class PerceptualDistance(torch.nn.Module):
 
         source = resolve_vgg_weights(vgg_weights, offline=offline, progress=progress)
         # pnet_rand=True: build the VGG16 without torchvision fetching anything; weights are loaded below.
-        with warnings.catch_warnings():  # lpips passes torchvision's deprecated 'pretrained' argument
-            warnings.simplefilter("ignore", UserWarning)
+        # A fixed seed makes 'random' the same network in every process (projections stay reproducible
+        # and cacheable); fork_rng leaves the caller's random state alone.
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+            warnings.simplefilter("ignore", UserWarning)  # lpips passes torchvision's deprecated 'pretrained'
+            torch.manual_seed(0)
             model = lpips.LPIPS(net="vgg", version="0.1", pnet_rand=True, verbose=False)
         if source == RANDOM:
             warnings.warn("using a randomly initialised VGG16 (TIMEMACHINE_VGG_WEIGHTS=random): perceptual "

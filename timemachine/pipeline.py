@@ -219,3 +219,143 @@ def cache_root() -> Path:
     from timemachine import weights
 
     return Path(weights.home_dir()) / "cache" / "projections"
+
+
+# ------------------------------------------------------------------------------------------------------
+# Age videos
+
+
+@dataclasses.dataclass
+class AgeVideoResult:
+    """What :func:`make_age_video` / :func:`render_age_video` wrote.
+
+    Attributes:
+        files:      {kind: path}: 'video', 'gif', 'before', 'after', 'side_by_side', 'frames_dir' (those asked
+                    for), 'latent' (projected_w.npz), 'run' (run.json).
+        run_info:   the contents of run.json.
+        projection: the projection used (None when rendering an existing latent file).
+    """
+
+    files: dict[str, str]
+    run_info: dict[str, Any]
+    projection: Optional[PhotoProjection] = None
+
+
+def age_direction(model: LoadedModel, vector, layers: Optional[str] = None, force_model: bool = False) -> torch.Tensor:
+    """The vector's direction [num_ws, w_dim] on the selected layers (default: the vector's own), after
+    checking that it belongs to ``model`` (:class:`AgeVectorError` otherwise, unless ``force_model``)."""
+    vector.check_model(model.fingerprint, model_name=model.spec, force=force_model)
+    if vector.num_ws != model.G.num_ws or vector.w_dim != model.G.w_dim:
+        from timemachine.errors import AgeVectorError
+
+        raise AgeVectorError(f"age vector {vector.name!r} has shape [{vector.num_ws}, {vector.w_dim}], the model "
+                             f"needs [{model.G.num_ws}, {model.G.w_dim}]")
+    return vector.masked_direction(layers)
+
+
+def _versions() -> dict[str, str]:
+    import platform
+
+    import timemachine
+
+    return {"timemachine": timemachine.__version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def render_age_video(
+    model: LoadedModel,
+    latent: LatentFile,
+    vector,
+    out_dir: Union[str, os.PathLike],
+    render_settings,
+    *,
+    layers: Optional[str] = None,
+    force_model: bool = False,
+    photo: Optional[np.ndarray] = None,
+    gif: bool = True,
+    side_by_side: bool = False,
+    frames: bool = False,
+    progress: Optional[Callable[[int, int], None]] = None,
+    run_info: Optional[dict[str, Any]] = None,
+) -> AgeVideoResult:
+    """Render ``latent`` walking along ``vector`` into ``out_dir``: video.mp4, preview.gif, before.png,
+    after.png (and side_by_side.mp4, frames/ when asked), projected_w.npz and run.json.
+
+    ``render_settings.strength`` is the strength used (callers fill in the vector's default).  ``run_info``
+    adds entries to run.json (what the caller knows: photo, projection, timings).
+    """
+    from timemachine import render
+
+    direction = age_direction(model, vector, layers, force_model)
+    out = Path(out_dir)
+    outputs = render.RenderOutputs.in_directory(out, gif=gif, side_by_side=side_by_side, frames=frames)
+    started = time.perf_counter()
+    result = render.render_video(model.G, latent, direction, outputs, render_settings, photo=photo, progress=progress)
+    files = dict(result.files)
+    files["latent"] = str(out / "projected_w.npz")
+    save_latent(files["latent"], latent.ws, latent.noise, latent.meta, pti_delta=latent.pti_delta)
+    files["run"] = str(out / "run.json")
+    info = dict(run_info or {})
+    info.update({
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": _versions(),
+        "model": {"spec": model.spec, "fingerprint": model.fingerprint, "resolution": model.G.img_resolution},
+        "age_vector": {**vector.metadata(), "layers_used": vector.default_layers if layers is None else layers,
+                       "forced_onto_other_model": bool(force_model and vector.model_fingerprint != model.fingerprint)},
+        "render": {**result.settings, "total_frames": result.total_frames, "walk_frames": result.walk_frames,
+                   "synthesized_frames": result.synthesized_frames},
+        "files": {k: os.path.relpath(v, out) for k, v in files.items()},
+    })
+    timings = dict(info.get("timings", {}))
+    timings.update({"render_seconds": round(time.perf_counter() - started, 3),
+                    "render_synthesis_seconds": round(result.synthesis_seconds, 3),
+                    "render_writing_seconds": round(result.writing_seconds, 3)})
+    info["timings"] = timings
+    write_json(files["run"], info)
+    return AgeVideoResult(files=files, run_info=info)
+
+
+def make_age_video(
+    model: LoadedModel,
+    photo: np.ndarray,
+    vector,
+    out_dir: Union[str, os.PathLike],
+    projection_settings: projector.ProjectorSettings,
+    render_settings,
+    perceptual: PerceptualDistance,
+    *,
+    pti_settings: Optional[projector.PTISettings] = None,
+    cache: Optional[ProjectionCache] = None,
+    layers: Optional[str] = None,
+    force_model: bool = False,
+    gif: bool = True,
+    side_by_side: bool = False,
+    frames: bool = False,
+    project_callback: Optional[projector.ProgressCallback] = None,
+    render_progress: Optional[Callable[[int, int], None]] = None,
+    checkpoint_path: Optional[str] = None,
+    resume: bool = False,
+    photo_info: Optional[dict[str, Any]] = None,
+) -> AgeVideoResult:
+    """The whole product: project ``photo`` (uint8 [R, R, 3], prepared) through the cache, then render the
+    walk along ``vector`` into ``out_dir`` (see :func:`render_age_video`).  The vector is checked against the
+    model before any work."""
+    age_direction(model, vector, layers, force_model)  # fail before projecting, not after
+    started = time.perf_counter()
+    (projection,) = project_images(model, [photo], projection_settings, perceptual, pti_settings=pti_settings,
+                                   cache=cache, callback=project_callback, checkpoint_path=checkpoint_path,
+                                   resume=resume)
+    project_seconds = time.perf_counter() - started
+    run_info = {
+        "photo": photo_info or {},
+        "projection": {"settings": projection_settings.to_dict(),
+                       "pti_settings": pti_settings.to_dict() if pti_settings else None,
+                       "perceptual": perceptual_id(perceptual), "metrics": projection.metrics},
+        "timings": {"project_seconds": round(project_seconds, 3)},
+    }
+    result = render_age_video(model, projection.latent, vector, out_dir, render_settings, layers=layers,
+                              force_model=force_model, photo=projection.target, gif=gif, side_by_side=side_by_side,
+                              frames=frames, progress=render_progress, run_info=run_info)
+    result.run_info["timings"]["total_seconds"] = round(time.perf_counter() - started, 3)
+    write_json(result.files["run"], result.run_info)
+    result.projection = projection
+    return result

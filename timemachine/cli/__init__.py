@@ -40,7 +40,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"timemachine: warning: {message}", file=sys.stderr)
 
 #: Modules that define commands, in the order ``--help`` lists them.
-COMMAND_MODULES = ["doctor", "weights", "project"]
+COMMAND_MODULES = ["run", "project", "age_vector", "render", "weights", "doctor"]
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -81,11 +81,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except TimemachineError as exc:
         error_line(str(exc))
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        error_line("interrupted")
+    except KeyboardInterrupt as exc:
+        error_line(str(exc) or "interrupted")
         return EXIT_INTERRUPTED
-    except Terminated:
-        error_line("terminated")
+    except Terminated as exc:
+        error_line(str(exc) or "terminated")
         return EXIT_TERMINATED
     except BrokenPipeError:
         # Output piped into a program that stopped reading (e.g. `| head`): not an error worth a traceback.

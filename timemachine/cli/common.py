@@ -99,3 +99,69 @@ def projection_progress(settings, pti_settings, num_photos: int) -> Iterator:
     finally:
         for bar in bars.values():
             bar.close()
+
+
+def add_age_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("age vector")
+    group.add_argument("--age-vector", required=True, metavar="NAME|FILE",
+                       help="age vector: a name from your library (timemachine age-vector list) or a .safetensors file")
+    group.add_argument("--strength", type=float, default=None,
+                       help="how far to walk along the vector (default: the vector's own, usually 1.0)")
+    group.add_argument("--layers", default=None, metavar="GROUPS|RANGES",
+                       help="layers to edit: coarse, middle, fine, all, or indices like 0-7 (default: the vector's own)")
+    group.add_argument("--force-model", action="store_true",
+                       help="apply a vector built for another model anyway (results are usually meaningless)")
+
+
+def add_render_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("video")
+    group.add_argument("--frames", type=int, default=96, help="frames of the walk from adult to young (>= 2)")
+    group.add_argument("--fps", type=float, default=24.0, help="frames per second")
+    group.add_argument("--easing", choices=["linear", "smoothstep", "cosine"], default="smoothstep",
+                       help="speed profile of the walk")
+    group.add_argument("--hold-start", type=int, default=12, help="extra frames showing the adult before the walk")
+    group.add_argument("--hold-end", type=int, default=24, help="extra frames showing the young animal at the end")
+    group.add_argument("--pingpong", action="store_true", help="walk back again, for a seamless loop")
+    group.add_argument("--batch-size", type=int, default=4, help="frames synthesised together")
+    group.add_argument("--crf", type=int, default=18, help="MP4 quality: 1 (best) to 51 (worst)")
+    group.add_argument("--no-gif", action="store_true", help="do not write preview.gif")
+    group.add_argument("--side-by-side", action="store_true",
+                       help="also write side_by_side.mp4: photo | reconstruction | young")
+    group.add_argument("--png-frames", action="store_true", help="also write every frame as PNG into frames/")
+
+
+def render_settings(args: argparse.Namespace, vector):
+    """RenderSettings from the options; the strength defaults to the vector's."""
+    from timemachine.render import RenderSettings
+
+    strength = vector.default_strength if args.strength is None else args.strength
+    settings = RenderSettings(frames=args.frames, strength=strength, easing=args.easing, hold_start=args.hold_start,
+                              hold_end=args.hold_end, pingpong=args.pingpong, batch_size=args.batch_size,
+                              fps=args.fps, crf=args.crf)
+    settings.validate()
+    return settings
+
+
+@contextlib.contextmanager
+def render_progress() -> Iterator:
+    """A ``progress(done, total)`` callback drawing a tqdm frame bar on stderr."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def callback(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc="rendering", unit="frame", file=sys.stderr, disable=None, dynamic_ncols=True)
+        bar.update(done - bar.n)
+
+    try:
+        yield callback
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def check_out_dir(out) -> None:
+    if out.exists() and not out.is_dir():
+        raise TimemachineError(f"--out {out} exists and is not a directory")

@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from timemachine.cli import EXIT_OK, common
+from timemachine.cli import EXIT_OK, Terminated, common
 from timemachine.errors import TimemachineError
 
 HELP = "project photos into the generator's latent space (W or W+), optionally with pivotal tuning"
@@ -80,9 +80,10 @@ def run(args: argparse.Namespace) -> int:
             results = pipeline.project_images(model, photos, settings, perceptual, pti_settings=pti_settings,
                                               cache=cache, callback=callback, checkpoint_path=checkpoint,
                                               resume=args.resume)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Terminated) as exc:
             if os.path.exists(checkpoint):
-                raise TimemachineError("interrupted; run the same command with --resume to continue") from None
+                exc.args = (f"{'interrupted' if isinstance(exc, KeyboardInterrupt) else 'terminated'}; run the "
+                            "same command with --resume to continue from the last checkpoint",)
             raise
 
     for photo, directory, result in zip(args.photos, _output_dirs(out, list(args.photos)), results):

@@ -1,0 +1,227 @@
+"""CPU speed of one projection step at 512x512, with a breakdown, against the official float32 path.
+
+A projection step is: synthesise (G forward), LPIPS-VGG16 at 256x256 (VGG forward), backward through
+both, Adam + noise renormalisation.  Measured on the AFHQ 512x512 architecture with random weights and a
+random VGG16 (``TIMEMACHINE_VGG_WEIGHTS=random``: no weights can be downloaded here; speed does not depend
+on the values).
+
+Variants, each in its own worker process, taking turns round by round (best of all rounds is kept):
+
+* ``official``  the official float32 path: fused modulated convolutions (the official eval-mode rule for
+                float32), glibc's default allocator; the official projector's step otherwise;
+* ``ours``      timemachine's ``projector.project`` as shipped (CPU defaults, tuned allocator).
+
+Breakdown per step (``--breakdown``, ours only): G forward, VGG forward, VGG backward, G backward, optimiser,
+measured by running the step's phases separately (``torch.autograd.grad`` to the image, then into G).
+
+FLOP efficiency: the step's FLOPs are counted with ``torch.utils.flop_counter`` (G and VGG forward, and
+their input-gradient backward: no weight gradients are needed); the lower bound is that count divided by
+the best sgemm rate measured in the same run.
+
+Usage::
+
+    python benchmarks/bench_projector.py                  # 512x512, 4 rounds of 3 steps
+    python benchmarks/bench_projector.py --breakdown
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import sys
+import time
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_generator import build_generator, sgemm_gflops  # noqa: E402
+
+
+def make_inputs(resolution: int):
+    import torch
+
+    os.environ["TIMEMACHINE_VGG_WEIGHTS"] = "random"
+    warnings.simplefilter("ignore")
+    from timemachine.perceptual import PerceptualDistance
+
+    G = build_generator(resolution)
+    torch.manual_seed(0)
+    perceptual = PerceptualDistance()
+    target = torch.rand(1, 3, resolution, resolution) * 2 - 1
+    return G, perceptual, target
+
+
+def official_step_fn(G, perceptual, target, fused_modconv):
+    """One step of the official projector's loop (W space), with the modulation path given."""
+    import torch
+
+    from timemachine import projector as P
+
+    w_avg, w_std = P.compute_w_stats(G, 1000)
+    w_opt = w_avg.clone().requires_grad_(True)
+    noise = {name: torch.randn([1, 1, res, res]).requires_grad_(True) for name, res in P._noise_shapes(G).items()}
+    optimizer = torch.optim.Adam([w_opt] + list(noise.values()), lr=0.01)
+    with torch.no_grad():
+        target_features = perceptual.features(target)
+
+    def step():
+        ws = (w_opt + torch.randn_like(w_opt) * w_std * 0.01).repeat([1, G.num_ws, 1])
+        synth = G.synthesis(ws, noise_mode="const", noise=noise, fused_modconv=fused_modconv)
+        loss = perceptual.distance(perceptual.features(synth), target_features).sum() \
+            + P.noise_regularization(noise).sum() * 1e5
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            for t in noise.values():
+                t -= t.mean()
+                t *= t.square().mean().rsqrt()
+
+    return step
+
+
+def count_step_flops(G, perceptual, target) -> int:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from timemachine import projector as P
+
+    ws = torch.zeros(1, G.num_ws, G.w_dim, requires_grad=True)
+    noise = {name: torch.randn([1, 1, res, res]).requires_grad_(True) for name, res in P._noise_shapes(G).items()}
+    with torch.no_grad():
+        target_features = perceptual.features(target)
+    with FlopCounterMode(display=False) as counter:
+        synth = G.synthesis(ws, noise_mode="const", noise=noise)
+        perceptual.distance(perceptual.features(synth), target_features).sum().backward()
+    return counter.get_total_flops()
+
+
+def worker(variant: str, resolution: int, steps: int, breakdown: bool, conn) -> None:
+    import torch
+
+    from timemachine import projector as P
+
+    if variant == "ours":
+        from timemachine.device import tune_cpu_allocator
+
+        tune_cpu_allocator()
+    G, perceptual, target = make_inputs(resolution)
+    flops = count_step_flops(G, perceptual, target)
+    if variant == "official":
+        step = official_step_fn(G, perceptual, target, fused_modconv=True)
+        run_steps = lambda: [step() for _ in range(steps)]  # noqa: E731
+    else:
+        stats = P.compute_w_stats(G, 1000)
+        settings = P.ProjectorSettings(steps=steps, w_avg_samples=1000)
+        run_steps = lambda: P.project(G, target, settings, perceptual=perceptual, w_stats=stats)  # noqa: E731
+    run_steps()  # warm-up
+    conn.send(("ready", flops))
+    while True:
+        message = conn.recv()
+        if message == "stop":
+            return
+        t0 = time.perf_counter()
+        run_steps()
+        per_step = (time.perf_counter() - t0) / steps
+        parts = measure_breakdown(G, perceptual, target) if breakdown and variant == "ours" else None
+        conn.send((per_step, parts, sgemm_gflops()))
+
+
+def measure_breakdown(G, perceptual, target) -> dict[str, float]:
+    """Seconds of each phase of one step, measured separately."""
+    import torch
+
+    from timemachine import projector as P
+
+    ws_leaf = torch.zeros(1, 1, G.w_dim, requires_grad=True)
+    noise = {name: torch.randn([1, 1, res, res]).requires_grad_(True) for name, res in P._noise_shapes(G).items()}
+    optimizer = torch.optim.Adam([ws_leaf] + list(noise.values()), lr=0.01)
+    with torch.no_grad():
+        target_features = perceptual.features(target)
+    t = {}
+    s = time.perf_counter()
+    synth = G.synthesis(ws_leaf.repeat(1, G.num_ws, 1), noise_mode="const", noise=noise)
+    t["G forward"] = time.perf_counter() - s
+    s = time.perf_counter()
+    synth_leaf = synth.detach().requires_grad_(True)
+    loss = perceptual.distance(perceptual.features(synth_leaf), target_features).sum()
+    reg = P.noise_regularization(noise).sum() * 1e5
+    t["VGG forward"] = time.perf_counter() - s
+    s = time.perf_counter()
+    (grad_img,) = torch.autograd.grad(loss, [synth_leaf])
+    t["VGG backward"] = time.perf_counter() - s
+    s = time.perf_counter()
+    torch.autograd.backward([synth, reg], [grad_img, torch.ones_like(reg)])
+    t["G backward"] = time.perf_counter() - s
+    s = time.perf_counter()
+    optimizer.step()
+    with torch.no_grad():
+        for v in noise.values():
+            v -= v.mean()
+            v *= v.square().mean().rsqrt()
+    t["optimiser"] = time.perf_counter() - s
+    return t
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=3, help="steps per round and variant")
+    parser.add_argument("--resolution", type=int, default=512)
+    parser.add_argument("--breakdown", action="store_true", help="also time the phases of a step (ours)")
+    parser.add_argument("--variants", default="official,ours")
+    args = parser.parse_args()
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+
+    ctx = mp.get_context("spawn")
+    workers = {}
+    for variant in variants:
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=worker, args=(variant, args.resolution, args.steps, args.breakdown, child),
+                           daemon=True)
+        proc.start()
+        workers[variant] = (proc, parent)
+    flops = {}
+    for variant, (_, conn) in workers.items():
+        _, flops[variant] = conn.recv()
+    best = {v: float("inf") for v in variants}
+    best_parts: dict[str, float] = {}
+    peak = 0.0
+    for r in range(args.rounds):
+        for variant in variants:
+            _, conn = workers[variant]
+            conn.send("round")
+            per_step, parts, gemm = conn.recv()
+            best[variant] = min(best[variant], per_step)
+            peak = max(peak, gemm)
+            for k, v in (parts or {}).items():
+                best_parts[k] = min(best_parts.get(k, float("inf")), v)
+        print(f"round {r + 1}/{args.rounds}: " + "  ".join(f"{v} {best[v]:.2f} s/step" for v in variants), flush=True)
+    for proc, conn in workers.values():
+        conn.send("stop")
+        proc.join(timeout=10)
+
+    gflop = flops[variants[0]] / 1e9
+    lower_bound = gflop / peak
+    print()
+    print(f"resolution {args.resolution}; best of {args.rounds} interleaved rounds of {args.steps} steps")
+    print(f"step FLOPs (G + VGG forward and input gradients): {gflop:.0f} GFLOP; best sgemm {peak:.0f} GFLOP/s; "
+          f"FLOP lower bound {lower_bound:.2f} s/step")
+    print()
+    print(f"{'variant':<10} {'s/step':>8} {'GFLOP/s':>9} {'x lower bound':>14} {'1000 steps':>11}")
+    for v in variants:
+        print(f"{v:<10} {best[v]:>8.2f} {gflop / best[v]:>9.0f} {best[v] / lower_bound:>14.2f} "
+              f"{best[v] * 1000 / 60:>9.1f} min")
+    if "official" in best and "ours" in best:
+        print(f"\nours vs official: {best['official'] / best['ours']:.2f}x faster per step")
+    if best_parts:
+        total = sum(best_parts.values())
+        print("\nbreakdown of one step (ours, each phase best of all rounds):")
+        for k, v in best_parts.items():
+            print(f"  {k:<13} {v * 1e3:7.0f} ms  {100 * v / total:5.1f} %")
+
+
+if __name__ == "__main__":
+    main()
