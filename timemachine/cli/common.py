@@ -122,7 +122,7 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--hold-start", type=int, default=12, help="extra frames showing the adult before the walk")
     group.add_argument("--hold-end", type=int, default=24, help="extra frames showing the young animal at the end")
     group.add_argument("--pingpong", action="store_true", help="walk back again, for a seamless loop")
-    group.add_argument("--batch-size", type=int, default=4, help="frames synthesised together")
+    group.add_argument("--batch-size", type=int, default=2, help="frames synthesised together (memory grows with it)")
     group.add_argument("--crf", type=int, default=18, help="MP4 quality: 1 (best) to 51 (worst)")
     group.add_argument("--no-gif", action="store_true", help="do not write preview.gif")
     group.add_argument("--side-by-side", action="store_true",
