@@ -1,13 +1,20 @@
 """Fused bias + activation + gain + clamp: ``y = clamp(act(x + b) * gain, -clamp, clamp)``.
 
-One public function, :func:`bias_act`, with two implementations behind it:
+One public function, :func:`bias_act`, with three implementations behind it:
 
 * ``'ref'``  - plain PyTorch ops (:func:`bias_act_ref`): any device, any dtype, autograd of any order.
 * ``'cuda'`` - our CUDA kernel (``csrc/bias_act.cu``): one pass over memory for the forward pass and
   one for the backward pass, gradients of any order through a chain of autograd Functions.
+* ``'cpu'``  - the CPU fast path (:class:`_BiasActCPU`) for the activations StyleGAN2 uses ('linear',
+  'relu', 'lrelu') with a positive gain: the forward pass works in place on a single new tensor, and the
+  backward pass needs only the output, from which it reads the derivative and the clamp mask with two
+  fused PyTorch kernels.  The reference builds four tensors and keeps them all for the backward pass.
 
 ``impl=None`` picks ``'cuda'`` for CUDA tensors when the extension built and passed its self-check
-(see :mod:`stylegan_ops.plugin`) and ``'ref'`` otherwise.  The two agree to float rounding.
+(see :mod:`stylegan_ops.plugin`), ``'cpu'`` for CPU tensors it covers, and ``'ref'`` otherwise;
+``STYLEGAN_OPS_IMPL=ref`` forces the reference.  All agree to float rounding (the fast paths zero the
+gradient where the output sits exactly on the clamp limit, the reference passes it there: a set of
+measure zero).
 """
 
 from __future__ import annotations
@@ -93,7 +100,7 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, ac
         alpha: shape parameter (the negative slope of 'lrelu'); None = the activation's default.
         gain:  output scale; None = the activation's default (sqrt(2) for relu/lrelu/swish, else 1).
         clamp: clamp the output to +-clamp; None = no clamping.
-        impl:  'ref', 'cuda' or None (automatic, see module docstring).
+        impl:  'ref', 'cuda', 'cpu' or None (automatic, see module docstring).
 
     Returns:
         tensor of x's shape, dtype and device.
@@ -101,12 +108,21 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, ac
     if not isinstance(x, torch.Tensor):
         raise TypeError("x must be a tensor")
     dim = _check_bias(x, b, dim)
-    use_cuda = plugin.choose_impl(impl, x) == "cuda"
-    _, _, resolved_gain, resolved_clamp = _resolve_params(act, alpha, gain, clamp)
+    if impl == "cpu":
+        if x.device.type != "cpu":
+            raise ValueError("impl='cpu' needs a CPU tensor")
+        chosen = "cpu"
+    else:
+        chosen = plugin.choose_impl(impl, x)
+        if chosen == "ref" and impl is None and x.device.type == "cpu" and not plugin.forced_reference():
+            chosen = "cpu"
+    spec, resolved_alpha, resolved_gain, resolved_clamp = _resolve_params(act, alpha, gain, clamp)
     if act == "linear" and b is None and resolved_gain == 1 and resolved_clamp < 0:
-        return x  # nothing to do; both implementations return x itself (no autograd Function around it)
-    if use_cuda and plugin.get_plugin("bias_act") is not None:
+        return x  # nothing to do; every implementation returns x itself (no autograd Function around it)
+    if chosen == "cuda" and plugin.get_plugin("bias_act") is not None:
         return _bias_act_cuda(dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp).apply(x, b)
+    if chosen == "cpu" and act in _CPU_ACTIVATIONS and resolved_gain > 0:
+        return _BiasActCPU.apply(x, b, dim, act, resolved_alpha, resolved_gain, resolved_clamp)
     return bias_act_ref(x, b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
 
 
@@ -124,6 +140,52 @@ def bias_act_ref(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1
     if clamp >= 0:
         x = x.clamp(-clamp, clamp)
     return x
+
+
+# ------------------------------------------------------------------------------------------------------
+# CPU fast path.  For act in {linear, relu, lrelu} and gain > 0, y = clamp(act(x + b) * gain) and
+#   dy/dx = gain * act'(x + b) * [|y| < clamp],   with act'(x + b) = 1 if y > 0 else alpha (0 for relu)
+# - everything the backward pass needs is in y.
+
+_CPU_ACTIVATIONS = ("linear", "relu", "lrelu")
+
+
+class _BiasActCPU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, b, dim, act, alpha, gain, clamp):  # pylint: disable=arguments-differ
+        y = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)]) if b is not None else x.clone()
+        if act == "lrelu":
+            torch.nn.functional.leaky_relu_(y, alpha)
+        elif act == "relu":
+            y.relu_()
+        if gain != 1:
+            y.mul_(gain)
+        if clamp >= 0:
+            y.clamp_(-clamp, clamp)
+        ctx.save_for_backward(y)
+        ctx.params = (dim, act, 0.0 if act == "relu" else alpha, gain, clamp)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):  # pylint: disable=arguments-differ
+        (y,) = ctx.saved_tensors
+        dim, act, slope, gain, clamp = ctx.params
+        if torch.is_grad_enabled():
+            # Differentiable form for higher-order gradients: the masks are piecewise constant in x.
+            factor = torch.where(y > 0, gain, gain * slope) if act != "linear" else torch.full_like(y, gain)
+            if clamp >= 0:
+                factor = factor * (y.abs() < clamp)
+            dx = dy * factor
+        else:
+            dx = dy
+            if clamp >= 0:
+                dx = torch.ops.aten.hardtanh_backward(dx, y, -clamp, clamp)  # 0 where |y| >= clamp
+            if act != "linear":
+                dx = torch.ops.aten.leaky_relu_backward(dx, y, slope, True)  # * slope where y <= 0
+            if gain != 1:
+                dx = dx * gain if dx is dy else dx.mul_(gain)
+        db = dx.sum([i for i in range(dx.ndim) if i != dim]) if ctx.needs_input_grad[1] else None
+        return dx, db, None, None, None, None, None
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -32,12 +32,21 @@ class _FusedMultiplyAdd(torch.autograd.Function):
         a, b = ctx.saved_tensors
         da = db = dc = None
         if ctx.needs_input_grad[0]:
-            da = _unbroadcast(dout * b, a.shape)
+            da = _reduce_product(dout, b, a.shape)
         if ctx.needs_input_grad[1]:
-            db = _unbroadcast(dout * a, b.shape)
+            db = _reduce_product(dout, a, b.shape)
         if ctx.needs_input_grad[2]:
             dc = _unbroadcast(dout, ctx.c_shape)
         return da, db, dc
+
+
+def _reduce_product(dout: torch.Tensor, other: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``_unbroadcast(dout * other, shape)``.  For per-channel scales (shape [N, C, 1, 1] against [N, C, H, W],
+    as in the modulated convolution) it is one batched dot product, without the full-size temporary."""
+    if dout.ndim == 4 and other.shape == dout.shape and len(shape) == 4 and tuple(shape[2:]) == (1, 1) \
+            and tuple(shape[:2]) == tuple(dout.shape[:2]) and dout.dtype == other.dtype:
+        return torch.einsum("nchw,nchw->nc", dout, other).reshape(shape)
+    return _unbroadcast(dout * other, shape)
 
 
 def _unbroadcast(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:

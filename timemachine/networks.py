@@ -456,7 +456,7 @@ class SynthesisBlock(torch.nn.Module):
             x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, noise=noise.get("conv0"), **layer_kwargs)
             x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, gain=np.sqrt(0.5),
                            noise=noise.get("conv1"), **layer_kwargs)
-            x = y.add_(x)
+            x = y + x  # not in place: y may be kept for the backward pass (bias_act fast paths)
         else:
             x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, noise=noise.get("conv0"), **layer_kwargs)
             x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, noise=noise.get("conv1"), **layer_kwargs)
