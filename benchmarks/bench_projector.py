@@ -8,7 +8,8 @@ on the values).
 Variants, each in its own worker process, taking turns round by round (best of all rounds is kept):
 
 * ``official``  the official float32 path: fused modulated convolutions (the official eval-mode rule for
-                float32), glibc's default allocator; the official projector's step otherwise;
+                float32), the reference ops (STYLEGAN_OPS_IMPL=ref), glibc's default allocator; the official
+                projector's step otherwise;
 * ``ours``      timemachine's ``projector.project`` as shipped (CPU defaults, tuned allocator).
 
 Breakdown per step (``--breakdown``, ours only): G forward, VGG forward, VGG backward, G backward, optimiser,
@@ -103,6 +104,7 @@ def worker(variant: str, resolution: int, steps: int, breakdown: bool, conn) -> 
 
     from timemachine import projector as P
 
+    os.environ["STYLEGAN_OPS_IMPL"] = "ref" if variant == "official" else "auto"
     if variant == "ours":
         from timemachine.device import tune_cpu_allocator
 
