@@ -741,7 +741,12 @@ def test_import_in_place_and_import_of_a_non_network(tmp_path, capsys, tiny_pkl)
 
 def test_cli_helper_for_other_commands_shows_the_licence_when_it_downloads(server, tmp_path, monkeypatch, capsys,
                                                                             tiny_pkl, tiny_G):
-    from timemachine.cli.weights import load_model_for_cli
+    import argparse
+
+    from timemachine.cli.common import load_model
+
+    def load_model_for_cli(spec, device):
+        return load_model(argparse.Namespace(model=spec, device=device, offline=None)).G
 
     server.files["/afhqdog.pkl"] = tiny_pkl.read_bytes()
     write_manifest(tmp_path, monkeypatch, afhqdog={"url": server.url("/afhqdog.pkl")})

@@ -6,6 +6,15 @@ along a per-breed "age vector", and rendered as a video.  Modules, one concept e
     networks    the generator (official StyleGAN2-ADA semantics and call signatures)
     checkpoint  loading official network pickles safely; the project's safetensors format
     weights     the model zoo, the local cache, verified downloads, imports, conversion (--model specs)
+    device      choosing the device; the CPU allocator tuning
+    images      opening, validating, orienting, cropping and resizing photos
+    perceptual  LPIPS on VGG16 features
+    projector   inversion into W / W+, pivotal tuning, checkpoints
+    latents     latent files (the official projected_w.npz format and its extras)
+    cache       the content-addressed projection cache
+    age         age vectors: building, applying, the library
+    render      latent walks, batched synthesis, videos (writers in ``video``)
+    pipeline    whole requests, called by both faces: the CLI (``cli``) and the UI (``ui/app.py``)
     errors      the exceptions users can cause
 """
 

@@ -55,14 +55,12 @@ def projection_settings(args: argparse.Namespace):
 
 def load_model(args: argparse.Namespace):
     """The :class:`timemachine.pipeline.LoadedModel` for ``--model``, with a licence notice and download bar."""
-    from timemachine import pipeline, weights
-    from timemachine.cli.weights import download_progress, licence_notice
+    from timemachine import pipeline
+    from timemachine.cli.weights import download_progress, licence_notice_if_downloading
 
     if not args.model:
         raise TimemachineError(f"no model given: pass --model NAME|PATH|URL or set {ENV_MODEL}")
-    manifest = weights.load_manifest()
-    if args.model in manifest and not weights.zoo_path(manifest[args.model]).is_file():
-        licence_notice(manifest[args.model])
+    licence_notice_if_downloading(args.model)
     with download_progress(args.model) as progress:
         return pipeline.load_model(args.model, device=args.device, offline=args.offline, progress=progress)
 

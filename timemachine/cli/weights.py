@@ -1,7 +1,7 @@
 """``timemachine weights ...``: the model zoo, downloads, verification, import and conversion.
 
-Also the helpers other commands use to turn ``--model SPEC`` into a network with a licence notice and a
-progress bar: :func:`resolve_model_for_cli` and :func:`load_model_for_cli`.
+Also the helpers other commands use when ``--model SPEC`` downloads: :func:`download_progress` and
+:func:`licence_notice_if_downloading` (see timemachine/cli/common.py).
 """
 
 from __future__ import annotations
@@ -135,22 +135,13 @@ def licence_notice(entry: "weights_module.ZooEntry") -> None:
     print(f"{entry.name}: {entry.licence}", file=sys.stderr)
 
 
-def resolve_model_for_cli(spec: str, offline: Optional[bool] = None) -> Path:
-    """:func:`timemachine.weights.resolve_model` with a licence notice and a progress bar when it downloads."""
+def licence_notice_if_downloading(spec: str) -> None:
+    """Before a zoo model is downloaded for ``--model SPEC``, show its licence on stderr."""
     from timemachine import weights
 
     manifest = weights.load_manifest()
     if spec in manifest and not weights.zoo_path(manifest[spec]).is_file() and not Path(spec).is_file():
         licence_notice(manifest[spec])
-    with download_progress(spec) as progress:
-        return weights.resolve_model(spec, offline=offline, progress=progress)
-
-
-def load_model_for_cli(spec: str, device=None, offline: Optional[bool] = None):
-    """The generator for ``--model SPEC`` (see :func:`resolve_model_for_cli`)."""
-    from timemachine.checkpoint import load_generator
-
-    return load_generator(resolve_model_for_cli(spec, offline=offline), device=device)
 
 
 def _trust_note(path: Path) -> str:
