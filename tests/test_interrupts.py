@@ -77,3 +77,38 @@ def test_two_processes_filling_the_same_cache_entry(setup):
     entries = list((setup["tmp"] / "home" / "cache" / "projections").glob("*/*"))
     assert len(entries) == 1 and (entries[0] / "projected_w.npz").is_file()
     assert not list((setup["tmp"] / "home" / "cache" / "projections").glob("*/.*"))   # no temp dirs left
+
+
+def test_sigterm_during_rendering_leaves_no_partial_video(setup):
+    from timemachine import age
+    from timemachine.checkpoint import load_generator, model_fingerprint
+
+    G = load_generator(setup["model"], device="cpu")
+    ws = G.mapping(torch_randn(2, G.z_dim), None)
+    env = setup["env"]
+    vector = age.build_vector("pups", ws[:1], ws[1:], method="pair", model_fingerprint=model_fingerprint(G))
+    vectors = setup["tmp"] / "home" / "vectors"
+    vectors.mkdir(parents=True)
+    age.save_vector_file(vector, vectors / "pups.safetensors")
+    out = setup["tmp"] / "video"
+    cmd = [sys.executable, "-m", "timemachine", "run", setup["photo"], "--model", setup["model"], "--age-vector",
+           "pups", "--steps", "2", "--frames", "3000", "--batch-size", "1", "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not any(p.name.startswith(".video.mp4.") for p in (out.iterdir() if out.exists() else [])):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"rendering did not start: {proc.communicate()}")
+        time.sleep(0.05)
+    time.sleep(0.5)                                                             # some frames written
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "timemachine: error: terminated"
+    assert sorted(p.name for p in out.iterdir()) == []                          # no final and no temporary files
+
+
+def torch_randn(*shape):
+    import torch
+
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(4))
