@@ -226,13 +226,14 @@ def test_manifest_errors_are_one_sentence(tmp_path, monkeypatch):
 
 
 def test_pyproject_lists_every_package():
-    """pyproject lists packages by hand (weights/ is mapped to timemachine.zoo): none may be forgotten."""
+    """pyproject lists packages by hand (weights/ is mapped to timemachine.zoo, ui/ to timemachine.ui): none may
+    be forgotten."""
     tomllib = pytest.importorskip("tomllib")
     setuptools = pytest.importorskip("setuptools")
     config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     on_disk = set(setuptools.find_packages(str(REPO_ROOT), include=["timemachine*", "stylegan_ops*"]))
-    assert set(config["packages"]) == on_disk | {"timemachine.zoo"}
-    assert config["package-dir"]["timemachine.zoo"] == "weights"
+    assert set(config["packages"]) == on_disk | {"timemachine.zoo", "timemachine.ui"}
+    assert config["package-dir"] == {"timemachine.zoo": "weights", "timemachine.ui": "ui"}
 
 
 @pytest.mark.slow
@@ -243,7 +244,7 @@ def test_built_wheel_carries_the_manifest_and_finds_it(tmp_path):
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO_ROOT / name, src / name)
-    for name in ("timemachine", "stylegan_ops", "weights"):
+    for name in ("timemachine", "stylegan_ops", "weights", "ui"):
         shutil.copytree(REPO_ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pkl", "*.pth"))
     wheel_dir, site = tmp_path / "wheel", tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",

@@ -1,0 +1,582 @@
+"""The Streamlit UI (ui/), driven by ``streamlit.testing.v1.AppTest`` on a small generator.
+
+Every test runs the real app: the photo goes in through the file uploader (AppTest simulates uploads), jobs
+run in the app's worker thread, videos are rendered with ffmpeg.  The model is a small random generator
+saved by the test as .safetensors and named by TIMEMACHINE_MODEL; LPIPS uses a random VGG16
+(TIMEMACHINE_VGG_WEIGHTS=random); projections run 3 steps and videos 8 walk frames so the file takes
+seconds, not minutes, on 2 cores.  A separate file (test_ui_browser.py) drives a real Chromium.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO_ROOT
+from timemachine import age
+from timemachine.checkpoint import model_fingerprint, save_generator
+from timemachine.cli import main
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+UI_DIR = REPO_ROOT / "ui"
+APP = UI_DIR / "app.py"
+if str(UI_DIR) not in sys.path:       # the app imports its helpers by plain name, as Streamlit runs it
+    sys.path.insert(0, str(UI_DIR))
+
+import ui_jobs  # noqa: E402
+import ui_work  # noqa: E402
+
+JOB_TIMEOUT = 120
+
+
+def photo_bytes(seed: int = 2, size=(100, 80), fmt: str = "JPEG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray((np.random.RandomState(seed).rand(size[1], size[0], 3) * 255).astype(np.uint8)).save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture()
+def env(tmp_path, monkeypatch, small_G):
+    """A home with the small model and an age vector 'pups' built for it; the app configured to use them."""
+    monkeypatch.setenv("TIMEMACHINE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TIMEMACHINE_OFFLINE", "1")
+    monkeypatch.setenv("TIMEMACHINE_VGG_WEIGHTS", "random")
+    monkeypatch.setenv("TIMEMACHINE_DEVICE", "cpu")
+    model = tmp_path / "small.safetensors"
+    save_generator(small_G, model)
+    monkeypatch.setenv("TIMEMACHINE_MODEL", str(model))
+    gen = torch.Generator().manual_seed(3)
+    ws = small_G.mapping(torch.randn(2, small_G.z_dim, generator=gen), None)
+    vector = age.build_vector("pups", ws[:1], ws[1:], method="pair", model_fingerprint=model_fingerprint(small_G),
+                              species="dog", notes="test vector")
+    age.save_to_library(vector)
+    return {"tmp": tmp_path, "model": model, "vector": vector, "home": tmp_path / "home"}
+
+
+def new_app() -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def fast_settings(at: AppTest, steps: int = 3, frames: int = 8) -> None:
+    at.number_input(key="steps").set_value(steps)
+    at.number_input(key="frames").set_value(frames)
+    at.number_input(key="hold_start").set_value(1)
+    at.number_input(key="hold_end").set_value(2)
+
+
+def upload_photo(at: AppTest, data: bytes = None, name: str = "dog.jpg") -> None:
+    at.file_uploader(key="photo").set_value((name, photo_bytes() if data is None else data, "image/jpeg")).run()
+
+
+def finish(at: AppTest, slot: str = "video") -> ui_jobs.Job:
+    """Wait for the session's job in ``slot`` and run the page again to show its outcome."""
+    job = at.session_state[f"last_job_{slot}"]
+    assert job.wait(JOB_TIMEOUT), f"job still {job.status} after {JOB_TIMEOUT} s: {job.stage}"
+    at.run()
+    assert not at.exception, at.exception
+    return job
+
+
+def texts(elements) -> list[str]:
+    return [str(e.value) for e in elements]
+
+
+def button(at: AppTest, key: str):
+    return at.button(key=key)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The video page
+
+
+def test_upload_run_and_download_a_video(env):
+    at = new_app()
+    assert not at.error
+    assert any("randomly initialised VGG16" in w for w in texts(at.warning))   # the test switch is visible
+    assert button(at, "make").disabled                                          # nothing to work on yet
+    upload_photo(at)
+    assert not at.error and not at.exception
+    fast_settings(at)
+    at.run()
+    assert not button(at, "make").disabled
+    button(at, "make").click().run()
+    assert not at.exception and not at.error
+    job = finish(at)
+    assert job.status == "done", job.error
+    assert not at.error
+
+    videos = at.get("video")
+    assert len(videos) == 1
+    labels = [b.label for b in at.get("download_button")]
+    for expected in ("Video (MP4)", "Animation (GIF)", "Before (PNG)", "After (PNG)", "Latent (projected_w.npz)"):
+        assert expected in labels
+    result = job.result
+    assert [t for t, _ in result.strip] == list(ui_work.STRIP_TIMES)
+    assert result.strip[0][1].shape == (32, 32, 3)
+    info = json.loads(Path(result.files["run"]).read_text())
+    assert info["render"]["total_frames"] == 1 + 8 + 2
+    assert info["projection"]["settings"]["steps"] == 3
+    assert info["age_vector"]["name"] == "pups" and info["photo"]["name"] == "dog.jpg"
+    assert info["photo"]["crop"] == "10,0,80"                                   # centred square of 100x80
+    assert Path(result.files["video"]).is_relative_to(env["home"] / "cache" / "ui-videos")
+
+    # The same request again: the finished video comes from the render cache, nothing is recomputed.
+    button(at, "make").click().run()
+    again = finish(at)
+    assert again.result.reused and again.result.files["video"] == result.files["video"]
+    assert any("from the cache" in c for c in texts(at.caption))
+
+    # Another strength: the projection is reused, a new video is rendered.
+    at.slider(key="strength_pups").set_value(0.5).run()
+    assert any("other settings" in c for c in texts(at.caption))               # the old result is marked stale
+    button(at, "make").click().run()
+    third = finish(at)
+    assert not third.result.reused and third.result.metrics["cached"]
+    assert third.result.files["video"] != result.files["video"]
+    assert not any("other settings" in c for c in texts(at.caption))
+    assert not at.exception
+
+
+def test_preview_strip_comes_before_the_full_render(env):
+    at = new_app()
+    upload_photo(at)
+    fast_settings(at)
+    at.run()
+    button(at, "preview").click().run()
+    job = finish(at)
+    assert job.status == "done" and job.label == "preview"
+    assert job.result.files == {} and len(job.result.strip) == len(ui_work.STRIP_TIMES)
+    assert not at.get("video")                                                  # frames only, no video yet
+    assert any("preview frames" in i.lower() for i in texts(at.info))
+    captions = [caption for image in at.image for caption in image.captions]
+    assert all(f"t = {t:.2f}" in str(captions) for t in ui_work.STRIP_TIMES), captions   # the strip is on the page
+    # frame 0 is the reconstruction (t = 0), the last one the walk's end (t = 1): they differ
+    first, last = job.result.strip[0][1], job.result.strip[-1][1]
+    assert not np.array_equal(first, last)
+
+
+def test_crop_controls_change_what_the_model_sees(env):
+    at = new_app()
+    upload_photo(at, photo_bytes(size=(200, 100)))
+    digest_key = [s for s in at.slider if s.key and s.key.startswith("crop_size_")][0].key.split("_")[-1]
+    at.slider(key=f"crop_size_{digest_key}").set_value(64).run()
+    at.slider(key=f"crop_x_{digest_key}").set_value(0)
+    at.slider(key=f"crop_y_{digest_key}").set_value(100)
+    fast_settings(at)
+    at.run()
+    captions = [caption for image in at.image for caption in image.captions]
+    assert "dog.jpg: 200x100 pixels, crop 0,36,64 (X,Y,SIZE)" in captions, captions
+    button(at, "make").click().run()
+    job = finish(at)
+    assert job.status == "done", job.error
+    assert json.loads(Path(job.result.files["run"]).read_text())["photo"]["crop"] == "0,36,64"
+
+
+def test_a_corrupt_photo_is_a_plain_error(env):
+    at = new_app()
+    upload_photo(at, b"this is not a JPEG at all" * 10, name="broken.jpg")
+    assert not at.exception
+    errors = texts(at.error)
+    assert len(errors) == 1 and errors[0].startswith("broken.jpg is not an image in a supported format")
+    assert "Traceback" not in errors[0]
+    assert button(at, "make").disabled and button(at, "preview").disabled
+    # a photo below the minimum size is refused the same way
+    upload_photo(at, photo_bytes(size=(40, 30), fmt="PNG"), name="tiny.png")
+    assert not at.exception
+    assert any("tiny.png is 40x30 pixels" in e for e in texts(at.error))
+
+
+def test_a_vector_of_another_model_is_refused_in_plain_words(env):
+    other = age.build_vector("foreign", torch.zeros(1, 8, 32), torch.ones(1, 8, 32), method="pair",
+                             model_fingerprint="0123456789abcdef", model_name="afhqcat")
+    age.save_to_library(other)
+    at = new_app()
+    upload_photo(at)
+    fast_settings(at)
+    at.selectbox(key="vector_name").set_value("foreign").run()
+    assert not at.exception
+    errors = texts(at.error)
+    assert len(errors) == 1 and "was built for model afhqcat (0123456789abcdef)" in errors[0]
+    assert button(at, "make").disabled
+    # the visitor may force it, knowingly
+    at.checkbox(key="force_foreign").check().run()
+    assert not at.error and not button(at, "make").disabled
+    button(at, "make").click().run()
+    job = finish(at)
+    assert job.status == "done"
+    info = json.loads(Path(job.result.files["run"]).read_text())
+    assert info["age_vector"]["forced_onto_other_model"] is True
+
+
+def test_errors_inside_a_job_are_shown_plainly_and_bugs_are_logged(env, monkeypatch, capsys):
+    from timemachine import pipeline
+    from timemachine.errors import ProjectionError
+
+    def refuse(*args, **kwargs):
+        raise ProjectionError("the projection cannot start: a plain reason")
+
+    monkeypatch.setattr(pipeline, "project_images", refuse)
+    at = new_app()
+    upload_photo(at)
+    fast_settings(at)
+    at.run()
+    button(at, "make").click().run()
+    job = finish(at)
+    assert job.status == "failed"
+    assert texts(at.error) == ["the projection cannot start: a plain reason"]
+    assert not at.exception and not at.get("video")
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("internal detail the visitor must not see")
+
+    monkeypatch.setattr(pipeline, "project_images", bug)
+    button(at, "make").click().run()
+    job = finish(at)
+    assert texts(at.error) == [ui_jobs.BUG_MESSAGE]
+    assert not at.exception
+    log = capsys.readouterr().err
+    assert "Traceback" in log and "internal detail the visitor must not see" in log
+
+
+def test_an_empty_library_says_where_to_build_a_vector(env):
+    age.delete_vector("pups")
+    at = new_app()
+    upload_photo(at)
+    assert not at.exception
+    assert any("Age vectors" in i for i in texts(at.info))
+    assert button(at, "make").disabled
+
+
+def test_a_missing_model_is_a_plain_error(env, monkeypatch):
+    monkeypatch.setenv("TIMEMACHINE_MODEL", str(env["tmp"] / "nowhere.safetensors"))
+    at = new_app()
+    assert not at.exception
+    assert any("no network file at" in e for e in texts(at.error)), texts(at.error)
+    assert any("Choose a model" in w for w in texts(at.warning))
+
+
+def test_the_licence_note_is_shown_for_the_afhq_models(env):
+    at = new_app()
+    assert any("NVIDIA Source Code License-NC" in c and "non-commercial" in c for c in texts(at.sidebar.caption))
+    # picking a zoo model shows its licence next to the choice (loading then fails offline: a plain error)
+    at.sidebar.selectbox(key="model_option").set_value("afhqcat").run()
+    assert not at.exception
+    assert any(c.startswith("Licence: NVIDIA Source Code License-NC") and "non-commercial use only" in c
+               for c in texts(at.sidebar.caption)), texts(at.sidebar.caption)
+    assert any("afhqcat" in e and "offline" in e.lower() for e in texts(at.error)), texts(at.error)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Two visitors at once (one job at a time, the others wait in the queue)
+
+
+def test_two_sessions_queue_their_jobs_and_both_finish(env):
+    import ui_common
+
+    queue = ui_common.job_queue()
+    release = threading.Event()
+    blocker = queue.submit(lambda ctx: release.wait(JOB_TIMEOUT), label="another visitor", owner="someone else")
+
+    sessions = [new_app(), new_app()]
+    for at, strength in zip(sessions, (1.0, 0.5)):
+        upload_photo(at)
+        fast_settings(at)
+        at.slider(key="strength_pups").set_value(strength)
+        at.run()
+        button(at, "make").click().run()
+        assert not at.exception
+    first, second = (at.session_state["last_job_video"] for at in sessions)
+    assert first.status == second.status == "queued"
+    assert queue.jobs_ahead(first) == 1 and queue.jobs_ahead(second) == 2
+    infos = [texts(at.info) for at in sessions]
+    assert any("Waiting for another visitor's job" in i for i in infos[0]), infos[0]
+    assert any("Waiting for 2 jobs of other visitors" in i for i in infos[1]), infos[1]
+    assert button(sessions[0], "make").disabled                     # one job per visitor
+
+    release.set()
+    jobs = [finish(at) for at in sessions]
+    assert blocker.status == "done"
+    assert [j.status for j in jobs] == ["done", "done"], [j.error for j in jobs]
+    for at in sessions:
+        assert len(at.get("video")) == 1 and not at.error and not at.exception
+    # one at a time, in the order they came: each started after the one before had finished
+    assert blocker.finished_at <= first.started and first.finished_at <= second.started
+    assert jobs[0].result.files["video"] != jobs[1].result.files["video"]
+
+
+def test_cancel_a_waiting_job(env):
+    import ui_common
+
+    queue = ui_common.job_queue()
+    release = threading.Event()
+    queue.submit(lambda ctx: release.wait(JOB_TIMEOUT), label="another visitor", owner="someone else")
+    try:
+        at = new_app()
+        upload_photo(at)
+        fast_settings(at)
+        at.run()
+        button(at, "make").click().run()
+        job = at.session_state["last_job_video"]
+        assert job.status == "queued"
+        at.button(key="cancel_video").click().run()
+        assert job.status == "cancelled" and not at.exception
+        assert any("cancelled" in i for i in texts(at.info))
+        assert not button(at, "make").disabled
+    finally:
+        release.set()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The age-vector page
+
+
+def test_build_save_and_tune_an_age_vector(env):
+    at = new_app()
+    at.switch_page("page_vectors.py").run()
+    assert not at.exception
+    assert button(at, "build").disabled
+    at.file_uploader(key="puppies").set_value([(f"pup{i}.jpg", photo_bytes(10 + i), "image/jpeg") for i in range(2)])
+    at.file_uploader(key="adults").set_value([(f"adult{i}.png", photo_bytes(20 + i, fmt="PNG"), "image/png")
+                                              for i in range(2)])
+    at.text_input(key="build_name").set_value("beagle")
+    at.number_input(key="build_steps").set_value(3)
+    at.text_input(key="build_layers").set_value("coarse")
+    at.text_input(key="build_species").set_value("dog")
+    at.run()
+    button(at, "build").click().run()
+    assert not at.exception and not at.error
+    job = finish(at, "build")
+    assert job.status == "done", job.error
+    assert any("Built 'beagle'" in s for s in texts(at.success))
+    vector = job.result.vector
+    assert (vector.num_puppies, vector.num_adults, vector.default_layers) == (2, 2, "coarse")
+    assert [e["file"] for e in job.result.examples] == ["pup0.jpg", "pup1.jpg", "adult0.png", "adult1.png"]
+    assert "beagle" not in [e.name for e in age.list_vectors()]                # built, not saved yet
+    button(at, "build_save").click().run()
+    assert not at.exception
+    saved = age.load_vector("beagle")
+    assert torch.equal(saved.direction, vector.direction) and saved.species == "dog"
+    assert [s["file"] for s in saved.details["sources"]] == ["pup0.jpg", "pup1.jpg", "adult0.png", "adult1.png"]
+
+    # tune the defaults of the saved vector
+    at.selectbox(key="tune_name").set_value("beagle").run()
+    at.number_input(key="tune_strength_beagle").set_value(0.7)
+    at.text_input(key="tune_layers_beagle").set_value("middle")
+    at.text_area(key="tune_notes_beagle").set_value("tuned in the UI")
+    at.button[[b.label for b in at.button].index("Save the defaults")].click().run()
+    assert not at.exception and not at.error
+    tuned = age.load_vector("beagle")
+    assert (tuned.default_strength, tuned.default_layers, tuned.notes) == (0.7, "middle", "tuned in the UI")
+    assert torch.equal(tuned.direction, vector.direction)
+
+    # a layer selection this model does not have: a plain error, nothing changed
+    at.text_input(key="tune_layers_beagle").set_value("fine")
+    at.button[[b.label for b in at.button].index("Save the defaults")].click().run()
+    assert not at.exception
+    assert any("no fine layers" in e for e in texts(at.error))
+    assert age.load_vector("beagle").default_layers == "middle"
+
+
+def test_build_refuses_bad_requests_before_any_work(env):
+    at = new_app()
+    at.switch_page("page_vectors.py").run()
+    at.file_uploader(key="puppies").set_value([("pup.jpg", photo_bytes(10), "image/jpeg")])
+    at.file_uploader(key="adults").set_value([("adult.jpg", photo_bytes(20), "image/jpeg")])
+    at.text_input(key="build_name").set_value("bad name!")
+    at.run()
+    button(at, "build").click().run()
+    assert not at.exception
+    assert any("invalid age vector name" in e for e in texts(at.error))
+    assert "last_job_build" not in at.session_state
+    # a damaged photo among the examples is named by its upload name, not a temporary path
+    at.text_input(key="build_name").set_value("collie")
+    at.file_uploader(key="adults").set_value([("adult.jpg", b"garbage" * 20, "image/jpeg")])
+    at.run()
+    button(at, "build").click().run()
+    job = finish(at, "build")
+    assert job.status == "failed"
+    errors = texts(at.error)
+    assert len(errors) == 1 and errors[0].startswith("adult.jpg is not an image"), errors
+    assert "/tmp" not in errors[0] and "timemachine-ui-build" not in errors[0]
+
+
+def test_tuning_preview_uses_the_photo_from_the_video_page(env):
+    at = new_app()
+    upload_photo(at)
+    fast_settings(at)
+    at.run()
+    button(at, "preview").click().run()
+    finish(at)
+    at.switch_page("page_vectors.py").run()
+    assert not at.exception
+    at.selectbox(key="tune_name").set_value("pups").run()
+    preview = at.button[[b.label for b in at.button].index("Preview on my photo")]
+    assert not preview.disabled
+    preview.click().run()
+    job = finish(at, "tune")
+    assert job.status == "done", job.error
+    assert [s for s, _ in job.result] == [0.0, 0.5, 1.0, 1.5]
+    assert not np.array_equal(job.result[0][1], job.result[2][1])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The job queue on its own
+
+
+def test_queue_runs_one_job_at_a_time_in_order():
+    queue = ui_jobs.JobQueue()
+    running, overlaps, order = [], [], []
+    lock = threading.Lock()
+
+    def work(i):
+        def fn(ctx):
+            with lock:
+                running.append(i)
+                overlaps.append(len(running))
+            for step in range(3):
+                ctx.report(f"step {step}", step / 3)
+                time.sleep(0.01)
+            with lock:
+                running.remove(i)
+                order.append(i)
+            return i * 10
+        return fn
+
+    jobs = [queue.submit(work(i), label="t", owner="o") for i in range(5)]
+    assert all(job.wait(10) for job in jobs)
+    assert [job.result for job in jobs] == [0, 10, 20, 30, 40]
+    assert order == [0, 1, 2, 3, 4] and max(overlaps) == 1
+    assert all(job.status == "done" and job.fraction == 1.0 for job in jobs)
+    assert queue.jobs_ahead(jobs[0]) is None and not queue.busy
+
+
+def test_queue_cancels_running_abandoned_and_refuses_when_full():
+    alive = {"visitor": True}
+    queue = ui_jobs.JobQueue(max_waiting=2, owner_alive=lambda owner: alive.get(owner, True), abandon_after=0.0)
+    started = threading.Event()
+
+    def long_job(ctx):
+        started.set()
+        while True:
+            ctx.report("working")
+            time.sleep(0.005)
+
+    running = queue.submit(long_job, label="long", owner="visitor")
+    assert started.wait(10)
+    waiting = [queue.submit(lambda ctx: "ok", label="w", owner="other") for _ in range(2)]
+    with pytest.raises(ui_jobs.QueueFull, match="busy"):
+        queue.submit(lambda ctx: None, label="x", owner="other")
+    alive["visitor"] = False                       # the visitor closed the tab: the job stops at its next report
+    assert running.wait(10) and running.status == "cancelled"
+    assert all(job.wait(10) and job.result == "ok" for job in waiting)
+    # cancelling by hand, while running
+    started.clear()
+    alive["visitor"] = True
+    job = queue.submit(long_job, label="long", owner="visitor")
+    assert started.wait(10)
+    queue.cancel(job)
+    assert job.wait(10) and job.status == "cancelled"
+
+
+def test_queue_turns_errors_into_sentences():
+    from timemachine.errors import ImageError
+
+    queue = ui_jobs.JobQueue()
+
+    def user_error(ctx):
+        raise ImageError("photo.jpg is truncated")
+
+    def bug(ctx):
+        raise KeyError("oops")
+
+    a = queue.submit(user_error, label="a", owner="o")
+    b = queue.submit(bug, label="b", owner="o")
+    c = queue.submit(lambda ctx: "after", label="c", owner="o")    # the worker survives both
+    assert all(job.wait(10) for job in (a, b, c))
+    assert (a.status, a.error) == ("failed", "photo.jpg is truncated")
+    assert (b.status, b.error) == ("failed", ui_jobs.BUG_MESSAGE)
+    assert (c.status, c.result) == ("done", "after")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# `timemachine ui` and the installed package
+
+
+def test_ui_command_runs_streamlit_and_returns_its_exit_code(monkeypatch):
+    from timemachine.cli import ui as ui_cli
+
+    calls = []
+
+    class FakeProcess:
+        def __init__(self, command):
+            calls.append(command)
+
+        def wait(self, timeout=None):
+            return 3
+
+    monkeypatch.setattr(ui_cli.subprocess, "Popen", FakeProcess)
+    assert main(["ui", "--host", "0.0.0.0", "--port", "8600"]) == 3
+    (command,) = calls
+    assert command[:4] == [sys.executable, "-m", "streamlit", "run"]
+    assert Path(command[4]) == APP.resolve()
+    flags = dict(zip(command[5::2], command[6::2]))
+    assert flags["--server.address"] == "0.0.0.0" and flags["--server.port"] == "8600"
+    assert flags["--server.headless"] == "true" and flags["--browser.gatherUsageStats"] == "false"
+    assert int(flags["--server.maxUploadSize"]) >= 1024
+    assert main(["ui"]) == 3 and dict(zip(calls[1][5::2], calls[1][6::2]))["--server.address"] == "127.0.0.1"
+
+
+def test_ui_command_errors_are_one_line(monkeypatch, capsys):
+    from timemachine.cli import ui as ui_cli
+
+    assert main(["ui", "--port", "70000"]) == 2
+    assert capsys.readouterr().err.strip() == "timemachine: error: --port must be between 1 and 65535, got 70000"
+    real_find_spec = ui_cli.importlib.util.find_spec
+    monkeypatch.setattr(ui_cli.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "streamlit" else real_find_spec(name, *a))
+    assert main(["ui"]) == 2
+    assert "pip install 'timemachine[ui]'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_installed_wheel_carries_the_app_and_the_command_finds_it(tmp_path):
+    """`pip install .` (as the Dockerfile does) must ship ui/ as timemachine.ui and `timemachine ui` find app.py."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO_ROOT / name, src / name)
+    for name in ("timemachine", "stylegan_ops", "weights", "ui"):
+        shutil.copytree(REPO_ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pkl", "*.pth"))
+    wheel_dir, site = tmp_path / "wheel", tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(wheel_dir), str(src)], check=True, capture_output=True)
+    wheel = next(wheel_dir.glob("timemachine-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    for module in ("app.py", "page_video.py", "page_vectors.py", "ui_common.py", "ui_jobs.py", "ui_work.py"):
+        assert f"timemachine/ui/{module}" in names
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True)
+    probe = "from timemachine.cli.ui import app_path, streamlit_command; print(app_path()); print(streamlit_command('h', 1)[4])"
+    env = dict(os.environ, PYTHONPATH=str(site))
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, check=True, capture_output=True,
+                         text=True).stdout.splitlines()
+    assert Path(out[0]).is_relative_to(site) and out[0].endswith(os.path.join("timemachine", "ui", "app.py"))
+    assert out[1] == out[0]
