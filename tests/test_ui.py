@@ -38,6 +38,7 @@ APP = UI_DIR / "app.py"
 if str(UI_DIR) not in sys.path:       # the app imports its helpers by plain name, as Streamlit runs it
     sys.path.insert(0, str(UI_DIR))
 
+import ui_common  # noqa: E402  (imported before any test patches the limits it reads)
 import ui_jobs  # noqa: E402
 import ui_work  # noqa: E402
 
@@ -273,6 +274,59 @@ def test_a_missing_model_is_a_plain_error(env, monkeypatch):
     assert any("Choose a model" in w for w in texts(at.warning))
 
 
+def test_a_photo_over_the_size_limit_is_refused(env, monkeypatch):
+    from timemachine import images
+
+    monkeypatch.setattr(images, "DEFAULT_MAX_BYTES", 2000)     # the page's own check; the widget keeps its MB limit
+    at = new_app()
+    upload_photo(at, photo_bytes(size=(200, 200), fmt="PNG"), name="huge.png")
+    assert not at.exception
+    assert any(e.startswith("huge.png is larger than the limit of 2000 bytes") for e in texts(at.error)), texts(at.error)
+
+
+def test_an_uploaded_model_file_is_loaded_safely(env, small_G):
+    at = new_app()
+    at.sidebar.selectbox(key="model_option").set_value(ui_common.UPLOAD).run()
+    assert not at.exception and any("Upload a network file" in i for i in texts(at.sidebar.info))
+    at.sidebar.file_uploader(key="model_upload").set_value(
+        ("my-model.safetensors", env["model"].read_bytes(), "application/octet-stream")).run()
+    assert not at.exception and not at.error
+    model = at.session_state["model"]
+    assert model.spec == "uploaded file my-model.safetensors"
+    assert model.fingerprint == model_fingerprint(small_G)
+    assert any(model.fingerprint in c for c in texts(at.sidebar.caption))
+    # the library's vector for this network is offered as built for this model
+    upload_photo(at)
+    fast_settings(at)
+    at.run()
+    assert not at.error and not button(at, "make").disabled
+
+    # a pickle that would run code when unpickled: refused by the safe loader, named as uploaded, nothing runs
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(env["tmp"] / "pwned"),))
+
+    at.sidebar.file_uploader(key="model_upload").set_value(("evil.pkl", pickle.dumps(Evil()), "application/octet-stream"))
+    at.run()
+    assert not at.exception
+    errors = texts(at.sidebar.error)
+    assert len(errors) == 1 and "timemachine-ui-model" not in errors[0], errors
+    assert not (env["tmp"] / "pwned").exists()
+    assert at.session_state["model"] is None
+
+
+def test_a_model_file_path_on_the_server(env, small_G):
+    at = new_app()
+    at.sidebar.selectbox(key="model_option").set_value(ui_common.PATH).run()
+    at.sidebar.text_input(key="model_path").set_value(str(env["model"])).run()
+    assert not at.exception and not at.error
+    assert at.session_state["model"].fingerprint == model_fingerprint(small_G)
+    at.sidebar.text_input(key="model_path").set_value(str(env["tmp"] / "missing.pkl")).run()
+    assert any("no network file at" in e for e in texts(at.sidebar.error))
+
+
 def test_the_licence_note_is_shown_for_the_afhq_models(env):
     at = new_app()
     assert any("NVIDIA Source Code License-NC" in c and "non-commercial" in c for c in texts(at.sidebar.caption))
@@ -289,8 +343,6 @@ def test_the_licence_note_is_shown_for_the_afhq_models(env):
 
 
 def test_two_sessions_queue_their_jobs_and_both_finish(env):
-    import ui_common
-
     queue = ui_common.job_queue()
     release = threading.Event()
     blocker = queue.submit(lambda ctx: release.wait(JOB_TIMEOUT), label="another visitor", owner="someone else")
@@ -323,8 +375,6 @@ def test_two_sessions_queue_their_jobs_and_both_finish(env):
 
 
 def test_cancel_a_waiting_job(env):
-    import ui_common
-
     queue = ui_common.job_queue()
     release = threading.Event()
     queue.submit(lambda ctx: release.wait(JOB_TIMEOUT), label="another visitor", owner="someone else")
@@ -542,6 +592,16 @@ def test_ui_command_runs_streamlit_and_returns_its_exit_code(monkeypatch):
     assert flags["--server.headless"] == "true" and flags["--browser.gatherUsageStats"] == "false"
     assert int(flags["--server.maxUploadSize"]) >= 1024
     assert main(["ui"]) == 3 and dict(zip(calls[1][5::2], calls[1][6::2]))["--server.address"] == "127.0.0.1"
+
+
+def test_ui_command_help_names_the_configuration(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ui", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("--host", "--port", "TIMEMACHINE_MODEL", "TIMEMACHINE_HOME", "TIMEMACHINE_OFFLINE",
+                 "TIMEMACHINE_VGG_WEIGHTS", "TIMEMACHINE_DEVICE"):
+        assert word in out
 
 
 def test_ui_command_errors_are_one_line(monkeypatch, capsys):

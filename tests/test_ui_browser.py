@@ -8,7 +8,6 @@ used.  The model is a small generator saved by the test, LPIPS uses a random VGG
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import socket
@@ -183,6 +182,16 @@ def test_a_corrupt_photo_shows_a_plain_error(browser, server, tmp_path):
     assert error.inner_text().startswith("broken.jpg is not an image in a supported format")
     assert not page.locator('[data-testid="stException"]').count()
     page.screenshot(path=str(ARTIFACTS / "05-corrupt-photo.png"))
+
+
+def test_the_age_vector_page_lists_the_library(browser, server):
+    page = open_page(browser, server)
+    page.get_by_role("link", name="Age vectors").click()
+    page.get_by_text("Build an age vector").wait_for(timeout=30_000)
+    page.get_by_text("vector from 1 puppies and 1 adults").wait_for(timeout=30_000)
+    assert page.get_by_role("button", name="Save the defaults").is_visible()
+    assert not page.locator('[data-testid="stException"]').count()
+    page.screenshot(path=str(ARTIFACTS / "07-age-vector-page.png"))
 
 
 def test_two_visitors_queue_and_both_get_their_video(browser, server):

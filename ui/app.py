@@ -6,14 +6,13 @@ imported by their plain names: Streamlit puts this folder on ``sys.path`` when i
 is a source checkout's ui/ or the installed package timemachine.ui.
 """
 
+import importlib.util
 import sys
 from pathlib import Path
 
 import streamlit as st
 
-try:
-    import timemachine  # noqa: F401
-except ModuleNotFoundError:  # `streamlit run ui/app.py` in a source checkout that was not installed
+if importlib.util.find_spec("timemachine") is None:  # `streamlit run ui/app.py` in a checkout that was not installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import ui_common as ui  # noqa: E402

@@ -52,6 +52,7 @@ def build_section(model: pipeline.LoadedModel) -> None:
                                 help="Per photo (projected together in batches). The command line uses the "
                                      f"official 1000; see the video page's settings for the UI's {ui.UI_STEPS}.")
         space = st.radio("Latent space", ["w", "w+"], key="build_space", horizontal=True,
+                         format_func=lambda s: {"w": "W (edits best)", "w+": "W+"}[s],
                          help="W (as the official projector) gives directions that edit best.")
     busy = ui.any_active_job() is not None
     if st.button("Build the vector", key="build", type="primary", disabled=busy or not (puppies and adults)):
@@ -127,10 +128,12 @@ def tune_section(model: pipeline.LoadedModel) -> None:
     name = st.selectbox("Age vector", list(usable), key="tune_name")
     vector = usable[name]
     ours = vector.model_fingerprint == model.fingerprint
+    built_for = f"`{vector.model_name}` (`{vector.model_fingerprint}`)" if vector.model_name else \
+        f"`{vector.model_fingerprint}`"
     st.markdown(
         f"**{vector.method}** vector from {vector.num_puppies} puppies and {vector.num_adults} adults, "
-        f"{vector.space.upper()} space, built {vector.created} for model `{vector.model_name or '?'}` "
-        f"(`{vector.model_fingerprint}`: {'this model' if ours else '**not the model chosen in the sidebar**'}).")
+        f"{vector.space.upper()} space, built {vector.created} for model {built_for}: "
+        f"{'the model chosen in the sidebar' if ours else '**not the model chosen in the sidebar**'}.")
     sources = vector.details.get("sources")
     if sources:
         with st.expander("Examples it was built from"):

@@ -35,15 +35,15 @@ def photo_section() -> Optional[dict[str, Any]]:
     if uploaded is None:
         st.session_state.pop("photo_decoded", None)
         return None
-    data = uploaded.getvalue()
-    digest = hashlib.sha256(data).hexdigest()
     cached = st.session_state.get("photo_decoded")
-    if cached is None or cached["digest"] != digest:
+    if cached is None or cached["file_id"] != uploaded.file_id:   # a new upload: decode it once
         st.session_state.pop("photo_decoded", None)
+        data = uploaded.getvalue()
         image = images.load_image(data, name=uploaded.name, max_bytes=images.DEFAULT_MAX_BYTES)  # ImageError
         display = Image.fromarray(image)
         display.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.Resampling.LANCZOS)
-        cached = {"image": image, "name": uploaded.name, "digest": digest, "display": np.asarray(display)}
+        cached = {"image": image, "name": uploaded.name, "digest": hashlib.sha256(data).hexdigest(),
+                  "file_id": uploaded.file_id, "display": np.asarray(display)}
         st.session_state["photo_decoded"] = cached
     return cached
 

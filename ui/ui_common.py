@@ -71,8 +71,9 @@ PHOTO_MAX_MB = images.DEFAULT_MAX_BYTES // 2**20
 #: Largest model upload in MB (NVIDIA's AFHQ pickles are about 350 MB; a timemachine .safetensors file of
 #: the same generator about 120 MB).  `timemachine ui` sets server.maxUploadSize to this.
 MODEL_MAX_MB = 1024
-#: Seconds between refreshes of a running job's progress.
-POLL_SECONDS = 0.5
+#: Seconds between refreshes of a running job's progress (each refresh is a little work for the server,
+#: which shares the CPU with the job).
+POLL_SECONDS = 1.0
 
 # Fast defaults for the UI, against the CLI's (which follow the official projector and a 4 s walk):
 #: Projection steps.  The official projector and the CLI run 1000.  The learning-rate ramps and the decay
@@ -257,7 +258,10 @@ def _model_by_upload(digest: str, name: str, device: Optional[str], _data: bytes
     with tempfile.TemporaryDirectory(prefix="timemachine-ui-model-") as tmp:
         path = Path(tmp) / "model"
         path.write_bytes(_data)
-        model = pipeline.load_model(str(path), device=device, offline=True)  # the safe loader; no code runs
+        try:
+            model = pipeline.load_model(str(path), device=device, offline=True)  # the safe loader; no code runs
+        except TimemachineError as exc:  # name the upload, not the temporary file
+            raise type(exc)(str(exc).replace(str(path), name)) from None
     return dataclasses.replace(model, spec=f"uploaded file {name}", path=f"upload:{digest[:16]}")
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib.resources
 import importlib.util
-import os
 import signal
 import subprocess
 import sys
