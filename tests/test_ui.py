@@ -156,6 +156,28 @@ def test_upload_run_and_download_a_video(env):
     assert not at.exception
 
 
+def test_w_plus_pivotal_tuning_and_side_by_side(env):
+    at = new_app()
+    upload_photo(at)
+    fast_settings(at)
+    at.radio(key="space").set_value("w+")
+    at.checkbox(key="pti").check()
+    at.checkbox(key="side_by_side").check()
+    at.run()
+    at.number_input(key="pti_steps").set_value(2)
+    at.run()
+    button(at, "make").click().run()
+    job = finish(at)
+    assert job.status == "done", job.error
+    files = job.result.files
+    assert {"pti", "side_by_side"} <= set(files) and Path(files["pti"]).name == "projected_w.pti.safetensors"
+    info = json.loads(Path(files["run"]).read_text())
+    assert info["projection"]["settings"]["space"] == "w+" and info["projection"]["pti_settings"]["steps"] == 2
+    assert len(at.get("video")) == 2
+    labels = [b.label for b in at.get("download_button")]
+    assert "Tuned weights (PTI)" in labels and "Side by side (MP4)" in labels
+
+
 def test_preview_strip_comes_before_the_full_render(env):
     at = new_app()
     upload_photo(at)
