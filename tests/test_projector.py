@@ -174,6 +174,63 @@ def test_early_stop_ends_a_stalled_projection(small_G, targets, random_lpips, w_
     assert proj.loss_curve.shape == (proj.steps_run, 1)
 
 
+def test_resumed_early_stopping_projection_stops_where_an_uninterrupted_one_does(small_G, targets, random_lpips,
+                                                                                w_stats, tmp_path):
+    settings = P.ProjectorSettings(steps=200, noise_ramp_length=0.05, early_stop_patience=5,
+                                   early_stop_min_delta=0.05, checkpoint_every=4)
+    full = P.project(small_G, targets[:1], settings, perceptual=random_lpips, w_stats=w_stats)
+    assert full.steps_run < 200
+    checkpoint = str(tmp_path / "ckpt.pt")
+    stop_at = full.steps_run - 2             # inside the stalled stretch: the early-stop count must be restored
+
+    def interrupt(event):
+        if event.step == stop_at:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        P.project(small_G, targets[:1], settings, perceptual=random_lpips, w_stats=w_stats, callback=interrupt,
+                  checkpoint_path=checkpoint)
+    resumed = P.project(small_G, targets[:1], settings, perceptual=random_lpips, w_stats=w_stats,
+                        checkpoint_path=checkpoint, resume=True)
+    assert resumed.steps_run == full.steps_run
+    assert torch.equal(resumed.ws, full.ws)
+
+
+def test_a_finished_projection_resumes_without_another_step(small_G, targets, random_lpips, w_stats, tmp_path):
+    settings = P.ProjectorSettings(steps=7, checkpoint_every=50)
+    checkpoint = str(tmp_path / "ckpt.pt")
+    first = P.project(small_G, targets[:1], settings, perceptual=random_lpips, w_stats=w_stats,
+                      checkpoint_path=checkpoint)
+    steps_seen = []
+    again = P.project(small_G, targets[:1], settings, perceptual=random_lpips, w_stats=w_stats,
+                      checkpoint_path=checkpoint, resume=True, callback=lambda e: steps_seen.append(e.step))
+    assert steps_seen == [] and again.steps_run == 7
+    assert torch.equal(again.ws, first.ws)
+    np.testing.assert_array_equal(again.loss_curve, first.loss_curve)
+
+
+def test_photos_in_a_batch_do_not_affect_each_other(small_G, targets, random_lpips, w_stats):
+    """Each photo's loss and gradients are its own: the batch's first photo follows the same path whatever
+    the second one is (the random draws are the same: both start from the same seeded generator)."""
+    settings = P.ProjectorSettings(steps=15)
+    pair = P.project(small_G, targets, settings, perceptual=random_lpips, w_stats=w_stats)
+    other = torch.flip(targets[1:], dims=[3])
+    pair_other = P.project(small_G, torch.cat([targets[:1], other]), settings, perceptual=random_lpips,
+                           w_stats=w_stats)
+    torch.testing.assert_close(pair.ws[0], pair_other.ws[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(pair.lpips_curve[:, 0], pair_other.lpips_curve[:, 0], rtol=1e-4)
+    assert not torch.allclose(pair.ws[1], pair_other.ws[1])
+
+
+def test_pivotal_tuning_checks_the_threshold_before_updating(small_G, targets, random_lpips, projection_w):
+    pivot = projection_w.select(0)
+    settings = P.PTISettings(steps=5, lpips_threshold=10.0)      # every LPIPS is below 10: stop at once
+    tuned = P.pivotal_tuning(small_G, pivot, targets[:1], settings, perceptual=random_lpips)
+    assert tuned.pti_steps_run == 0
+    assert all(float(d.abs().max()) == 0.0 for d in tuned.pti_delta.values())
+    assert P.PTISettings().lpips_threshold == 0.06 and P.PTISettings().locality_truncation_psi == 0.5
+
+
 def test_callback_reports_every_step_with_previews(small_G, targets, random_lpips, w_stats):
     events = []
     P.project(small_G, targets, P.ProjectorSettings(steps=6, preview_every=3), perceptual=random_lpips,

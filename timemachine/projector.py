@@ -38,7 +38,7 @@ from timemachine.networks import Generator
 from timemachine.perceptual import PerceptualDistance
 
 CHECKPOINT_FORMAT = "timemachine-projection-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 
 @dataclasses.dataclass
@@ -104,7 +104,9 @@ class PTISettings:
         locality_weight:    weight of the locality regulariser, applied to both its LPIPS and L2 terms
                             (authors: 0.1 each).
         locality_alpha:     distance from the pivot of the regulariser's sample latents (authors: 30).
-        lpips_threshold:    stop once LPIPS to the photo falls below this (authors: 0.07; 0 = never).
+        locality_truncation_psi: truncation of the regulariser's random mapped latents (authors: 0.5).
+        lpips_threshold:    stop, before the update, once every photo's LPIPS is at or below this
+                            (authors: 0.06; 0 = never).
         seed:               seeds the regulariser's random latents.
     """
 
@@ -113,7 +115,8 @@ class PTISettings:
     l2_weight: float = 1.0
     locality_weight: float = 0.1
     locality_alpha: float = 30.0
-    lpips_threshold: float = 0.07
+    locality_truncation_psi: float = 0.5
+    lpips_threshold: float = 0.06
     seed: int = 0
 
     def validate(self) -> None:
@@ -123,6 +126,8 @@ class PTISettings:
             raise ProjectionError("the PTI learning rate must be positive")
         if self.l2_weight < 0 or self.locality_weight < 0 or self.locality_alpha < 0 or self.lpips_threshold < 0:
             raise ProjectionError("PTI weights, alpha and threshold must be >= 0")
+        if not 0 <= self.locality_truncation_psi <= 1:
+            raise ProjectionError("the PTI locality truncation must be between 0 and 1")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -308,7 +313,7 @@ def project(
         settings:    :class:`ProjectorSettings` (default: official).
         perceptual:  LPIPS module (default: real VGG16 weights, see :mod:`timemachine.perceptual`).
         callback:    called with a :class:`ProgressEvent` after every step.
-        checkpoint_path: save the state there every ``settings.checkpoint_every`` steps (atomically).
+        checkpoint_path: save the state there every ``settings.checkpoint_every`` steps and when done (atomically).
         resume:      continue from ``checkpoint_path`` if it exists; it must belong to the same
                      targets, model and settings, else :class:`ProjectionError`.
         w_stats:     precomputed ``(w_avg, w_std)`` from :func:`compute_w_stats` (it is deterministic).
@@ -340,6 +345,7 @@ def project(
     loss_curve: list[np.ndarray] = []
     lpips_curve: list[np.ndarray] = []
     start_step = 0
+    best_loss, since_best, finished = math.inf, 0, False    # early-stop state; finished: nothing left to do
 
     if resume and checkpoint_path and os.path.exists(checkpoint_path):
         state = _load_checkpoint(checkpoint_path)
@@ -353,6 +359,7 @@ def project(
         generator.set_state(state["rng"])
         loss_curve = list(state["loss_curve"].numpy())
         lpips_curve = list(state["lpips_curve"].numpy())
+        best_loss, since_best, finished = float(state["best_loss"]), int(state["since_best"]), bool(state["finished"])
 
     w_opt.requires_grad_(True)
     for tensor in noise.values():
@@ -364,9 +371,8 @@ def project(
     with torch.no_grad():
         target_features = perceptual.features(targets)
 
-    best_loss, since_best = math.inf, 0
     step = start_step
-    while step < settings.steps:
+    while step < settings.steps and not finished:
         lr = learning_rate(settings, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -395,22 +401,24 @@ def project(
             if settings.preview_every and (step % settings.preview_every == 0 or step == settings.steps):
                 preview = _preview(G, _broadcast(w_opt.detach(), G.num_ws), noise)
             callback(ProgressEvent("project", step, settings.steps, float(loss.detach()), lpips_np, preview))
-        if checkpoint_path and settings.checkpoint_every and step % settings.checkpoint_every == 0 \
-                and step < settings.steps:
-            _save_checkpoint(checkpoint_path, {
-                "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **identity, "step": step,
-                "w_opt": w_opt.detach().cpu(), "noise": {k: v.detach().cpu() for k, v in noise.items()},
-                "optimizer": optimizer.state_dict(), "rng": generator.get_state(),
-                "loss_curve": torch.from_numpy(np.stack(loss_curve)),
-                "lpips_curve": torch.from_numpy(np.stack(lpips_curve))})
         if settings.early_stop_patience and sigma == 0.0:
             total = float(loss.detach())
             if total < best_loss * (1 - settings.early_stop_min_delta):
                 best_loss, since_best = total, 0
             else:
                 since_best += 1
-                if since_best >= settings.early_stop_patience:
-                    break
+        finished = step == settings.steps or bool(settings.early_stop_patience) and \
+            since_best >= settings.early_stop_patience
+        # Saved at the end too: an interruption after the projection (during pivotal tuning, say) resumes
+        # without projecting again.
+        if checkpoint_path and settings.checkpoint_every and (step % settings.checkpoint_every == 0 or finished):
+            _save_checkpoint(checkpoint_path, {
+                "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **identity, "step": step,
+                "w_opt": w_opt.detach().cpu(), "noise": {k: v.detach().cpu() for k, v in noise.items()},
+                "optimizer": optimizer.state_dict(), "rng": generator.get_state(),
+                "loss_curve": torch.from_numpy(np.stack(loss_curve)),
+                "lpips_curve": torch.from_numpy(np.stack(lpips_curve)),
+                "best_loss": best_loss, "since_best": since_best, "finished": finished})
 
     return Projection(
         ws=_broadcast(w_opt.detach(), G.num_ws).cpu(),
@@ -446,7 +454,10 @@ def pivotal_tuning(
 
     Loss per step (Roich et al. 2021): LPIPS(G'(w_p), x) + l2_weight * MSE(G'(w_p), x)
     + locality_weight * [LPIPS + MSE](G'(w_r), G(w_r)), where w_r = w_p + alpha * (w_z - w_p) / |w_z - w_p|
-    for a fresh random mapped latent w_z each step, keeps the network unchanged away from the pivot.
+    for a fresh random mapped latent w_z (truncated towards w_avg by ``locality_truncation_psi``) each step,
+    keeps the network unchanged away from the pivot.  As in the authors' code, the regulariser's images are
+    synthesised without noise, the pivot's with the projection's noise maps, and the loop stops before the
+    update once every photo's LPIPS is at or below ``lpips_threshold``.
     One delta is tuned for the whole batch of photos.
 
     Returns:
@@ -474,15 +485,18 @@ def pivotal_tuning(
     for step in range(settings.steps):
         synth = tuned(ws_pivot, noise_mode="const", noise=noise)
         lpips = perceptual.distance(perceptual.features(synth), target_features)
+        lpips_np = lpips.detach().cpu().numpy().astype(np.float32)
+        if settings.lpips_threshold and float(lpips_np.max()) <= settings.lpips_threshold:
+            break
         loss = lpips.sum() + settings.l2_weight * F.mse_loss(synth, targets, reduction="none").mean(dim=[1, 2, 3]).sum()
         if settings.locality_weight > 0:
             z = torch.randn([ws_pivot.shape[0], G.z_dim], generator=generator).to(device)
             with torch.no_grad():
-                w_z = G.mapping(z, None)
+                w_z = G.mapping(z, None, truncation_psi=settings.locality_truncation_psi)
                 direction = w_z - ws_pivot
                 w_r = ws_pivot + settings.locality_alpha * direction / direction.norm(dim=[1, 2], keepdim=True)
-                reference = original(w_r, noise_mode="const")
-            regularized = tuned(w_r, noise_mode="const")
+                reference = original(w_r, noise_mode="none")
+            regularized = tuned(w_r, noise_mode="none")
             locality = perceptual(regularized, reference).sum() + \
                 F.mse_loss(regularized, reference, reduction="none").mean(dim=[1, 2, 3]).sum()
             loss = loss + settings.locality_weight * locality
@@ -490,11 +504,8 @@ def pivotal_tuning(
         loss.backward()
         optimizer.step()
         steps_run = step + 1
-        lpips_np = lpips.detach().cpu().numpy().astype(np.float32)
         if callback is not None:
             callback(ProgressEvent("pti", steps_run, settings.steps, float(loss.detach()), lpips_np))
-        if settings.lpips_threshold and float(lpips_np.max()) < settings.lpips_threshold:
-            break
 
     with torch.no_grad():
         delta = {name: (p_tuned.detach() - p_orig.detach()).cpu()

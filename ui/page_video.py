@@ -192,7 +192,7 @@ def settings_section() -> tuple[ProjectorSettings, Optional[PTISettings], Render
                                    "al. 2021): much closer to the photo, slower.")
             pti_steps = st.number_input("PTI steps", 1, 2000, ui.UI_PTI_STEPS, step=50, key="pti_steps", disabled=not pti,
                                         help=f"The PTI authors and the command line use 350; the UI {ui.UI_PTI_STEPS}. "
-                                             "Tuning stops early once LPIPS falls below 0.07.")
+                                             f"Tuning stops early once LPIPS reaches {PTISettings().lpips_threshold}.")
             seed = st.number_input("Seed", 0, 2**31 - 1, 303, key="seed",
                                    help="Seeds the projection's random noise (303 as the official projector).")
         with right:

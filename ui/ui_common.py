@@ -81,7 +81,7 @@ POLL_SECONDS = 1.0
 #: a fifth of the time, a likeness that is a little softer in fine detail (fur).  Raise it for a closer fit.
 UI_STEPS = 200
 #: Pivotal-tuning steps when PTI is ticked (the PTI authors and the CLI: 350).  PTI stops early anyway once
-#: LPIPS falls below 0.07.
+#: LPIPS reaches 0.06 (PTISettings.lpips_threshold).
 UI_PTI_STEPS = 100
 #: Walk frames (CLI: 96): 2 s at 24 fps plus the holds; rendering time grows with the number of frames.
 UI_FRAMES = 48
