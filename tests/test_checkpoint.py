@@ -471,6 +471,9 @@ PLACEMENTS = {
         "", "Discriminator", lambda s: s.__setitem__("epilogue", payload))),
     "in training_set_kwargs": lambda G, payload: dumps_snapshot(
         snapshot_of(G, training_set_kwargs=dict(class_name="x", path=payload))),
+    # (d) as module_src: a live object where NVIDIA's source string belongs (the string itself is never run:
+    #     test_module_src_is_never_executed)
+    "as module_src": lambda G, payload: dumps_snapshot(snapshot_of(G), module_src=payload),
     # (c) inside the bytes of torch.storage._load_from_bytes (a legacy torch.save carrying the payload)
     "tensor data, top level": lambda G, payload: dumps(Call(LOAD_FROM_BYTES, (legacy_torch_save(payload),))),
     "tensor data, in a parameter": lambda G, payload: dumps_snapshot(snapshot_of(G), edit_state=_inject(

@@ -38,8 +38,8 @@ BUILD_TEST_ARCH = "8.0"
 
 
 @pytest.fixture(scope="module")
-def built_extensions(request, tmp_path_factory) -> dict[str, types.ModuleType]:
-    """Both extensions, compiled for one architecture into a build directory kept in the pytest cache."""
+def build_env(request, tmp_path_factory) -> dict[str, str]:
+    """Environment for building the extensions for one architecture into a directory kept in the pytest cache."""
     if torch.version.cuda is None:
         pytest.skip(f"this PyTorch build has no CUDA support ({torch.__version__})")
     cuda_home = plugin.find_cuda_home()
@@ -47,10 +47,15 @@ def built_extensions(request, tmp_path_factory) -> dict[str, types.ModuleType]:
         pytest.skip("no CUDA toolkit (nvcc) found; set CUDA_HOME to run the build test")
     cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider: build afresh
     build_root = cache.mkdir("stylegan_ops_build") if cache is not None else tmp_path_factory.mktemp("build")
+    return {"TORCH_CUDA_ARCH_LIST": BUILD_TEST_ARCH, plugin.ENV_BUILD_DIR: str(build_root), "CUDA_HOME": cuda_home}
+
+
+@pytest.fixture(scope="module")
+def built_extensions(build_env) -> dict[str, types.ModuleType]:
+    """Both extensions, compiled and loaded."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TORCH_CUDA_ARCH_LIST", BUILD_TEST_ARCH)
-        mp.setenv(plugin.ENV_BUILD_DIR, str(build_root))
-        mp.setenv("CUDA_HOME", cuda_home)
+        for key, value in build_env.items():
+            mp.setenv(key, value)
         return {name: plugin.build_plugin(name) for name in plugin.PLUGIN_SOURCES}
 
 
@@ -58,6 +63,29 @@ def built_extensions(request, tmp_path_factory) -> dict[str, types.ModuleType]:
 def test_extensions_compile_and_load(built_extensions):
     assert callable(built_extensions["bias_act"].bias_act)
     assert callable(built_extensions["upfirdn2d"].upfirdn2d)
+
+
+def test_doctor_build_ops_builds_both_and_exits_0(build_env, built_extensions, monkeypatch, capsys):
+    from timemachine.cli import main
+
+    for key, value in build_env.items():
+        monkeypatch.setenv(key, value)
+    assert main(["doctor", "--build-ops"]) == 0
+    lines = {line.split()[2]: line for line in capsys.readouterr().out.splitlines() if line.startswith("cuda op ")}
+    assert set(lines) == set(plugin.PLUGIN_SOURCES)
+    assert all("built and loaded" in line or "verified on GPU" in line for line in lines.values()), lines
+
+
+def test_doctor_build_ops_exits_1_when_a_build_fails(monkeypatch, capsys):
+    from timemachine.cli import main
+
+    def failing_build(name, verbose=False):
+        raise plugin.PluginError(f"{name}: build failed: nvcc fatal: unsupported gpu architecture")
+
+    monkeypatch.setattr(plugin, "build_plugin", failing_build)
+    assert main(["doctor", "--build-ops"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("FAILED: ") == len(plugin.PLUGIN_SOURCES) and "unsupported gpu architecture" in out
 
 
 def test_bindings_reject_cpu_tensors(built_extensions):
