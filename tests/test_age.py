@@ -635,6 +635,18 @@ def test_build_from_latent_files_refuses_other_models_and_shapes(small_model, tm
         age.build_vector_from_files("v", small_model, paths[:2], paths[2:3], "pair")
 
 
+def test_early_stopping_projects_photos_one_at_a_time(small_model, pet_photos, random_lpips):
+    """Early stopping watches the batch's total loss; the pipeline then projects photo by photo, so what it
+    caches does not depend on which photos came together."""
+    from timemachine.projector import ProjectorSettings
+
+    settings = ProjectorSettings(space="w", steps=2, w_avg_samples=500, early_stop_patience=5)
+    events = []
+    age.build_vector_from_files("photos", small_model, pet_photos["puppies"], pet_photos["adults"][:1], "mean",
+                                settings=settings, perceptual=random_lpips, callback=events.append, batch_size=3)
+    assert [(e.step, e.lpips.shape[0]) for e in events] == [(1, 1), (2, 1)] * 3
+
+
 def test_build_from_photos_projects_once_then_uses_the_cache(small_model, pet_photos, random_lpips):
     from timemachine.pipeline import ProjectionCache, cache_root
     from timemachine.projector import ProjectorSettings

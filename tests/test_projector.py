@@ -209,17 +209,21 @@ def test_a_finished_projection_resumes_without_another_step(small_G, targets, ra
     np.testing.assert_array_equal(again.loss_curve, first.loss_curve)
 
 
-def test_photos_in_a_batch_do_not_affect_each_other(small_G, targets, random_lpips, w_stats):
-    """Each photo's loss and gradients are its own: the batch's first photo follows the same path whatever
-    the second one is (the random draws are the same: both start from the same seeded generator)."""
+def test_a_photo_gets_the_same_projection_alone_or_in_a_batch(small_G, targets, random_lpips, w_stats):
+    """Each photo has its own loss, gradients and random stream: its result does not depend on its batch
+    mates (so a cached projection does not depend on which photos were projected with it).  Batched and
+    single convolutions round differently and Adam amplifies that a little, so "the same" is measured
+    against what another random stream (seed) would change: under 2 % of it."""
     settings = P.ProjectorSettings(steps=15)
     pair = P.project(small_G, targets, settings, perceptual=random_lpips, w_stats=w_stats)
-    other = torch.flip(targets[1:], dims=[3])
-    pair_other = P.project(small_G, torch.cat([targets[:1], other]), settings, perceptual=random_lpips,
-                           w_stats=w_stats)
-    torch.testing.assert_close(pair.ws[0], pair_other.ws[0], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(pair.lpips_curve[:, 0], pair_other.lpips_curve[:, 0], rtol=1e-4)
-    assert not torch.allclose(pair.ws[1], pair_other.ws[1])
+    for i in range(2):
+        alone = P.project(small_G, targets[i:i + 1], settings, perceptual=random_lpips, w_stats=w_stats)
+        other_seed = P.project(small_G, targets[i:i + 1], P.ProjectorSettings(steps=15, seed=7),
+                               perceptual=random_lpips, w_stats=w_stats)
+        seed_change = float((other_seed.ws[0] - alone.ws[0]).norm())
+        assert float((pair.ws[i] - alone.ws[0]).norm()) < 0.02 * seed_change
+        np.testing.assert_allclose(pair.lpips_curve[:, i], alone.lpips_curve[:, 0], rtol=1e-2)
+    assert not torch.allclose(pair.ws[0], pair.ws[1])
 
 
 def test_pivotal_tuning_checks_the_threshold_before_updating(small_G, targets, random_lpips, projection_w):

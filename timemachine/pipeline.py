@@ -132,12 +132,15 @@ def project_images(
     targets = images_module.to_tensor(np.stack(photos))                       # [N, 3, R, R]
 
     todo = [i for i, latent in enumerate(latents) if latent is None]
+    # One batch, unless early stopping is on: it watches the batch's total loss, so a photo's result would
+    # depend on its batch mates, and the cache must not.
+    batches = [[i] for i in todo] if settings.early_stop_patience and len(todo) > 1 else ([todo] if todo else [])
     runs: dict[int, dict[str, Any]] = {}
-    if todo:
+    for batch in batches:
         started = time.perf_counter()
-        result = projector.project(model.G, targets[todo], settings, perceptual=perceptual, callback=callback,
+        result = projector.project(model.G, targets[batch], settings, perceptual=perceptual, callback=callback,
                                    checkpoint_path=checkpoint_path, resume=resume)
-        for j, i in enumerate(todo):
+        for j, i in enumerate(batch):
             single = result.select(j)
             run = {"steps_run": single.steps_run, "seconds": round(time.perf_counter() - started, 3)}
             meta_before = {}
@@ -159,7 +162,7 @@ def project_images(
             latents[i] = latent
             runs[i] = run
         if checkpoint_path and os.path.exists(checkpoint_path):
-            os.remove(checkpoint_path)  # finished: nothing left to resume
+            os.remove(checkpoint_path)  # this batch is done (and cached): nothing left to resume
 
     results = []
     for i, latent in enumerate(latents):

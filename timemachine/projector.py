@@ -8,7 +8,9 @@ too and renormalised after every step.  On top of it:
 
 * ``space='w+'``: one latent per synthesis layer instead of one shared latent (more fidelity, less
   editability);
-* a batch of photos is one optimisation (every tensor has a batch dimension; samples do not interact);
+* a batch of photos is one optimisation (every tensor has a batch dimension; each photo has its own
+  random stream, so it gets the same result alone or in a batch; only early stopping, which watches the
+  batch's total loss, couples them);
 * early stopping when the loss stops improving; a per-step callback with loss, LPIPS and previews;
 * resumable checkpoints (:func:`project` with ``checkpoint_path``);
 * pivotal tuning (Roich et al. 2021, "Pivotal Tuning for Latent-based Editing of Real Images"):
@@ -337,10 +339,13 @@ def project(
     started = time.perf_counter()
     w_avg, w_std = w_stats if w_stats is not None else compute_w_stats(G, settings.w_avg_samples)
     rows = 1 if settings.space == "w" else G.num_ws
-    generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+    # One random stream per photo, each seeded alike: a photo gets the same start and the same w-noise
+    # whether it is projected alone or in a batch (so a cached projection does not depend on its batch).
+    generators = [torch.Generator(device="cpu").manual_seed(settings.seed) for _ in range(batch)]
     w_opt = w_avg.to(device).repeat([batch, rows, 1]).clone()               # [N, rows, C]
-    noise = {name: torch.randn([batch, 1, res, res], generator=generator).to(device)
-             for name, res in _noise_shapes(G).items()}
+    noise_per_photo = [{name: torch.randn([1, 1, res, res], generator=gen) for name, res in _noise_shapes(G).items()}
+                       for gen in generators]
+    noise = {name: torch.cat([maps[name] for maps in noise_per_photo]).to(device) for name in noise_per_photo[0]}
     optimizer_state = None
     loss_curve: list[np.ndarray] = []
     lpips_curve: list[np.ndarray] = []
@@ -356,7 +361,8 @@ def project(
         w_opt = state["w_opt"].to(device)
         noise = {name: tensor.to(device) for name, tensor in state["noise"].items()}
         optimizer_state = state["optimizer"]
-        generator.set_state(state["rng"])
+        for gen, rng_state in zip(generators, state["rng"]):
+            gen.set_state(rng_state)
         loss_curve = list(state["loss_curve"].numpy())
         lpips_curve = list(state["lpips_curve"].numpy())
         best_loss, since_best, finished = float(state["best_loss"]), int(state["since_best"]), bool(state["finished"])
@@ -377,7 +383,7 @@ def project(
         for group in optimizer.param_groups:
             group["lr"] = lr
         sigma = w_noise_scale(settings, step, w_std)
-        w_noise = torch.randn(w_opt.shape, generator=generator).to(device) * sigma
+        w_noise = torch.cat([torch.randn(w_opt.shape[1:], generator=gen)[None] for gen in generators]).to(device) * sigma
         ws = (w_opt + w_noise).expand(-1, G.num_ws, -1) if rows == 1 else w_opt + w_noise
         synth = G.synthesis(ws, noise_mode="const", noise=noise)
         lpips = perceptual.distance(perceptual.features(synth), target_features)         # [N]
@@ -415,7 +421,7 @@ def project(
             _save_checkpoint(checkpoint_path, {
                 "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **identity, "step": step,
                 "w_opt": w_opt.detach().cpu(), "noise": {k: v.detach().cpu() for k, v in noise.items()},
-                "optimizer": optimizer.state_dict(), "rng": generator.get_state(),
+                "optimizer": optimizer.state_dict(), "rng": [gen.get_state() for gen in generators],
                 "loss_curve": torch.from_numpy(np.stack(loss_curve)),
                 "lpips_curve": torch.from_numpy(np.stack(lpips_curve)),
                 "best_loss": best_loss, "since_best": since_best, "finished": finished})
