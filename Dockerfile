@@ -84,10 +84,13 @@ COPY ui ./ui
 RUN pip install '.[ui]' \
     && timemachine doctor --build-ops
 
-RUN useradd --create-home --uid 1001 timemachine \
+# The same uid as the CPU image, so that both can share one /data volume (Ubuntu's base image already has
+# a user 'ubuntu' with uid 1000: it goes).
+RUN (userdel --remove ubuntu 2>/dev/null || true) \
+    && useradd --create-home --uid 1000 timemachine \
     && mkdir -p /data \
     && chown -R timemachine:timemachine /data /opt/stylegan_ops
-USER 1001
+USER 1000
 VOLUME ["/data"]
 EXPOSE 8501
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \

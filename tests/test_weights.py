@@ -441,6 +441,37 @@ def test_unreachable_host_fails_fast_with_one_line(tmp_path, monkeypatch, capsys
     assert elapsed < 3, f"took {elapsed:.1f} s"
 
 
+def test_failed_name_lookup_fails_fast_with_one_line(tmp_path, monkeypatch, capsys):
+    import socket
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    url = "http://models.example.invalid/afhqdog.pkl"
+    write_manifest(tmp_path, monkeypatch, afhqdog={"url": url})
+    started = time.monotonic()
+    assert main(["weights", "download", "afhqdog"]) == 2
+    err = capsys.readouterr().err
+    error = [line for line in err.splitlines() if line.startswith("timemachine: error:")]
+    assert len(error) == 1 and "Traceback" not in err and url in error[0]
+    assert str(weights.models_dir() / "afhqdog.pkl") in error[0]
+    assert time.monotonic() - started < 3
+
+
+def test_a_full_disk_during_the_download_is_one_sentence(server, tmp_path, monkeypatch):
+    server.files["/m.bin"] = payload(100_000)
+
+    def disk_full(self):
+        raise OSError(28, "No space left on device", str(tmp_path / "m.bin.part"))
+
+    monkeypatch.setattr(weights._Download, "run", disk_full)
+    with pytest.raises(WeightsError, match=r"cannot write m\.bin to .*m\.bin\.part: No space left on device; "
+                                           r"free some disk space or set TIMEMACHINE_HOME") as caught:
+        weights.download_file(server.url("/m.bin"), tmp_path / "m.bin", settings=FAST)
+    assert "\n" not in str(caught.value) and not (tmp_path / "m.bin").exists()
+
+
 def test_not_enough_disk_space_is_refused_before_writing(server, tmp_path, monkeypatch):
     server.files["/m.bin"] = payload(100_000)
     usage = namedtuple("usage", "total used free")
@@ -636,6 +667,8 @@ def test_cli_download_list_verify_path(server, tmp_path, monkeypatch, capsys):
         err = capsys.readouterr().err
         assert expected in [line for line in err.splitlines() if line.startswith("timemachine: error:")][0]
         assert "Traceback" not in err
+        if "--offline" in argv:
+            assert err.count("\n") == 1, err          # no licence notice before it: nothing is downloaded
 
 
 def test_doctor_reports_the_zoo(server, tmp_path, monkeypatch, capsys):

@@ -637,25 +637,32 @@ def download_file(url: str, dest: PathLike, *, sha256: Optional[str] = None, siz
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise WeightsError(f"cannot create {dest.parent}: {exc.strerror or exc}") from None
-    with _download_lock(dest, label):
-        expected = expected_sha256(dest, url, sha256)
-        job = _Download(url, dest, size, label, progress, settings)
-        job.run()
-        got_size = job.part_size()
-        if size is not None and got_size != size:
-            _discard(job.part, job.meta)
-            raise WeightsError(f"the download of {label} from {url} is {got_size} bytes, expected {size}; "
-                               "it was deleted")
-        digest = sha256_file(job.part)
-        if expected is not None and digest != expected:
-            _discard(job.part, job.meta)
-            how = "published" if sha256 else "recorded at its first download"
-            raise WeightsError(f"the download of {label} from {url} has SHA-256 {digest[:12]}..., not the {how} "
-                               f"{expected[:12]}...; it was deleted (the file on the server changed or was "
-                               "corrupted on the way)")
-        os.replace(job.part, dest)
-        _discard(job.meta)
-        _record_verified(dest, digest, url, trust="published" if sha256 else ("recorded" if expected else "first use"))
+    try:
+        with _download_lock(dest, label):
+            expected = expected_sha256(dest, url, sha256)
+            job = _Download(url, dest, size, label, progress, settings)
+            job.run()
+            got_size = job.part_size()
+            if size is not None and got_size != size:
+                _discard(job.part, job.meta)
+                raise WeightsError(f"the download of {label} from {url} is {got_size} bytes, expected {size}; "
+                                   "it was deleted")
+            digest = sha256_file(job.part)
+            if expected is not None and digest != expected:
+                _discard(job.part, job.meta)
+                how = "published" if sha256 else "recorded at its first download"
+                raise WeightsError(f"the download of {label} from {url} has SHA-256 {digest[:12]}..., not the {how} "
+                                   f"{expected[:12]}...; it was deleted (the file on the server changed or was "
+                                   "corrupted on the way)")
+            os.replace(job.part, dest)
+            _discard(job.meta)
+            _record_verified(dest, digest, url, trust="published" if sha256 else ("recorded" if expected else "first use"))
+    except OSError as exc:  # the disk, not the network (requests' errors are OSErrors too: those pass)
+        if isinstance(exc, requests.RequestException):
+            raise
+        where = exc.filename or dest.parent
+        raise WeightsError(f"cannot write {label} to {where}: {exc.strerror or exc}; free some disk space or set "
+                           f"{ENV_HOME} to a writable directory with room for it") from None
     return dest
 
 

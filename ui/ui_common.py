@@ -203,6 +203,10 @@ def job_panel(slot: str, show_extras: Callable[[dict[str, Any]], None]) -> None:
 
     @st.fragment(run_every=POLL_SECONDS)
     def panel() -> None:
+        with shown_errors("showing the job's progress"):   # the fragment reruns on its own, outside the page's
+            panel_body()
+
+    def panel_body() -> None:
         job = st.session_state.get(f"job_{slot}")
         if job is None:
             return

@@ -60,7 +60,7 @@ def load_model(args: argparse.Namespace):
 
     if not args.model:
         raise TimemachineError(f"no model given: pass --model NAME|PATH|URL or set {ENV_MODEL}")
-    licence_notice_if_downloading(args.model)
+    licence_notice_if_downloading(args.model, offline=args.offline)
     with download_progress(args.model) as progress:
         return pipeline.load_model(args.model, device=args.device, offline=args.offline, progress=progress)
 

@@ -55,7 +55,10 @@ def streamlit_command(host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "streamlit", "run", str(app_path()),
             "--server.address", host, "--server.port", str(port), "--server.headless", "true",
             "--browser.gatherUsageStats", "false", "--server.maxUploadSize", str(MAX_UPLOAD_MB),
-            "--server.fileWatcherType", "none", "--client.toolbarMode", "viewer"]
+            "--server.fileWatcherType", "none", "--client.toolbarMode", "viewer",
+            # A bug that escapes the app's own error messages shows a generic sentence, never a traceback
+            # (which goes to the server log).
+            "--client.showErrorDetails", "none"]
 
 
 def run(args: argparse.Namespace) -> int:

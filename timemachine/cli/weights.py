@@ -135,10 +135,13 @@ def licence_notice(entry: "weights_module.ZooEntry") -> None:
     print(f"{entry.name}: {entry.licence}", file=sys.stderr)
 
 
-def licence_notice_if_downloading(spec: str) -> None:
-    """Before a zoo model is downloaded for ``--model SPEC``, show its licence on stderr."""
+def licence_notice_if_downloading(spec: str, offline: Optional[bool] = None) -> None:
+    """Before a zoo model is downloaded for ``--model SPEC``, show its licence on stderr (not when offline:
+    nothing will be downloaded, and the error that follows must stay the only line)."""
     from timemachine import weights
 
+    if weights.is_offline(offline):
+        return
     manifest = weights.load_manifest()
     if spec in manifest and not weights.zoo_path(manifest[spec]).is_file() and not Path(spec).is_file():
         licence_notice(manifest[spec])
@@ -209,7 +212,7 @@ def run_download(args: argparse.Namespace) -> int:
         if name in manifest:
             entry = manifest[name]
             present = weights.zoo_path(entry).is_file()
-            if not present or args.force:
+            if (not present or args.force) and not weights.is_offline(args.offline):
                 licence_notice(entry)
             with download_progress(name) as progress:
                 path = weights.ensure_zoo_file(name, force=args.force, offline=args.offline, progress=progress,
