@@ -261,6 +261,16 @@ def test_another_models_latents_are_refused_unless_forced():
         vector.check_model(OTHER_FP)
 
 
+def test_orthogonalization_holds_on_the_layers_the_vector_edits():
+    vector = make_vector(num_ws=4, w_dim=16, seed=0, default_layers="0-1")
+    other = make_vector("other", num_ws=4, w_dim=16, seed=1)
+    result = vector.orthogonalized([other])
+    edit = result.masked_direction()                           # what editing with the defaults adds
+    assert abs(cosine(edit, other.direction)) < 1e-5
+    assert abs(cosine(vector.masked_direction(), other.direction)) > 1e-2    # it was not orthogonal before
+    assert result.details["orthogonalized_on_layers"] == "0-1"
+
+
 def test_orthogonalization_removes_the_other_directions():
     vector = make_vector(num_ws=4, w_dim=16, seed=0)
     a, b = make_vector("a", num_ws=4, w_dim=16, seed=1), make_vector("b", num_ws=4, w_dim=16, seed=2)
@@ -745,6 +755,23 @@ def test_cli_build_list_show_set_rename_export_import_delete(model_file, small_m
     assert main(["age-vector", "import", str(tmp_path / "y.safetensors"), "--name", "copy"]) == 0
     assert main(["age-vector", "orthogonalize", "yorkshire", "--against", "copy", "--as", "nothing"]) == 2
     assert "nothing is left" in capsys.readouterr().err
+    # a genuinely different direction: orthogonalise against it, as a new vector and at build time
+    assert main(["age-vector", "build", "other", "--puppy", str(pet_photos["puppies"][1]), "--adult",
+                 str(pet_photos["adults"][1]), *_projection_args(model_file)]) == 0
+    assert main(["age-vector", "orthogonalize", "yorkshire", "--against", "other", "--as", "yorkshire-o"]) == 0
+    other = age.load_vector("other")
+    for name in ("yorkshire-o",):
+        edit = age.load_vector(name).masked_direction()
+        assert abs(float(edit.flatten() @ other.direction.flatten())) < 1e-4 * float(edit.norm() * other.direction.norm())
+    assert main(["age-vector", "build", "yorkie-o", "--puppy", str(pet_photos["puppies"][0]), "--adult",
+                 str(pet_photos["adults"][0]), "--orthogonal-to", "other", *_projection_args(model_file)]) == 0
+    built = age.load_vector("yorkie-o")
+    assert built.details["orthogonalized_against"] == ["other"]
+    assert abs(float(built.masked_direction().flatten() @ other.direction.flatten())) < \
+        1e-4 * float(built.masked_direction().norm() * other.direction.norm())
+    capsys.readouterr()
+    for name in ("other", "yorkshire-o", "yorkie-o"):
+        assert main(["age-vector", "delete", name]) == 0
     assert main(["age-vector", "delete", "copy"]) == 0
     capsys.readouterr()
     assert [e.name for e in age.list_vectors()] == ["yorkshire"]

@@ -380,13 +380,17 @@ class AgeVector:
         return ws + strength * delta
 
     def orthogonalized(self, others: Sequence[Union["AgeVector", torch.Tensor]], force: bool = False) -> "AgeVector":
-        """A copy whose direction has no component along any of ``others`` (Gram-Schmidt, flattened).
+        """A copy whose edit has no component along any of ``others`` (Gram-Schmidt, flattened).
 
         ``others`` are directions [num_ws, w_dim] (tensors or AgeVectors of the same model, unless ``force``).
+        The edit is the direction on the vector's :attr:`default_layers` (mask M), so the direction is made
+        orthogonal to the others restricted to those rows (M @ other): then M @ result is orthogonal to every
+        other direction, and editing on the default layers leaves a latent's projections onto the other
+        directions unchanged.  (Edits on other layers than those it was orthogonalised on lose that.)
         The result keeps what is left of the direction (it is not rescaled), so strength 1 still moves
-        latents by the age change measured along the remaining directions.  Editing with it leaves the
-        projections of a latent onto the other directions unchanged.
+        latents by the age change measured along the remaining directions.
         """
+        mask = layer_mask(self.default_layers, self.num_ws).double()
         basis: list[torch.Tensor] = []
         names = []
         for other in others:
@@ -399,22 +403,24 @@ class AgeVector:
             if tuple(other.shape) != tuple(self.direction.shape):
                 raise AgeVectorError(f"cannot orthogonalise against a direction of shape {list(other.shape)}: "
                                      f"{self.name!r} is {list(self.direction.shape)}")
-            u = other.detach().to("cpu", torch.float64).flatten()
+            u = (other.detach().to("cpu", torch.float64) * mask).flatten()
             for b in basis:
                 u = u - (u @ b) * b
             norm = float(u.norm())
             # float32 inputs: what is left of a direction already in the span is rounding noise (~1e-7)
-            if norm > 1e-5 * float(other.double().norm()):
+            if norm > 1e-5 * float(other.double().norm()) and norm > 0:
                 basis.append(u / norm)
         v = self.direction.double().flatten()
         original = float(v.norm())
         for b in basis:
             v = v - (v @ b) * b
-        if float(v.norm()) <= 1e-5 * original:
+        edit_rows = mask.expand_as(self.direction).flatten()
+        if float((v * edit_rows).norm()) <= 1e-5 * float((self.direction.double().flatten() * edit_rows).norm()):
             raise AgeVectorError(f"nothing is left of {self.name!r} after removing the other directions")
         details = dict(self.details)
         details["orthogonalized_against"] = list(details.get("orthogonalized_against", [])) + names
         details["norm_before_orthogonalization"] = details.get("norm_before_orthogonalization", original)
+        details["orthogonalized_on_layers"] = normalize_layers(self.default_layers)
         return dataclasses.replace(self, direction=v.reshape(self.direction.shape).float(), details=details)
 
     def metadata(self) -> dict[str, Any]:
