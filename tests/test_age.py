@@ -848,3 +848,89 @@ def test_cli_help_explains_age_vectors(capsys):
         main(["age-vector", "build", "--help"])
     out = capsys.readouterr().out
     assert "--puppy" in out and "--method" in out and "--steps" in out and "cache" in out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fuzzing the vector file loader: mutated bytes and mutated header values load or raise AgeVectorError
+
+
+def _valid_vector_bytes(tmp_path_factory) -> bytes:
+    path = tmp_path_factory.mktemp("fuzz-seed") / "seed.safetensors"
+    age.save_vector_file(make_vector(num_ws=4, w_dim=8, default_layers="0-1", notes="seed"), path)
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def valid_vector_bytes(tmp_path_factory) -> bytes:
+    return _valid_vector_bytes(tmp_path_factory)
+
+
+def _load_or_refuse(path) -> None:
+    try:
+        vector = age.load_vector_file(path)
+    except AgeVectorError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert vector.direction.shape == (vector.num_ws, vector.w_dim) and torch.isfinite(vector.direction).all()
+
+
+@pytest.mark.timeout(180)
+def test_fuzzed_vector_files_load_or_raise_age_vector_error(tmp_path, valid_vector_bytes):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=150, derandomize=True, deadline=2000, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(data=st.data())
+    def check(data):
+        content = bytearray(valid_vector_bytes)
+        for _ in range(data.draw(st.integers(1, 6))):
+            kind = data.draw(st.sampled_from(["flip", "truncate", "insert"]))
+            pos = data.draw(st.integers(0, max(0, len(content) - 1)))
+            if kind == "flip" and content:
+                content[pos] ^= 1 << data.draw(st.integers(0, 7))
+            elif kind == "truncate":
+                del content[pos:]
+            else:
+                content[pos:pos] = data.draw(st.binary(min_size=1, max_size=16))
+        path = tmp_path / "fuzz.safetensors"
+        path.write_bytes(bytes(content))
+        _load_or_refuse(path)
+
+    check()
+
+
+@pytest.mark.timeout(180)
+def test_fuzzed_vector_headers_load_or_raise_age_vector_error(tmp_path, valid_vector_bytes):
+    """Well-formed safetensors files whose header values (shapes, dtypes, offsets, metadata) are replaced."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    (header_len,) = struct.unpack("<Q", valid_vector_bytes[:8])
+    header = json.loads(valid_vector_bytes[8:8 + header_len])
+    body = valid_vector_bytes[8 + header_len:]
+    tensor = next(k for k in header if k != "__metadata__")
+    meta_keys = sorted(header.get("__metadata__", {}))
+    json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats() | st.text(max_size=8),
+                               lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                                                          max_size=4), max_leaves=8)
+
+    @settings(max_examples=150, derandomize=True, deadline=2000, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(data=st.data())
+    def check(data):
+        edited = json.loads(json.dumps(header))
+        where = data.draw(st.sampled_from(["dtype", "shape", "data_offsets", "metadata"]))
+        if where == "metadata":
+            key = data.draw(st.sampled_from(meta_keys))
+            edited["__metadata__"][key] = data.draw(st.text(max_size=40) | json_values.map(json.dumps))
+        elif where == "dtype":
+            edited[tensor]["dtype"] = data.draw(st.sampled_from(["F16", "F64", "I64", "BOOL", "U8", "X"]))
+        else:
+            edited[tensor][where] = data.draw(st.lists(st.integers(-3, 10**6), max_size=4))
+        raw = json.dumps(edited).encode()
+        path = tmp_path / "fuzz.safetensors"
+        path.write_bytes(struct.pack("<Q", len(raw)) + raw + body)
+        _load_or_refuse(path)
+
+    check()

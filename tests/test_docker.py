@@ -44,6 +44,12 @@ def test_dockerfile_installs_the_same_torch_as_ci():
     assert DOCKERFILE.count("torch==") == 2
 
 
+def test_readme_install_commands_use_the_same_torch_as_ci():
+    readme = (REPO_ROOT / "README.md").read_text()
+    first_block = readme.split("```bash", 1)[1].split("```", 1)[0]     # the two commands at the top
+    assert pins(first_block) == pins(CI_RUN)
+
+
 def test_dockerfile_installs_this_package_with_extras_that_exist():
     pyproject = (REPO_ROOT / "pyproject.toml").read_text()
     installs = re.findall(r"pip install '\.\[([a-z,]+)\]'", DOCKERFILE)
