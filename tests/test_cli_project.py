@@ -87,3 +87,19 @@ def test_missing_model_is_one_line(env, capsys):
     rc = main(["project", env["photo"], "--model", str(env["tmp"] / "nope.pkl"), "--out", str(out)])
     assert rc == 2 and not out.exists()
     assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.parametrize("names", [
+    ["..", "..jpg"], ["a b.png", "a?b.png"], ["../../escape.png", "x/../../escape2.png"],
+    ["chien-\u00e9t\u00e9.png", "\u732b.png"], ["same.png", "same.jpg"],
+])
+def test_output_directories_from_photo_names_stay_under_out(tmp_path, names):
+    from timemachine.cli.project import _output_dirs
+
+    out = (tmp_path / "out").resolve()
+    dirs = _output_dirs(out, names)
+    assert len(set(dirs)) == len(names)                                   # one each, never shared
+    for d in dirs:
+        assert d.parent == out and d.name not in ("", ".", "..")
+        assert (out / d.name).resolve().parent == out                     # no separator, no escape
+        assert set(d.name) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")

@@ -70,8 +70,9 @@ def test_two_processes_filling_the_same_cache_entry(setup):
     outs = [setup["tmp"] / "a", setup["tmp"] / "b"]
     procs = [start_projection(setup, out, steps=30) for out in outs]
     for proc in procs:
-        _, err = proc.communicate(timeout=300)
+        out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
+        assert "(from cache)" not in out           # both projected: both wrote the entry, a real race
     a, b = (load_latent(out / "projected_w.npz") for out in outs)
     assert np.array_equal(a.ws, b.ws)
     entries = list((setup["tmp"] / "home" / "cache" / "projections").glob("*/*"))

@@ -662,3 +662,12 @@ def test_installed_wheel_carries_the_app_and_the_command_finds_it(tmp_path):
                          text=True).stdout.splitlines()
     assert Path(out[0]).is_relative_to(site) and out[0].endswith(os.path.join("timemachine", "ui", "app.py"))
     assert out[1] == out[0]
+
+
+@pytest.mark.parametrize("upload_name", ["../../etc/passwd", "..\\..\\win.png", ".hidden.png", "", "..",
+                                         "a/b/c.png", "chien été.png", "x" * 300 + ".png"])
+def test_uploaded_file_names_become_safe_names_inside_the_work_folder(tmp_path, upload_name):
+    name = ui_work._safe_file_name(upload_name)
+    assert name and not name.startswith(".") and len(name) <= 100
+    assert "/" not in name and "\\" not in name
+    assert (tmp_path / name).resolve().parent == tmp_path.resolve()
