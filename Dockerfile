@@ -33,7 +33,7 @@ COPY weights ./weights
 COPY ui ./ui
 # The project itself; its dependencies carry the version ranges of pyproject.toml, tested by CI.
 # hadolint ignore=DL3013
-RUN pip install '.[ui]'
+RUN pip install '.[ui,heic]'
 
 RUN useradd --create-home --uid 1000 timemachine \
     && mkdir -p /data \
@@ -81,7 +81,7 @@ COPY weights ./weights
 COPY ui ./ui
 # The project itself (see the CPU stage), then compile and load the CUDA ops; doctor exits 1 if that fails.
 # hadolint ignore=DL3013
-RUN pip install '.[ui]' \
+RUN pip install '.[ui,heic]' \
     && timemachine doctor --build-ops
 
 # The same uid as the CPU image, so that both can share one /data volume (Ubuntu's base image already has

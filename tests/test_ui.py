@@ -671,3 +671,10 @@ def test_uploaded_file_names_become_safe_names_inside_the_work_folder(tmp_path, 
     assert name and not name.startswith(".") and len(name) <= 100
     assert "/" not in name and "\\" not in name
     assert (tmp_path / name).resolve().parent == tmp_path.resolve()
+
+
+def test_heic_uploads_are_offered_when_pillow_heif_is_installed():
+    pytest.importorskip("pillow_heif", reason="pillow-heif not installed (the 'heic' extra)")
+    import ui_common
+
+    assert {"heic", "heif"} <= set(ui_common.PHOTO_TYPES)
