@@ -408,7 +408,7 @@ class AgeVector:
                 u = u - (u @ b) * b
             norm = float(u.norm())
             # float32 inputs: what is left of a direction already in the span is rounding noise (~1e-7)
-            if norm > 1e-5 * float(other.double().norm()) and norm > 0:
+            if norm > 1e-5 * float(other.double().norm()):
                 basis.append(u / norm)
         v = self.direction.double().flatten()
         original = float(v.norm())

@@ -413,8 +413,8 @@ def project(
                 best_loss, since_best = total, 0
             else:
                 since_best += 1
-        finished = step == settings.steps or bool(settings.early_stop_patience) and \
-            since_best >= settings.early_stop_patience
+        stalled = bool(settings.early_stop_patience) and since_best >= settings.early_stop_patience
+        finished = step == settings.steps or stalled
         # Saved at the end too: an interruption after the projection (during pivotal tuning, say) resumes
         # without projecting again.
         if checkpoint_path and settings.checkpoint_every and (step % settings.checkpoint_every == 0 or finished):
