@@ -88,3 +88,20 @@ def random_lpips():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomWeightsWarning)
         return PerceptualDistance("random")
+
+
+def mutate_bytes(content: bytes, data, max_edits: int = 8) -> bytes:
+    """``content`` with 1..max_edits random bit flips, truncations and insertions drawn from hypothesis ``data``."""
+    from hypothesis import strategies as st
+
+    content = bytearray(content)
+    for _ in range(data.draw(st.integers(1, max_edits))):
+        kind = data.draw(st.sampled_from(["flip", "truncate", "insert"]))
+        pos = data.draw(st.integers(0, max(0, len(content) - 1)))
+        if kind == "flip" and content:
+            content[pos] ^= 1 << data.draw(st.integers(0, 7))
+        elif kind == "truncate":
+            del content[pos:]
+        else:
+            content[pos:pos] = data.draw(st.binary(min_size=1, max_size=16))
+    return bytes(content)

@@ -23,7 +23,7 @@ from timemachine.cli import main
 from timemachine.errors import AgeVectorError
 from timemachine.latents import load_latent, save_latent
 
-from conftest import LATENTS_DIR, make_small_generator, require_shared
+from conftest import LATENTS_DIR, make_small_generator, mutate_bytes, require_shared
 
 FP = "0123456789abcdef"
 OTHER_FP = "fedcba9876543210"
@@ -883,18 +883,8 @@ def test_fuzzed_vector_files_load_or_raise_age_vector_error(tmp_path, valid_vect
               suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(data=st.data())
     def check(data):
-        content = bytearray(valid_vector_bytes)
-        for _ in range(data.draw(st.integers(1, 6))):
-            kind = data.draw(st.sampled_from(["flip", "truncate", "insert"]))
-            pos = data.draw(st.integers(0, max(0, len(content) - 1)))
-            if kind == "flip" and content:
-                content[pos] ^= 1 << data.draw(st.integers(0, 7))
-            elif kind == "truncate":
-                del content[pos:]
-            else:
-                content[pos:pos] = data.draw(st.binary(min_size=1, max_size=16))
         path = tmp_path / "fuzz.safetensors"
-        path.write_bytes(bytes(content))
+        path.write_bytes(mutate_bytes(valid_vector_bytes, data, max_edits=6))
         _load_or_refuse(path)
 
     check()
