@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from test_cli_project import env as cli_env  # noqa: F401  (the fixture, under another name)
 from test_images import encode, gradient, png_bytes, rgb16_png
-from timemachine.checkpoint import save_generator
 from timemachine.cli import main
 
 
@@ -62,14 +62,11 @@ INVALID = {
 
 
 @pytest.fixture()
-def env(tmp_path, monkeypatch, small_G):
-    monkeypatch.setenv("TIMEMACHINE_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("TIMEMACHINE_OFFLINE", "1")
-    model = tmp_path / "small.safetensors"
-    save_generator(small_G, model)
-    photos = tmp_path / "photos"
+def env(cli_env):
+    """test_cli_project's setup (home, offline, a small model file) plus an empty folder for the corpus."""
+    photos = cli_env["tmp"] / "photos"
     photos.mkdir()
-    return {"model": str(model), "photos": photos, "tmp": tmp_path}
+    return {**cli_env, "photos": photos}
 
 
 def test_every_valid_kind_of_photo_is_projected(env):
