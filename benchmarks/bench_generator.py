@@ -11,11 +11,13 @@ Variants, each in its own worker process so that process-wide settings (the allo
 
 * ``official``  the official float32 path: per-sample weights in a grouped convolution ("fused
                 modconv", the official eval-mode rule for float32), the reference ops
-                (STYLEGAN_OPS_IMPL=ref), glibc's default allocator.  (One difference from NVIDIA's code,
-                in the baseline's favour: demodulation coefficients are computed without materialising the
-                per-sample weights twice.);
+                (STYLEGAN_OPS_IMPL=ref), contiguous (NCHW) activations, glibc's default allocator.  (One
+                difference from NVIDIA's code, in the baseline's favour: demodulation coefficients are
+                computed without materialising the per-sample weights twice.);
 * ``ours-nomalloc`` our default CPU path without the allocator tuning;
-* ``ours``      our default CPU path (timemachine.device.prepare_device('cpu')).
+* ``ours-nchw`` our default CPU path with contiguous (NCHW) instead of channels-last activations;
+* ``ours``      our default CPU path (timemachine.device.prepare_device('cpu')): modulated activations
+                for 3x3 layers, channels-last activations, the tuned allocator.
 
 The workers take turns, one measurement each per round, so machine noise hits all of them alike; the
 figure kept is the best of all rounds.  FLOPs are counted with ``torch.utils.flop_counter`` on the forward
@@ -39,9 +41,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 VARIANTS = {
-    "official": dict(fused_modconv=True, tune_malloc=False, ops="ref"),
-    "ours-nomalloc": dict(fused_modconv=None, tune_malloc=False, ops="auto"),
-    "ours": dict(fused_modconv=None, tune_malloc=True, ops="auto"),
+    "official": dict(fused_modconv=True, channels_last=False, tune_malloc=False, ops="ref"),
+    "ours-nomalloc": dict(fused_modconv=None, channels_last=None, tune_malloc=False, ops="auto"),
+    "ours-nchw": dict(fused_modconv=None, channels_last=False, tune_malloc=True, ops="auto"),
+    "ours": dict(fused_modconv=None, channels_last=None, tune_malloc=True, ops="auto"),
 }
 
 
@@ -114,16 +117,16 @@ def worker(variant: str, resolution: int, threads: int, conn) -> None:
         tune_cpu_allocator()
     G = build_generator(resolution)
     ws = torch.randn(1, G.num_ws, 512, generator=torch.Generator().manual_seed(1)) * 0.5
-    fused = settings["fused_modconv"]
+    path = dict(fused_modconv=settings["fused_modconv"], channels_last=settings["channels_last"])
     flops = count_forward_flops(G, ws)
 
     def forward():
         with torch.no_grad():
-            G.synthesis(ws, noise_mode="const", fused_modconv=fused)
+            G.synthesis(ws, noise_mode="const", **path)
 
     def forward_backward():
         w = ws.clone().requires_grad_(True)
-        img = G.synthesis(w, noise_mode="const", fused_modconv=fused)
+        img = G.synthesis(w, noise_mode="const", **path)
         img.square().mean().backward()
 
     forward()

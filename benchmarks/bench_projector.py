@@ -58,7 +58,8 @@ def make_inputs(resolution: int):
 
 
 def official_step_fn(G, perceptual, target, fused_modconv):
-    """One step of the official projector's loop (W space), with the modulation path given."""
+    """One step of the official projector's loop (W space), with the modulation path given and contiguous
+    (NCHW) activations, as the official code lays them out in float32."""
     import torch
 
     from timemachine import projector as P
@@ -72,7 +73,7 @@ def official_step_fn(G, perceptual, target, fused_modconv):
 
     def step():
         ws = (w_opt + torch.randn_like(w_opt) * w_std * 0.01).repeat([1, G.num_ws, 1])
-        synth = G.synthesis(ws, noise_mode="const", noise=noise, fused_modconv=fused_modconv)
+        synth = G.synthesis(ws, noise_mode="const", noise=noise, fused_modconv=fused_modconv, channels_last=False)
         loss = perceptual.distance(perceptual.features(synth), target_features).sum() \
             + P.noise_regularization(noise).sum() * 1e5
         optimizer.zero_grad(set_to_none=True)

@@ -4,10 +4,10 @@ Builds the AFHQ 512x512 architecture with random weights (``bench_generator.buil
 start latent (mapped from z) and a random direction, and measures on the CPU:
 
 * ``synthesis``  frames/s of ``G.synthesis(ws, noise_mode='const')`` under ``torch.no_grad()`` for batch
-                 sizes 1, 2, 4, 8, on both modulation paths: ``fused_modconv=None`` (our CPU default: 3x3
-                 layers scale the activations around one shared-weight convolution, 1x1 ToRGB layers fused)
-                 and ``fused_modconv=True`` (per-sample weights in a grouped convolution everywhere, the
-                 official eval-mode float32 path).  All (path, batch) pairs are measured once per round, in
+                 sizes 1, 2, 4, 8, on two paths: ours (our CPU defaults: 3x3 layers scale the activations
+                 around one shared-weight convolution, 1x1 ToRGB layers fused, channels-last activations)
+                 and fused (``fused_modconv=True, channels_last=False``: per-sample weights in a grouped
+                 convolution everywhere on contiguous activations, the official eval-mode float32 path).  All (path, batch) pairs are measured once per round, in
                  turn, for ``--rounds`` rounds; the best of the rounds is kept.
 * ``peak``       the RSS high-water mark of one synthesis call per batch size, each in a fresh process.
 * ``encoder``    the MP4 encoder's share of a render of ``--encoder-frames`` walk frames: the same frames
@@ -42,7 +42,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-PATHS = {"ours (fused_modconv=None)": None, "fused (fused_modconv=True)": True}
+PATHS = {"ours (defaults)": dict(fused_modconv=None, channels_last=None),
+         "fused (official, NCHW)": dict(fused_modconv=True, channels_last=False)}
 
 
 def rss_bytes() -> int:
@@ -103,19 +104,19 @@ def bench_synthesis(resolution: int, rounds: int, batch_sizes: list[int]) -> Non
     G, latent, direction = make_inputs(resolution)
     ws = latent.ws.unsqueeze(0) + torch.linspace(0, 1, max(batch_sizes)).reshape(-1, 1, 1) * direction
 
-    def run(batch: int, fused) -> float:
+    def run(batch: int, path: dict) -> float:
         with torch.no_grad():
-            G.synthesis(ws[:batch], noise_mode="const", fused_modconv=fused)
+            G.synthesis(ws[:batch], noise_mode="const", **path)
 
     for batch in batch_sizes:  # warm-up: oneDNN primitives for every shape, allocator pools
-        for fused in PATHS.values():
-            run(batch, fused)
+        for path in PATHS.values():
+            run(batch, path)
     best = {(name, b): float("inf") for name in PATHS for b in batch_sizes}
     for r in range(rounds):
         for batch in batch_sizes:
-            for name, fused in PATHS.items():
+            for name, path in PATHS.items():
                 t0 = time.perf_counter()
-                run(batch, fused)
+                run(batch, path)
                 best[name, batch] = min(best[name, batch], (time.perf_counter() - t0) / batch)
         ours_name, fused_name = tuple(PATHS)
         print(f"  round {r + 1}/{rounds}, best so far, ms/frame ours/fused: " + "  ".join(

@@ -6,9 +6,10 @@ One public function, :func:`bias_act`, with three implementations behind it:
 * ``'cuda'`` - our CUDA kernel (``csrc/bias_act.cu``): one pass over memory for the forward pass and
   one for the backward pass, gradients of any order through a chain of autograd Functions.
 * ``'cpu'``  - the CPU fast path (:class:`_BiasActCPU`) for the activations StyleGAN2 uses ('linear',
-  'relu', 'lrelu') with a positive gain: the forward pass works in place on a single new tensor, and the
-  backward pass needs only the output, from which it reads the derivative and the clamp mask with two
-  fused PyTorch kernels.  The reference builds four tensors and keeps them all for the backward pass.
+  'relu', 'lrelu') with a positive gain: the forward pass works in place on a single new tensor (or, with
+  ``inplace=True``, on x itself), and the backward pass needs only the output, from which it reads the
+  derivative and the clamp mask with two fused PyTorch kernels.  The reference builds four tensors and
+  keeps them all for the backward pass.
 
 ``impl=None`` picks ``'cuda'`` for CUDA tensors when the extension built and passed its self-check
 (see :mod:`stylegan_ops.plugin`), ``'cpu'`` for CPU tensors it covers, and ``'ref'`` otherwise;
@@ -88,7 +89,7 @@ def _check_bias(x: torch.Tensor, b: Optional[torch.Tensor], dim: int) -> int:
 
 def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, act: str = "linear",
              alpha: Optional[float] = None, gain: Optional[float] = None, clamp: Optional[float] = None,
-             impl: Optional[str] = None) -> torch.Tensor:
+             impl: Optional[str] = None, inplace: bool = False) -> torch.Tensor:
     """Add a bias along one dimension, apply an activation, scale by ``gain``, clamp to ``[-clamp, clamp]``.
 
     Args:
@@ -101,6 +102,10 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, ac
         gain:  output scale; None = the activation's default (sqrt(2) for relu/lrelu/swish, else 1).
         clamp: clamp the output to +-clamp; None = no clamping.
         impl:  'ref', 'cuda', 'cpu' or None (automatic, see module docstring).
+        inplace: the caller gives x up: the result may be written into x's memory, and x's contents are
+               unspecified afterwards; use the returned tensor.  The CPU path then allocates nothing
+               (autograd-safe: x is marked as modified, so a graph that still needs it raises an error
+               instead of using wrong values); the other paths return a new tensor as usual.
 
     Returns:
         tensor of x's shape, dtype and device.
@@ -122,7 +127,7 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, ac
     if chosen == "cuda" and plugin.get_plugin("bias_act") is not None:
         return _bias_act_cuda(dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp).apply(x, b)
     if chosen == "cpu" and act in _CPU_ACTIVATIONS and resolved_gain > 0:
-        return _BiasActCPU.apply(x, b, dim, act, resolved_alpha, resolved_gain, resolved_clamp)
+        return _BiasActCPU.apply(x, b, dim, act, resolved_alpha, resolved_gain, resolved_clamp, inplace)
     return bias_act_ref(x, b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
 
 
@@ -152,8 +157,12 @@ _CPU_ACTIVATIONS = ("linear", "relu", "lrelu")
 
 class _BiasActCPU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, b, dim, act, alpha, gain, clamp):  # pylint: disable=arguments-differ
-        y = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)]) if b is not None else x.clone()
+    def forward(ctx, x, b, dim, act, alpha, gain, clamp, inplace):  # pylint: disable=arguments-differ
+        if inplace:
+            y = x.add_(b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])) if b is not None else x
+            ctx.mark_dirty(x)
+        else:
+            y = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)]) if b is not None else x.clone()
         if act == "lrelu":
             torch.nn.functional.leaky_relu_(y, alpha)
         elif act == "relu":
@@ -177,15 +186,19 @@ class _BiasActCPU(torch.autograd.Function):
                 factor = factor * (y.abs() < clamp)
             dx = dy * factor
         else:
+            # One new tensor: the first mask writes it, the rest work on it in place (dy is not ours to modify).
             dx = dy
             if clamp >= 0:
                 dx = torch.ops.aten.hardtanh_backward(dx, y, -clamp, clamp)  # 0 where |y| >= clamp
             if act != "linear":
-                dx = torch.ops.aten.leaky_relu_backward(dx, y, slope, True)  # * slope where y <= 0
+                if dx is dy:
+                    dx = torch.ops.aten.leaky_relu_backward(dx, y, slope, True)  # * slope where y <= 0
+                else:
+                    torch.ops.aten.leaky_relu_backward.grad_input(dx, y, slope, True, grad_input=dx)
             if gain != 1:
                 dx = dx * gain if dx is dy else dx.mul_(gain)
         db = dx.sum([i for i in range(dx.ndim) if i != dim]) if ctx.needs_input_grad[1] else None
-        return dx, db, None, None, None, None, None
+        return dx, db, None, None, None, None, None, None
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -44,7 +44,8 @@ def _reduce_product(dout: torch.Tensor, other: torch.Tensor, shape: torch.Size) 
     """``_unbroadcast(dout * other, shape)``.  For per-channel scales (shape [N, C, 1, 1] against [N, C, H, W],
     as in the modulated convolution) it is one batched dot product, without the full-size temporary."""
     if dout.ndim == 4 and other.shape == dout.shape and len(shape) == 4 and tuple(shape[2:]) == (1, 1) \
-            and tuple(shape[:2]) == tuple(dout.shape[:2]) and dout.dtype == other.dtype:
+            and tuple(shape[:2]) == tuple(dout.shape[:2]) and dout.dtype == other.dtype \
+            and dout.is_contiguous() and other.is_contiguous():
         return torch.einsum("nchw,nchw->nc", dout, other).reshape(shape)
     return _unbroadcast(dout * other, shape)
 

@@ -159,12 +159,18 @@ def upfirdn2d_ref(x: torch.Tensor, f: Optional[torch.Tensor], up: IntPair = 1, d
         raise ValueError("the padded, upsampled image is smaller than the filter")
 
     # 1. Upsample by inserting zeros.
-    x = x.reshape([batch_size, num_channels, in_height, 1, in_width, 1])
-    x = torch.nn.functional.pad(x, [0, upx - 1, 0, 0, 0, upy - 1])
-    x = x.reshape([batch_size, num_channels, in_height * upy, in_width * upx])
+    if upx > 1 or upy > 1:
+        x = x.reshape([batch_size, num_channels, in_height, 1, in_width, 1])
+        x = torch.nn.functional.pad(x, [0, upx - 1, 0, 0, 0, upy - 1])
+        x = x.reshape([batch_size, num_channels, in_height * upy, in_width * upx])
 
-    # 2. Pad (positive) and crop (negative).
-    x = torch.nn.functional.pad(x, [max(padx0, 0), max(padx1, 0), max(pady0, 0), max(pady1, 0)])
+    # 2. Pad (positive) and crop (negative).  Padding that is the same on both sides of an axis is left to
+    # the convolution, which pads without writing a padded copy of x.
+    conv_pady = pady0 if pady0 == pady1 and pady0 > 0 else 0
+    conv_padx = padx0 if padx0 == padx1 and padx0 > 0 else 0
+    pads = [max(padx0, 0) - conv_padx, max(padx1, 0) - conv_padx, max(pady0, 0) - conv_pady, max(pady1, 0) - conv_pady]
+    if any(pads):
+        x = torch.nn.functional.pad(x, pads)
     x = x[:, :, max(-pady0, 0): x.shape[2] - max(-pady1, 0), max(-padx0, 0): x.shape[3] - max(-padx1, 0)]
 
     # 3. Convolve: conv2d computes a correlation, so a true convolution flips the taps.
@@ -175,10 +181,10 @@ def upfirdn2d_ref(x: torch.Tensor, f: Optional[torch.Tensor], up: IntPair = 1, d
         f = f.flip(list(range(f.ndim)))
     f = f[np.newaxis, np.newaxis].repeat([num_channels, 1] + [1] * f.ndim)
     if f.ndim == 4:
-        x = torch.nn.functional.conv2d(x, f, groups=num_channels)
+        x = torch.nn.functional.conv2d(x, f, padding=[conv_pady, conv_padx], groups=num_channels)
     else:
-        x = torch.nn.functional.conv2d(x, f.unsqueeze(2), groups=num_channels)
-        x = torch.nn.functional.conv2d(x, f.unsqueeze(3), groups=num_channels)
+        x = torch.nn.functional.conv2d(x, f.unsqueeze(2), padding=[0, conv_padx], groups=num_channels)
+        x = torch.nn.functional.conv2d(x, f.unsqueeze(3), padding=[conv_pady, 0], groups=num_channels)
 
     # 4. Downsample by keeping every down-th pixel.
     return x[:, :, ::downy, ::downx]

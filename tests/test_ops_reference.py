@@ -151,6 +151,20 @@ def test_upfirdn2d_ref_matches_naive(n, c, h, w, f, up, down, padding, flip, gai
     assert_matches(got32, expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("padding", [1, [2, 1], [1, 1, 2, 2], [2, 2, 0, 0], [0, 0, 1, 1], [1, 1, -1, -1],
+                                     [3, 1, 2, 2], [-1, -1, 2, 2], [1, 1, 2, 1], [0, 0, 0, 2]])
+@pytest.mark.parametrize("separable", [False, True])
+@pytest.mark.parametrize("up", [1, 2])
+def test_upfirdn2d_ref_padding_left_to_the_convolution(padding, separable, up):
+    """Padding equal on both sides of an axis is done by conv2d itself (no padded copy), the rest by pad."""
+    x = random_array(5, (2, 3, 7, 8))
+    f = _upfirdn2d.setup_filter([1, 3, 3, 1], separable=separable)
+    expected = naive.upfirdn2d_naive(x, as_numpy_filter(f), up=up, padding=padding)
+    assert_matches(_upfirdn2d.upfirdn2d_ref(torch.from_numpy(x), f, up=up, padding=padding), expected)
+    channels_last = torch.from_numpy(x).float().contiguous(memory_format=torch.channels_last)
+    assert_matches(_upfirdn2d.upfirdn2d_ref(channels_last, f, up=up, padding=padding), expected, rel=1e-5)
+
+
 def _check_resampling_helper(which: str, x: np.ndarray, f, factor, padding, flip: bool, gain: float) -> None:
     """filter2d keeps the size, upsample2d multiplies it, downsample2d divides it (plus the padding); the
     filter sits where the centring paddings of tests/naive_ops.py put it."""
@@ -540,6 +554,20 @@ def test_fma_gradients(shapes):
     inputs = tuple(torch.from_numpy(random_array(13 + i, s)).requires_grad_(True) for i, s in enumerate(shapes))
     assert torch.autograd.gradcheck(_fma.fma, inputs)
     assert torch.autograd.gradgradcheck(_fma.fma, inputs)
+
+
+def test_fma_gradients_of_channels_last_tensors():
+    """The per-channel reductions of the backward pass have a contiguous fast path; channels-last takes the other."""
+    shapes = [(2, 3, 4, 5), (2, 3, 1, 1), (2, 1, 4, 5)]
+    inputs = [torch.from_numpy(random_array(21 + i, s)) for i, s in enumerate(shapes)]
+    grad_out = torch.from_numpy(random_array(24, shapes[0]))
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        a, b, c = (t.contiguous(memory_format=layout).requires_grad_(True) for t in inputs)
+        results.append(torch.autograd.grad(_fma.fma(a, b, c), (a, b, c), grad_out.contiguous(memory_format=layout)))
+    for got, want, shape in zip(results[1], results[0], shapes):
+        assert tuple(got.shape) == shape
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -33,8 +33,10 @@ def test_mapping(tiny_G, tiny_ref, key, psi, cutoff):
 @pytest.mark.parametrize("ws_key, img_key, noise_mode", [
     ("ws", "img_const", "const"), ("ws", "img_none", "none"), ("ws_psi0_5", "img_psi0_5_const", "const")])
 @pytest.mark.parametrize("fused_modconv", [True, False])
-def test_synthesis_float32(tiny_G, tiny_ref, ws_key, img_key, noise_mode, fused_modconv):
-    img = tiny_G.synthesis(tiny_ref[ws_key], noise_mode=noise_mode, fused_modconv=fused_modconv)
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_synthesis_float32(tiny_G, tiny_ref, ws_key, img_key, noise_mode, fused_modconv, channels_last):
+    img = tiny_G.synthesis(tiny_ref[ws_key], noise_mode=noise_mode, fused_modconv=fused_modconv,
+                           channels_last=channels_last)
     assert img.shape == (4, 3, 32, 32) and img.dtype == torch.float32
     assert rel_err(img, tiny_ref[img_key]) <= 1e-4
 
@@ -59,9 +61,10 @@ def test_cpu_default_is_float32(tiny_G, tiny_ref):
 
 
 @pytest.mark.parametrize("fused_modconv", [True, False])
-def test_gradient_wrt_ws(tiny_G, tiny_ref, fused_modconv):
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_gradient_wrt_ws(tiny_G, tiny_ref, fused_modconv, channels_last):
     ws = tiny_ref["ws"][:1].clone().requires_grad_(True)
-    img = tiny_G.synthesis(ws, noise_mode="const", fused_modconv=fused_modconv)
+    img = tiny_G.synthesis(ws, noise_mode="const", fused_modconv=fused_modconv, channels_last=channels_last)
     (img * tiny_ref["grad_probe"]).sum().backward()
     assert rel_err(ws.grad, tiny_ref["grad_ws"]) <= 1e-4
 

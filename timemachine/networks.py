@@ -21,6 +21,8 @@ Differences from the official code, none visible to callers of the official API:
     * ``noise_mode`` also accepts per-layer noise tensors through ``noise=`` (see :meth:`SynthesisNetwork.forward`).
     * the modulation path (``fused_modconv``) defaults to the faster one for the device, see
       :func:`default_fused_modconv`.
+    * on the CPU the activations are laid out channels-last (``channels_last``), see
+      :func:`default_channels_last`.
 """
 
 from __future__ import annotations
@@ -57,6 +59,23 @@ def default_fused_modconv(x: torch.Tensor, dtype: torch.dtype, training: bool, k
     if x.device.type == "cpu":
         return kernel_size == 1
     return (not training) and (dtype == torch.float32 or int(x.shape[0]) == 1)
+
+
+def default_channels_last(device: torch.device, official_channels_last: bool) -> bool:
+    """Whether a synthesis block lays out its activations channels-last (NHWC) when the caller does not say.
+
+    On CUDA, the official rule (``official_channels_last``): channels-last only in float16 blocks built
+    with ``fp16_channels_last``.
+
+    On the CPU, channels-last in every block (measured by ``benchmarks/bench_generator.py``): oneDNN
+    convolves, transposed-convolves and FIR-filters NHWC tensors without reordering them to and from its
+    own blocked layout on every call, which in the contiguous (NCHW) layout costs most at the high
+    resolutions, where the tensors are large and the channels few.  The result is the same to float32
+    rounding.
+    """
+    if device.type == "cpu":
+        return True
+    return official_channels_last
 
 
 def demodulation_coefficients(weight: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
@@ -115,10 +134,14 @@ def modulated_conv2d(
         x = x * styles.to(x.dtype).reshape(batch_size, -1, 1, 1)
         x = _conv2d_resample.conv2d_resample(x, weight.to(x.dtype), f=resample_filter, up=up, down=down,
                                              padding=padding, flip_weight=flip_weight)
+        # x is the convolution's own output: with nothing to differentiate, scale it and add the noise in place.
+        in_place = not torch.is_grad_enabled() or not (x.requires_grad or styles.requires_grad or
+                                                       (noise is not None and noise.requires_grad))
+        dcoefs = dcoefs.to(x.dtype).reshape(batch_size, -1, 1, 1) if demodulate else None
         if demodulate and noise is not None:
-            x = _fma.fma(x, dcoefs.to(x.dtype).reshape(batch_size, -1, 1, 1), noise.to(x.dtype))
+            x = torch.addcmul(noise.to(x.dtype), x, dcoefs, out=x) if in_place else _fma.fma(x, dcoefs, noise.to(x.dtype))
         elif demodulate:
-            x = x * dcoefs.to(x.dtype).reshape(batch_size, -1, 1, 1)
+            x = x.mul_(dcoefs) if in_place else x * dcoefs
         elif noise is not None:
             x = x.add_(noise.to(x.dtype))
         return x
@@ -128,11 +151,17 @@ def modulated_conv2d(
     if demodulate:
         w = w * dcoefs.reshape(batch_size, -1, 1, 1, 1)
     if kh == 1 and kw == 1 and up == 1 and down == 1 and padding == 0:
-        # A 1x1 convolution with per-sample weights is a batched matrix product: [N, O, I] @ [N, I, H*W].
+        # A 1x1 convolution with per-sample weights is a batched matrix product.
         height, width = x.shape[2:]
-        x = torch.bmm(w.reshape(batch_size, out_channels, in_channels).to(x.dtype),
-                      x.reshape(batch_size, in_channels, height * width))
-        x = x.reshape(batch_size, out_channels, height, width)
+        w = w.reshape(batch_size, out_channels, in_channels).to(x.dtype)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            # [N, H*W, I] @ [N, I, O] on the NHWC layout as it lies in memory; the result stays NHWC.
+            x = torch.bmm(x.permute(0, 2, 3, 1).reshape(batch_size, height * width, in_channels), w.transpose(1, 2))
+            x = x.reshape(batch_size, height, width, out_channels).permute(0, 3, 1, 2)
+        else:
+            # [N, O, I] @ [N, I, H*W].
+            x = torch.bmm(w, x.reshape(batch_size, in_channels, height * width))
+            x = x.reshape(batch_size, out_channels, height, width)
     else:
         # One grouped convolution over the whole batch.
         x = x.reshape(1, -1, *x.shape[2:])
@@ -354,7 +383,9 @@ class SynthesisLayer(torch.nn.Module):
                              fused_modconv=fused_modconv)
         act_gain = self.act_gain * gain
         act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return _bias_act.bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=act_gain, clamp=act_clamp)
+        # x is modulated_conv2d's own output and needed by nothing else: bias_act may overwrite it.
+        return _bias_act.bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=act_gain, clamp=act_clamp,
+                                  inplace=True)
 
 
 class ToRGBLayer(torch.nn.Module):
@@ -376,7 +407,7 @@ class ToRGBLayer(torch.nn.Module):
             fused_modconv = default_fused_modconv(x, x.dtype, self.training, self.weight.shape[-1])
         styles = self.affine(w) * self.weight_gain
         x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused_modconv=fused_modconv)
-        return _bias_act.bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp)
+        return _bias_act.bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp, inplace=True)
 
 
 class SynthesisBlock(torch.nn.Module):
@@ -429,7 +460,7 @@ class SynthesisBlock(torch.nn.Module):
 
     def forward(self, x: Optional[torch.Tensor], img: Optional[torch.Tensor], ws: torch.Tensor,
                 force_fp32: Optional[bool] = None, fused_modconv: Optional[bool] = None,
-                noise: Optional[dict] = None, **layer_kwargs):
+                noise: Optional[dict] = None, channels_last: Optional[bool] = None, **layer_kwargs):
         if ws.ndim != 3 or ws.shape[1] != self.num_conv + self.num_torgb or ws.shape[2] != self.w_dim:
             raise ValueError(f"block b{self.resolution} expects ws [N, {self.num_conv + self.num_torgb}, "
                              f"{self.w_dim}], got {tuple(ws.shape)}")
@@ -437,12 +468,14 @@ class SynthesisBlock(torch.nn.Module):
             force_fp32 = ws.device.type != "cuda"
         w_iter = iter(ws.unbind(dim=1))
         dtype = torch.float16 if self.use_fp16 and not force_fp32 else torch.float32
-        memory_format = torch.channels_last if self.channels_last and not force_fp32 else torch.contiguous_format
+        if channels_last is None:
+            channels_last = default_channels_last(ws.device, self.channels_last and not force_fp32)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
         noise = noise or {}
 
         if self.in_channels == 0:
-            x = self.const.to(dtype=dtype, memory_format=memory_format)
-            x = x.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
+            x = self.const.to(dtype=dtype)
+            x = x.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1]).contiguous(memory_format=memory_format)
         else:
             if x is None or x.shape[1:] != (self.in_channels, self.resolution // 2, self.resolution // 2):
                 raise ValueError(f"block b{self.resolution} expects x [N, {self.in_channels}, "
@@ -508,7 +541,8 @@ class SynthesisNetwork(torch.nn.Module):
         return names
 
     def forward(self, ws: torch.Tensor, noise_mode: str = "random", force_fp32: Optional[bool] = None,
-                fused_modconv: Optional[bool] = None, noise: Optional[dict] = None, **layer_kwargs) -> torch.Tensor:
+                fused_modconv: Optional[bool] = None, noise: Optional[dict] = None,
+                channels_last: Optional[bool] = None, **layer_kwargs) -> torch.Tensor:
         """Synthesise images.
 
         Args:
@@ -518,6 +552,8 @@ class SynthesisNetwork(torch.nn.Module):
                            official default); None = float32 on the CPU, float16 blocks on CUDA.
             fused_modconv: modulation path, see :func:`modulated_conv2d`; None = :func:`default_fused_modconv`.
             noise:         optional {'b{res}.conv{k}': [N or 1, 1, res, res]} overriding noise_mode per layer.
+            channels_last: lay out the activations channels-last (NHWC); None = :func:`default_channels_last`.
+                           Changes speed, not the result (beyond float rounding).
 
         Returns:
             img [N, img_channels, img_resolution, img_resolution] float32.
@@ -537,7 +573,8 @@ class SynthesisNetwork(torch.nn.Module):
             block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
             w_idx += block.num_conv
             x, img = block(x, img, block_ws, noise_mode=noise_mode, force_fp32=force_fp32,
-                           fused_modconv=fused_modconv, noise=block_noise.get(f"b{res}"), **layer_kwargs)
+                           fused_modconv=fused_modconv, noise=block_noise.get(f"b{res}"),
+                           channels_last=channels_last, **layer_kwargs)
         return img
 
 
