@@ -9,8 +9,8 @@ Variants, each in its own worker process, taking turns round by round (best of a
 
 * ``official``  the official float32 path, re-created with timemachine's network (NVIDIA's code is not
                 installed here): fused modulated convolutions (the official eval-mode rule for float32), the
-                reference ops (STYLEGAN_OPS_IMPL=ref), glibc's default allocator, the official projector's
-                step otherwise.  (NVIDIA's own projector forced to float32 was measured at ~3.9 s/step on
+                reference ops (STYLEGAN_OPS_IMPL=ref), contiguous (NCHW) activations, glibc's default
+                allocator, the official projector's step otherwise.  (NVIDIA's own projector forced to float32 was measured at ~3.9 s/step on
                 this kind of machine, see issue #3: this stand-in is close to it.)
 * ``ours``      timemachine's ``projector.project`` as shipped (CPU defaults, tuned allocator).
 
