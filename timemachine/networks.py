@@ -57,8 +57,8 @@ def default_fused_modconv(x: torch.Tensor, dtype: torch.dtype, training: bool, k
     it is the faster one too: with channels-last activations (:func:`default_channels_last`) 1.07x faster
     than the official fused path at batch 1 and 1.2x at batch 4 (``benchmarks/bench_render.py``); the fused
     path itself gains nothing from channels-last, since its grouped convolution folds the batch into the
-    channels.  1x1 layers (ToRGB, three output channels)
-    take the fused path, which for them is a cheap batched matrix product.
+    channels.  1x1 layers (ToRGB, three output channels) take the fused path, which for them is a cheap
+    batched matrix product.
     """
     if x.device.type == "cpu":
         return kernel_size == 1
@@ -142,8 +142,10 @@ def modulated_conv2d(
         in_place = not torch.is_grad_enabled() or not (x.requires_grad or styles.requires_grad or
                                                        (noise is not None and noise.requires_grad))
         dcoefs = dcoefs.to(x.dtype).reshape(batch_size, -1, 1, 1) if demodulate else None
-        if demodulate and noise is not None:
-            x = torch.addcmul(noise.to(x.dtype), x, dcoefs, out=x) if in_place else _fma.fma(x, dcoefs, noise.to(x.dtype))
+        if demodulate and noise is not None and in_place:
+            x = torch.addcmul(noise.to(x.dtype), x, dcoefs, out=x)
+        elif demodulate and noise is not None:
+            x = _fma.fma(x, dcoefs, noise.to(x.dtype))
         elif demodulate:
             x = x.mul_(dcoefs) if in_place else x * dcoefs
         elif noise is not None:
