@@ -58,18 +58,27 @@ gpu_only = pytest.mark.skipif(not has_gpu, reason="needs a CUDA GPU; none is vis
 
 
 def make_small_generator(seed: int = 0, resolution: int = 32, w_dim: int = 32, channel_max: int = 64,
-                         noise_strength: float = 0.1):
-    """A small, randomly initialised generator whose images are roughly in [-1, 1] (eval, no grad)."""
+                         noise_strength: float = 0.1, architecture: str = "skip", conv_clamp=None,
+                         bias_std: float = 0.0):
+    """A small, randomly initialised generator whose images are roughly in [-1, 1] (eval, no grad).
+
+    ``bias_std`` > 0 draws the layers' biases (not the affine ones) from N(0, bias_std) instead of zeros."""
     from timemachine.networks import Generator
 
+    synthesis_kwargs = dict(channel_base=16 * resolution, channel_max=channel_max)
+    if architecture != "skip":
+        synthesis_kwargs["architecture"] = architecture
+    if conv_clamp is not None:
+        synthesis_kwargs["conv_clamp"] = conv_clamp
     torch.manual_seed(seed)
     G = Generator(z_dim=w_dim, c_dim=0, w_dim=w_dim, img_resolution=resolution, img_channels=3,
-                  mapping_kwargs=dict(num_layers=2),
-                  synthesis_kwargs=dict(channel_base=16 * resolution, channel_max=channel_max))
+                  mapping_kwargs=dict(num_layers=2), synthesis_kwargs=synthesis_kwargs)
     with torch.no_grad():
         for name, p in G.named_parameters():
             if name.endswith("noise_strength"):
                 p.fill_(noise_strength)
+            elif bias_std > 0 and name.endswith("bias") and "affine" not in name:
+                p.normal_(0, bias_std)
     return G.eval().requires_grad_(False)
 
 

@@ -11,30 +11,18 @@ import itertools
 import pytest
 import torch
 
-from timemachine.networks import Generator, default_channels_last
+from conftest import make_small_generator
+from timemachine.networks import default_channels_last
 
 # (channels_last, fused_modconv); None = the default for the device (on the CPU: channels-last, 3x3 layers
 # modulating activations, 1x1 ToRGB layers fused).
 PATHS = list(itertools.product([True, False, None], [True, False, None]))
 
 
-def make_generator(architecture: str, seed: int = 0) -> Generator:
-    torch.manual_seed(seed)
-    G = Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=16, img_channels=3,
-                  mapping_kwargs=dict(num_layers=2),
-                  synthesis_kwargs=dict(channel_base=256, channel_max=32, architecture=architecture, conv_clamp=2.0))
-    with torch.no_grad():
-        for name, p in G.named_parameters():
-            if name.endswith("noise_strength"):
-                p.fill_(0.3)
-            elif name.endswith("bias") and "affine" not in name:
-                p.normal_(0, 0.5)
-    return G.eval().requires_grad_(False)
-
-
 @pytest.fixture(scope="module", params=["skip", "resnet"])
 def G(request):
-    return make_generator(request.param)
+    return make_small_generator(resolution=16, w_dim=16, channel_max=32, noise_strength=0.3,
+                                architecture=request.param, conv_clamp=2.0, bias_std=0.5)
 
 
 @pytest.fixture(scope="module")
