@@ -139,8 +139,8 @@ def modulated_conv2d(
         x = _conv2d_resample.conv2d_resample(x, weight.to(x.dtype), f=resample_filter, up=up, down=down,
                                              padding=padding, flip_weight=flip_weight)
         # x is the convolution's own output: with nothing to differentiate, scale it and add the noise in place.
-        in_place = not torch.is_grad_enabled() or not (x.requires_grad or styles.requires_grad or
-                                                       (noise is not None and noise.requires_grad))
+        # (x requires grad whenever styles, and so dcoefs, do.)
+        in_place = not torch.is_grad_enabled() or not (x.requires_grad or (noise is not None and noise.requires_grad))
         dcoefs = dcoefs.to(x.dtype).reshape(batch_size, -1, 1, 1) if demodulate else None
         if demodulate and noise is not None and in_place:
             x = torch.addcmul(noise.to(x.dtype), x, dcoefs, out=x)
