@@ -38,101 +38,10 @@ import torch.nn.functional as F
 from timemachine.errors import ProjectionError
 from timemachine.networks import Generator
 from timemachine.perceptual import PerceptualDistance
+from timemachine.settings import ProjectorSettings, PTISettings
 
 CHECKPOINT_FORMAT = "timemachine-projection-checkpoint"
 CHECKPOINT_VERSION = 2
-
-
-@dataclasses.dataclass
-class ProjectorSettings:
-    """How to project.  The defaults are the official projector's, except where noted.
-
-    Attributes:
-        space:                'w' (one latent shared by all layers, official) or 'w+' (one per layer).
-        steps:                optimisation steps (official: 1000).
-        seed:                 seeds the initial noise maps and the noise added to w (official: 303).
-        w_avg_samples:        mapped samples for w_avg / w_std (official: 10000).
-        initial_learning_rate, lr_rampdown_length, lr_rampup_length: Adam learning-rate schedule.
-        initial_noise_factor, noise_ramp_length: scale and decay of the noise added to w.
-        regularize_noise_weight: weight of the noise-map autocorrelation penalty (official: 1e5).
-        early_stop_patience:  stop when the loss has not improved by ``early_stop_min_delta`` (relative)
-                              for this many steps, counted only once the noise on w has decayed to zero;
-                              0 = never stop early (official).
-        preview_every:        pass a preview image to the callback every this many steps (0 = never).
-        checkpoint_every:     with a checkpoint path, save the state every this many steps.
-    """
-
-    space: str = "w"
-    steps: int = 1000
-    seed: int = 303
-    w_avg_samples: int = 10000
-    initial_learning_rate: float = 0.1
-    initial_noise_factor: float = 0.05
-    lr_rampdown_length: float = 0.25
-    lr_rampup_length: float = 0.05
-    noise_ramp_length: float = 0.75
-    regularize_noise_weight: float = 1e5
-    early_stop_patience: int = 0
-    early_stop_min_delta: float = 1e-3
-    preview_every: int = 0
-    checkpoint_every: int = 50
-
-    def validate(self) -> None:
-        """Raise :class:`ProjectionError` for settings that cannot work."""
-        if self.space not in ("w", "w+"):
-            raise ProjectionError(f"latent space must be 'w' or 'w+', not {self.space!r}")
-        if not 1 <= self.steps <= 100_000:
-            raise ProjectionError(f"steps must be between 1 and 100000, got {self.steps}")
-        if not 1 <= self.w_avg_samples <= 1_000_000:
-            raise ProjectionError(f"w_avg_samples must be between 1 and 1000000, got {self.w_avg_samples}")
-        for name in ("initial_learning_rate", "lr_rampdown_length", "lr_rampup_length", "noise_ramp_length"):
-            if not getattr(self, name) > 0:
-                raise ProjectionError(f"{name} must be positive")
-        if self.early_stop_patience < 0 or self.preview_every < 0 or self.checkpoint_every < 0:
-            raise ProjectionError("early_stop_patience, preview_every and checkpoint_every must be >= 0")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass
-class PTISettings:
-    """Pivotal tuning (Roich et al. 2021); defaults from the authors' configuration.
-
-    Attributes:
-        steps:              fine-tuning steps (authors: 350).
-        learning_rate:      Adam learning rate of the generator weights (authors: 3e-4).
-        l2_weight:          weight of the pixel MSE next to LPIPS (authors: 1).
-        locality_weight:    weight of the locality regulariser, applied to both its LPIPS and L2 terms
-                            (authors: 0.1 each).
-        locality_alpha:     distance from the pivot of the regulariser's sample latents (authors: 30).
-        locality_truncation_psi: truncation of the regulariser's random mapped latents (authors: 0.5).
-        lpips_threshold:    stop, before the update, once every photo's LPIPS is at or below this
-                            (authors: 0.06; 0 = never).
-        seed:               seeds the regulariser's random latents.
-    """
-
-    steps: int = 350
-    learning_rate: float = 3e-4
-    l2_weight: float = 1.0
-    locality_weight: float = 0.1
-    locality_alpha: float = 30.0
-    locality_truncation_psi: float = 0.5
-    lpips_threshold: float = 0.06
-    seed: int = 0
-
-    def validate(self) -> None:
-        if not 1 <= self.steps <= 100_000:
-            raise ProjectionError(f"PTI steps must be between 1 and 100000, got {self.steps}")
-        if not self.learning_rate > 0:
-            raise ProjectionError("the PTI learning rate must be positive")
-        if self.l2_weight < 0 or self.locality_weight < 0 or self.locality_alpha < 0 or self.lpips_threshold < 0:
-            raise ProjectionError("PTI weights, alpha and threshold must be >= 0")
-        if not 0 <= self.locality_truncation_psi <= 1:
-            raise ProjectionError("the PTI locality truncation must be between 0 and 1")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass

@@ -70,102 +70,19 @@ from timemachine.device import prepare_device
 from timemachine.errors import RenderError
 from timemachine.latents import LatentFile
 from timemachine.networks import Generator
+from timemachine.settings import EASINGS, MAX_FRAMES, RenderSettings, check_easing, check_int, total_frames
 
 PathLike = Union[str, os.PathLike]
 #: progress(frames_done, total_frames), called after each frame has been given to every writer.
 RenderProgress = Callable[[int, int], None]
 
-EASINGS = ("linear", "smoothstep", "cosine")
 #: Captions of the side-by-side video's panels, with and without the photo.
 SIDE_BY_SIDE_LABELS = ("photo", "reconstruction", "younger")
 SIDE_BY_SIDE_LABELS_NO_PHOTO = ("reconstruction", "younger")
-#: Most walk frames accepted (an hour at 24 fps is 86,400).
-MAX_FRAMES = 100_000
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Settings
-
-
-@dataclasses.dataclass
-class RenderSettings:
-    """How to render.
-
-    Attributes:
-        frames:     F, walk frames from t = 0 to t = 1 (>= 2).
-        strength:   how far along the direction the walk goes (w + strength * v at the end); may be negative.
-        easing:     one of :data:`EASINGS` (formulas in the module docstring).
-        hold_start: extra copies of the first frame (the adult) before the walk.
-        hold_end:   extra copies of the last frame (the young animal) after the walk.
-        pingpong:   walk back again (F - 2 more frames), for a seamless loop.
-        batch_size: walk frames synthesised together.  On the CPU at 512x512 (benchmarks/bench_render.py, 2
-                    cores) batching gains little and costs memory: 1.08x the frames/s of batch 1 at batch 2,
-                    1.10x at batch 4, 0.76x at batch 8, for a synthesis high-water mark of 1.2 / 1.7 / 2.3 /
-                    4.3 GiB; so the default is 2.  GPUs gain more from larger batches.
-        fps:        frames per second of the videos.
-        crf:        MP4 quality, x264 constant rate factor 1 (best) - 51 (worst); 18 is near-lossless.
-        preset:     x264 preset (:data:`video.X264_PRESETS`): speed of encoding against file size.
-        gif_every:  the GIF keeps one frame in ``gif_every`` (same duration, fewer frames, smaller file).
-        gif_size:   the GIF's longer side in pixels (frames are shrunk), or None for full size.
-        labels:     caption the panels of the side-by-side video.
-    """
-
-    frames: int = 96
-    strength: float = 1.0
-    easing: str = "smoothstep"
-    hold_start: int = 12
-    hold_end: int = 24
-    pingpong: bool = False
-    batch_size: int = 2
-    fps: float = 24.0
-    crf: int = 18
-    preset: str = "medium"
-    gif_every: int = 2
-    gif_size: Optional[int] = 256
-    labels: bool = True
-
-    def validate(self) -> None:
-        """Raise :class:`RenderError` (one sentence) for settings that cannot work."""
-        _check_int("the number of walk frames", self.frames, 2, MAX_FRAMES,
-                   hint="a walk needs at least its first and last frame")
-        _check_int("hold_start", self.hold_start, 0, MAX_FRAMES)
-        _check_int("hold_end", self.hold_end, 0, MAX_FRAMES)
-        _check_int("the batch size", self.batch_size, 1, 4096)
-        if isinstance(self.strength, bool) or not isinstance(self.strength, (int, float, np.integer, np.floating)) \
-                or not math.isfinite(self.strength):
-            raise RenderError(f"the strength must be a finite number, got {self.strength!r}")
-        check_easing(self.easing)
-        if not isinstance(self.pingpong, bool):
-            raise RenderError(f"pingpong must be true or false, got {self.pingpong!r}")
-        video.check_fps(self.fps)
-        if isinstance(self.crf, bool) or not isinstance(self.crf, (int, np.integer)) \
-                or not video.CRF_RANGE[0] <= self.crf <= video.CRF_RANGE[1]:
-            raise RenderError(f"the MP4 quality (CRF) must be a whole number from {video.CRF_RANGE[0]} (best) to "
-                              f"{video.CRF_RANGE[1]} (worst), got {self.crf!r}")
-        if self.preset not in video.X264_PRESETS:
-            raise RenderError(f"unknown x264 preset {self.preset!r}; use one of: {', '.join(video.X264_PRESETS)}")
-        _check_int("the GIF frame step", self.gif_every, 1, MAX_FRAMES)
-        if self.gif_size is not None:
-            _check_int("the GIF size", self.gif_size, 8, 8192)
-
-    @property
-    def total_frames(self) -> int:
-        """Frames in the video: see :func:`total_frames`."""
-        return total_frames(self.frames, self.hold_start, self.hold_end, self.pingpong)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def _check_int(what: str, value: Any, low: int, high: int, hint: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
-        raise RenderError(f"{what} must be a whole number from {low} to {high}, got {value!r}"
-                          + (f" ({hint})" if hint else ""))
-
-
-def check_easing(easing: str) -> None:
-    if easing not in EASINGS:
-        raise RenderError(f"unknown easing {easing!r}; use one of: {', '.join(EASINGS)}")
 
 
 @dataclasses.dataclass
@@ -251,7 +168,7 @@ def ease(t: Union[float, np.ndarray], easing: str) -> np.ndarray:
 
 def walk_coefficients(frames: int, strength: float = 1.0, easing: str = "smoothstep") -> np.ndarray:
     """``strength * a(t_i)`` for the F walk frames, t_i = i / (F - 1): float32 [F], first 0, last ``strength``."""
-    _check_int("the number of walk frames", frames, 2, MAX_FRAMES)
+    check_int("the number of walk frames", frames, 2, MAX_FRAMES)
     return (float(strength) * ease(np.linspace(0.0, 1.0, frames), easing)).astype(np.float32)
 
 
@@ -268,17 +185,12 @@ def frame_plan(frames: int, hold_start: int = 0, hold_end: int = 0, pingpong: bo
     ``[0] * hold_start + [0 .. F-1] + [F-1] * hold_end`` (+ ``[F-2 .. 1]`` with pingpong); see the module
     docstring.
     """
-    _check_int("the number of walk frames", frames, 2, MAX_FRAMES)
-    _check_int("hold_start", hold_start, 0, MAX_FRAMES)
-    _check_int("hold_end", hold_end, 0, MAX_FRAMES)
+    check_int("the number of walk frames", frames, 2, MAX_FRAMES)
+    check_int("hold_start", hold_start, 0, MAX_FRAMES)
+    check_int("hold_end", hold_end, 0, MAX_FRAMES)
     forward = [0] * hold_start + list(range(frames)) + [frames - 1] * hold_end
     back = list(range(frames - 2, 0, -1)) if pingpong else []
     return np.array(forward + back, dtype=np.int64)
-
-
-def total_frames(frames: int, hold_start: int = 0, hold_end: int = 0, pingpong: bool = False) -> int:
-    """``hold_start + frames + hold_end`` (+ ``frames - 2`` with pingpong): always at least ``frames``."""
-    return hold_start + frames + hold_end + (frames - 2 if pingpong else 0)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -328,7 +240,7 @@ def iter_walk_frames(G: Generator, latent: LatentFile, direction: Union[torch.Te
     A yielded frame is a view into the current batch: copy it to keep it past the next frame.
     """
     direction = check_inputs(G, latent, direction)
-    _check_int("the batch size", batch_size, 1, 4096)
+    check_int("the batch size", batch_size, 1, 4096)
     coefficients = walk_coefficients(frames, strength, easing)
     return _walk_frames(G, latent, direction, coefficients, batch_size)
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import fractions
 import functools
 import io
-import math
 import os
 import re
 import secrets
@@ -50,14 +49,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from timemachine.errors import RenderError
+from timemachine.settings import CRF_RANGE, X264_PRESETS, check_fps
 
 PathLike = Union[str, os.PathLike]
 
-#: libx264 speed presets, fastest (largest file) to slowest (smallest file at the same quality).
-X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
-#: Constant rate factors accepted: 0 would be lossless, which needs the High 4:4:4 profile that browsers
-#: and QuickTime do not play, so the range starts at 1.  18 is visually near-lossless, 23 is x264's default.
-CRF_RANGE = (1, 51)
 #: GIF frame delays are whole 1/100 s, and browsers slow delays below 2/100 s down to 1/10 s: so a GIF
 #: frame lasts at least this many centiseconds (GIFs play at 50 fps at most).
 GIF_MIN_DELAY_CS = 2
@@ -329,13 +324,6 @@ class Mp4Writer(FrameWriter):
             except OSError:
                 pass
         self._close_stderr()
-
-
-def check_fps(fps: float) -> None:
-    """Raise :class:`RenderError` unless ``fps`` is a finite number > 0 (at most 240)."""
-    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(fps) or not 0 < fps <= 240:
-        raise RenderError(f"frames per second must be a number above 0 and at most 240, got {fps!r}")
 
 
 # ----------------------------------------------------------------------------------------------------------
