@@ -31,6 +31,7 @@ import streamlit as st
 
 import ui_jobs
 from timemachine import images, pipeline, weights
+from timemachine import errors
 from timemachine.errors import TimemachineError
 
 log = logging.getLogger("timemachine.ui")
@@ -95,6 +96,20 @@ PATH = "a model file on this server"
 # ----------------------------------------------------------------------------------------------------------
 # Errors
 
+#: How the UI words an error's remedy (see timemachine.errors): the control that does it.
+REMEDY_WORDS = {
+    errors.REPLACE: "tick the Replace box to replace it",
+    errors.FORCE_MODEL: "tick \"Apply it anyway\" to use it with this model",
+    errors.RESUME: "start the job again to continue where it stopped",
+    errors.LOWER_BATCH: "try a smaller setting",
+}
+
+
+def error_text(exc: TimemachineError) -> str:
+    """The error's sentence, followed by its remedy in the UI's words when it has one."""
+    hint = REMEDY_WORDS.get(exc.remedy or "")
+    return f"{exc}; {hint}" if hint else str(exc)
+
 
 @contextlib.contextmanager
 def shown_errors(what: str = "") -> Iterator[None]:
@@ -106,7 +121,7 @@ def shown_errors(what: str = "") -> Iterator[None]:
     try:
         yield
     except TimemachineError as exc:
-        st.error(str(exc))
+        st.error(error_text(exc))
     except Exception:
         log.exception("UI error%s", f" while {what}" if what else "")
         st.error(ui_jobs.BUG_MESSAGE)

@@ -19,6 +19,7 @@ import warnings
 from typing import Optional, Sequence
 
 from timemachine import __version__
+from timemachine.cli.remedies import error_text
 from timemachine.errors import TimemachineError
 
 EXIT_OK = 0
@@ -79,7 +80,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.handler(args) or EXIT_OK)
     except TimemachineError as exc:
-        error_line(str(exc))
+        error_line(error_text(exc))
         return EXIT_USER_ERROR
     except KeyboardInterrupt as exc:
         error_line(str(exc) or "interrupted")
