@@ -29,6 +29,7 @@ from conftest import REPO_ROOT
 from timemachine import age
 from timemachine.checkpoint import model_fingerprint, save_generator
 from timemachine.cli import main
+from timemachine.pipeline import STRIP_TIMES
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
@@ -130,7 +131,7 @@ def test_upload_run_and_download_a_video(env):
     for expected in ("Video (MP4)", "Animation (GIF)", "Before (PNG)", "After (PNG)", "Latent (projected_w.npz)"):
         assert expected in labels
     result = job.result
-    assert [t for t, _ in result.strip] == list(ui_work.STRIP_TIMES)
+    assert [t for t, _ in result.strip] == list(STRIP_TIMES)
     assert result.strip[0][1].shape == (32, 32, 3)
     info = json.loads(Path(result.files["run"]).read_text())
     assert info["render"]["total_frames"] == 1 + 8 + 2
@@ -186,11 +187,11 @@ def test_preview_strip_comes_before_the_full_render(env):
     button(at, "preview").click().run()
     job = finish(at)
     assert job.status == "done" and job.label == "preview"
-    assert job.result.files == {} and len(job.result.strip) == len(ui_work.STRIP_TIMES)
+    assert job.result.files == {} and len(job.result.strip) == len(STRIP_TIMES)
     assert not at.get("video")                                                  # frames only, no video yet
     assert any("preview frames" in i.lower() for i in texts(at.info))
     captions = [caption for image in at.image for caption in image.captions]
-    assert all(f"t = {t:.2f}" in str(captions) for t in ui_work.STRIP_TIMES), captions   # the strip is on the page
+    assert all(f"t = {t:.2f}" in str(captions) for t in STRIP_TIMES), captions   # the strip is on the page
     # frame 0 is the reconstruction (t = 0), the last one the walk's end (t = 1): they differ
     first, last = job.result.strip[0][1], job.result.strip[-1][1]
     assert not np.array_equal(first, last)
@@ -250,13 +251,13 @@ def test_a_vector_of_another_model_is_refused_in_plain_words(env):
 
 
 def test_errors_inside_a_job_are_shown_plainly_and_bugs_are_logged(env, monkeypatch, capsys):
-    from timemachine import pipeline
     from timemachine.errors import ProjectionError
+    from timemachine.pipeline import Pipeline
 
     def refuse(*args, **kwargs):
         raise ProjectionError("the projection cannot start: a plain reason")
 
-    monkeypatch.setattr(pipeline, "project_images", refuse)
+    monkeypatch.setattr(Pipeline, "project", refuse)
     at = new_app()
     upload_photo(at)
     fast_settings(at)
@@ -270,7 +271,7 @@ def test_errors_inside_a_job_are_shown_plainly_and_bugs_are_logged(env, monkeypa
     def bug(*args, **kwargs):
         raise RuntimeError("internal detail the visitor must not see")
 
-    monkeypatch.setattr(pipeline, "project_images", bug)
+    monkeypatch.setattr(Pipeline, "project", bug)
     button(at, "make").click().run()
     job = finish(at)
     assert texts(at.error) == [ui_jobs.BUG_MESSAGE]
@@ -440,7 +441,7 @@ def test_build_save_and_tune_an_age_vector(env):
     assert any("Built 'beagle'" in s for s in texts(at.success))
     vector = job.result.vector
     assert (vector.num_puppies, vector.num_adults, vector.default_layers) == (2, 2, "coarse")
-    assert [e["file"] for e in job.result.examples] == ["pup0.jpg", "pup1.jpg", "adult0.png", "adult1.png"]
+    assert [e.name for e in job.result.examples] == ["pup0.jpg", "pup1.jpg", "adult0.png", "adult1.png"]
     assert "beagle" not in [e.name for e in age.list_vectors()]                # built, not saved yet
     button(at, "build_save").click().run()
     assert not at.exception
@@ -664,13 +665,24 @@ def test_installed_wheel_carries_the_app_and_the_command_finds_it(tmp_path):
     assert out[1] == out[0]
 
 
-@pytest.mark.parametrize("upload_name", ["../../etc/passwd", "..\\..\\win.png", ".hidden.png", "", "..",
-                                         "a/b/c.png", "chien été.png", "x" * 300 + ".png"])
-def test_uploaded_file_names_become_safe_names_inside_the_work_folder(tmp_path, upload_name):
-    name = ui_work._safe_file_name(upload_name)
-    assert name and not name.startswith(".") and len(name) <= 100
-    assert "/" not in name and "\\" not in name
-    assert (tmp_path / name).resolve().parent == tmp_path.resolve()
+@pytest.mark.parametrize("upload_name", ["../../etc/passwd.npz", "..\\..\\win.npz", ".hidden.npz", "\x1b[2J.npz"])
+def test_uploaded_examples_are_read_from_memory_whatever_their_names(env, small_G, upload_name):
+    """Uploads never become paths: their bytes are read in memory (latents through a private temporary file),
+    and their names only label the examples."""
+    from timemachine.env import Environment
+    from timemachine.latents import save_latent
+    from timemachine.pipeline import LoadedModel, Pipeline, VectorBuildRequest, VectorExample
+
+    files = []
+    for i in range(2):
+        save_latent(env["tmp"] / f"l{i}.npz", torch.full((small_G.num_ws, small_G.w_dim), float(i)))
+        files.append((env["tmp"] / f"l{i}.npz").read_bytes())
+    pipe = Pipeline(Environment.from_environ(), LoadedModel(small_G, model_fingerprint(small_G), "small", "small"))
+    request = VectorBuildRequest(name="x", examples=[VectorExample("puppy", upload_name, data=files[1]),
+                                                      VectorExample("adult", "adult.npz", data=files[0])], save=False)
+    result = pipe.build_vector(request)
+    assert [item.name for item in result.examples] == [upload_name, "adult.npz"]
+    assert sorted(os.listdir(env["tmp"])) == ["home", "l0.npz", "l1.npz", "small.safetensors"]
 
 
 def test_heic_uploads_are_offered_when_pillow_heif_is_installed():

@@ -5,9 +5,10 @@ tuning, ``projected_w.pti.safetensors``) in the format of :mod:`timemachine.late
 SHA-256 of everything the result depends on: the prepared photo's pixels (after crop and resize), the
 model fingerprint, the projector and PTI settings, and the perceptual network's weights.
 
-Entries are written into a temporary directory beside their final place and renamed into it in one step,
-so a reader sees a complete entry or none; when two processes fill the same key at once, the first
-rename wins and the other discards its copy.  Root: ``$TIMEMACHINE_HOME/cache/projections``.
+Entries are written into a temporary directory beside their final place and renamed into it in one step
+(:class:`timemachine.fs.ContentStore`), so a reader sees a complete entry or none; when two processes fill
+the same key at once, the first rename wins and the other discards its copy.  Root:
+``$TIMEMACHINE_HOME/cache/projections`` (:attr:`timemachine.env.Paths.projections`).
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
 from timemachine.errors import LatentError
+from timemachine.fs import ContentStore
 from timemachine.latents import LatentFile, load_latent, save_latent
 
 LATENT_NAME = "projected_w.npz"
@@ -43,40 +43,29 @@ def projection_key(image: np.ndarray, model_fingerprint: str, settings: dict[str
 
 
 class ProjectionCache:
-    """Projections on disk, keyed by :func:`projection_key`."""
+    """Projections on disk, keyed by :func:`projection_key`: a :class:`~timemachine.fs.ContentStore` whose
+    entries hold ``projected_w.npz`` (and its PTI weights)."""
 
-    def __init__(self, root: os.PathLike):
-        self.root = Path(root)
+    def __init__(self, root: os.PathLike, max_entries: Optional[int] = None):
+        self.store = ContentStore(root, max_entries=max_entries)
+        self.root = self.store.root
 
     def entry_dir(self, key: str) -> Path:
-        if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
-            raise ValueError("a cache key is a hex SHA-256")
-        return self.root / key[:2] / key
+        return self.store.entry_dir(key)
 
     def get(self, key: str) -> Optional[LatentFile]:
         """The cached projection, or None (also for an entry that cannot be read: it is removed)."""
-        path = self.entry_dir(key) / LATENT_NAME
-        if not path.is_file():
+        entry = self.store.get(key, required=(LATENT_NAME,))
+        if entry is None:
             return None
         try:
-            return load_latent(path)
+            return load_latent(entry / LATENT_NAME)
         except LatentError:
-            shutil.rmtree(self.entry_dir(key), ignore_errors=True)
+            self.store.discard(key)
             return None
 
     def put(self, key: str, latent: LatentFile) -> Path:
         """Store ``latent`` under ``key`` atomically; returns the entry's latent file path."""
-        final = self.entry_dir(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key[:8]}-", dir=final.parent))
-        try:
-            save_latent(tmp / LATENT_NAME, latent.ws, latent.noise, latent.meta, pti_delta=latent.pti_delta)
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if not (final / LATENT_NAME).is_file():  # not a lost race: a real failure
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        return final / LATENT_NAME
+        entry = self.store.put(key, lambda d: save_latent(d / LATENT_NAME, latent.ws, latent.noise, latent.meta,
+                                                          pti_delta=latent.pti_delta))
+        return entry / LATENT_NAME

@@ -10,23 +10,20 @@ tensor costs page faults and zeroing of its pages by the kernel - measured here 
 bench_generator.py) this more than doubled the time of a forward+backward pass of the 512x512 generator.
 :func:`tune_cpu_allocator` asks glibc (``mallopt``) to serve large blocks from its heap and keep freed
 memory for reuse.  The price: memory freed after a peak is kept by the process instead of returned to the
-system.  ``TIMEMACHINE_CPU_MALLOC_TUNING=0`` turns it off; on non-glibc systems it does nothing.
+system.  ``TIMEMACHINE_CPU_MALLOC_TUNING=0`` turns it off (the faces read it into
+:class:`timemachine.env.Environment` and pass ``malloc_tuning``); on non-glibc systems it does nothing.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 import platform
 from typing import Optional, Union
 
 import torch
 
 from timemachine.errors import TimemachineError
-
-ENV_MALLOC_TUNING = "TIMEMACHINE_CPU_MALLOC_TUNING"
-ENV_DEVICE = "TIMEMACHINE_DEVICE"
 
 # glibc mallopt() parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -36,14 +33,14 @@ _allocator_tuned: Optional[bool] = None
 
 
 def resolve_device(spec: Union[str, torch.device, None] = None) -> torch.device:
-    """``None``/``'auto'`` -> ``$TIMEMACHINE_DEVICE`` or CUDA when available, else CPU; else the named device.
+    """``None``/``'auto'`` -> CUDA when available, else CPU; else the named device.
 
     Raises:
         TimemachineError: a CUDA device was asked for but is not available, or the name is not a device.
     """
     if isinstance(spec, torch.device):
         return spec
-    spec = (spec or os.environ.get(ENV_DEVICE) or "auto").strip().lower()
+    spec = (spec or "auto").strip().lower()
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -60,17 +57,17 @@ def resolve_device(spec: Union[str, torch.device, None] = None) -> torch.device:
     return device
 
 
-def tune_cpu_allocator() -> bool:
+def tune_cpu_allocator(enabled: bool = True) -> bool:
     """Make glibc keep large freed blocks for reuse (see the module docstring).  Returns True if tuned.
 
-    Idempotent; a no-op returning False on non-Linux/non-glibc systems or when
-    ``TIMEMACHINE_CPU_MALLOC_TUNING=0``.
+    Idempotent; a no-op returning False on non-Linux/non-glibc systems or when not ``enabled``
+    (``TIMEMACHINE_CPU_MALLOC_TUNING=0``).
     """
     global _allocator_tuned
     if _allocator_tuned is not None:
         return _allocator_tuned
     _allocator_tuned = False
-    if os.environ.get(ENV_MALLOC_TUNING, "1").strip() == "0":
+    if not enabled:
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
@@ -89,9 +86,10 @@ def allocator_tuned() -> bool:
     return bool(_allocator_tuned)
 
 
-def prepare_device(device: Union[str, torch.device, None] = None) -> torch.device:
-    """Resolve ``device`` and, for the CPU, tune the allocator.  Returns the ``torch.device``."""
+def prepare_device(device: Union[str, torch.device, None] = None, malloc_tuning: bool = True) -> torch.device:
+    """Resolve ``device`` and, for the CPU, tune the allocator (unless ``malloc_tuning`` is off).  Returns the
+    ``torch.device``."""
     device = resolve_device(device)
     if device.type == "cpu":
-        tune_cpu_allocator()
+        tune_cpu_allocator(malloc_tuning)
     return device

@@ -19,12 +19,15 @@ import dataclasses
 import io
 import json
 import os
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 import torch
 
 from timemachine.errors import LatentError
+
+if TYPE_CHECKING:
+    from timemachine.networks import Generator
 
 PathLike = Union[str, os.PathLike]
 NOISE_PREFIX = "noise/"
@@ -47,6 +50,23 @@ class LatentFile:
     noise: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
     pti_delta: Optional[dict[str, torch.Tensor]] = None
+
+    def noise_maps(self, device: Union[str, torch.device, None] = None) -> dict[str, torch.Tensor]:
+        """The noise in the layout the synthesis network takes: {layer: float32 [1, 1, res, res]} on ``device``
+        (it broadcasts over a batch of frames)."""
+        return {name: value.reshape(1, 1, *value.shape[-2:]).to(device, torch.float32)
+                for name, value in self.noise.items()}
+
+    def synthesize(self, G: "Generator") -> torch.Tensor:
+        """The generator's image of this latent: float32 [1, 3, R, R] in about [-1, 1] on G's device, with the
+        latent's noise maps (the network's constant noise for layers it has none of) and PTI weights."""
+        from timemachine.projector import apply_weight_delta
+
+        G_used = apply_weight_delta(G, self.pti_delta)
+        device = G.mapping.w_avg.device
+        with torch.no_grad():
+            return G_used.synthesis(self.ws.unsqueeze(0).to(device, torch.float32), noise_mode="const",
+                                    noise=self.noise_maps(device))
 
 
 def pti_delta_path(latent_path: PathLike) -> str:

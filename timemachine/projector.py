@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from timemachine.errors import ProjectionError
+from timemachine.latents import LatentFile
 from timemachine.networks import Generator
 from timemachine.perceptual import PerceptualDistance
 from timemachine.settings import ProjectorSettings, PTISettings
@@ -98,6 +99,12 @@ class Projection:
     @property
     def batch_size(self) -> int:
         return int(self.ws.shape[0])
+
+    def latent(self, index: int, meta: Optional[dict[str, Any]] = None) -> LatentFile:
+        """Photo ``index``'s result as a :class:`~timemachine.latents.LatentFile`: ws [num_ws, w_dim], noise
+        {layer: [res, res]}, the PTI delta (shared by the batch) and ``meta``."""
+        return LatentFile(ws=self.ws[index], noise={k: v[index, 0] for k, v in self.noise.items()},
+                          meta=dict(meta or {}), pti_delta=self.pti_delta)
 
     def select(self, index: int) -> "Projection":
         """The projection of photo ``index`` alone (batch size 1).  A PTI delta is shared by the batch."""

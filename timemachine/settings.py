@@ -223,6 +223,47 @@ def check_fps(fps: float) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Age vectors
+
+#: How an age vector may be built from examples (see :mod:`timemachine.age`); 'auto' picks by the counts.
+VECTOR_METHODS = ("auto", "pair", "mean", "linear")
+
+
+@dataclasses.dataclass
+class VectorSettings:
+    """How a new age vector is built from examples, and the defaults it is stored with.
+
+    Attributes:
+        method:           'auto' (pair for one puppy and one adult, linear from 5 + 5, else mean), 'pair',
+                          'mean' or 'linear'.
+        default_strength: the strength used when the user gives none (1 = the full mean separation).
+        default_layers:   the layer selection used when the user gives none ('all', 'coarse,middle', '0-7').
+        batch_size:       photos projected together.
+    """
+
+    method: str = "auto"
+    default_strength: float = 1.0
+    default_layers: str = "all"
+    batch_size: int = 8
+
+    def resolved_method(self, num_puppies: int, num_adults: int) -> str:
+        """The method actually used for these counts ('auto' resolved)."""
+        if self.method != "auto":
+            return self.method
+        if num_puppies == 1 and num_adults == 1:
+            return "pair"
+        return "linear" if min(num_puppies, num_adults) >= 5 else "mean"
+
+    def validate(self) -> None:
+        from timemachine.errors import AgeVectorError
+
+        if self.method not in VECTOR_METHODS:
+            raise AgeVectorError(f"unknown method {self.method!r}: use one of {', '.join(VECTOR_METHODS)}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= 1024:
+            raise AgeVectorError(f"the batch size must be a whole number from 1 to 1024, got {self.batch_size!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Presets
 
 #: Named projector settings.  'official': StyleGAN2-ADA's projector (the CLI's default).  'ui': fewer steps,

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import streamlit as st
 
 import ui_common as ui
 import ui_work
-from timemachine import age, pipeline
-from timemachine.projector import ProjectorSettings
+from timemachine import pipeline
+from timemachine.errors import AgeVectorError
+from timemachine.settings import ProjectorSettings, VectorSettings
 
 BUILD, TUNE = "build", "tune"
 SPECIES_OF_MODEL = {"afhqdog": "dog", "afhqcat": "cat", "afhqwild": "wild"}
@@ -43,14 +45,16 @@ def build_section(model: pipeline.LoadedModel) -> None:
         species = st.text_input("Species", SPECIES_OF_MODEL.get(model.spec, ""), key="build_species")
         notes = st.text_area("Notes", key="build_notes", placeholder="breed, where the photos come from, …")
     with right:
-        strength = st.number_input("Default strength", -age.MAX_STRENGTH, age.MAX_STRENGTH, 1.0, step=0.1,
-                                   key="build_strength", help="The strength the video page starts from.")
-        layers = st.text_input("Default layers", "all", key="build_layers",
+        strength = st.number_input("Default strength", -pipeline.MAX_STRENGTH, pipeline.MAX_STRENGTH,
+                                   VectorSettings().default_strength, step=0.1, key="build_strength",
+                                   help="The strength the video page starts from.")
+        layers = st.text_input("Default layers", VectorSettings().default_layers, key="build_layers",
                                help=f"all, coarse, middle, fine or index ranges such as 0-7. This model: "
                                     f"{_groups_text(model)}.")
-        steps = st.number_input("Projection steps", 1, 5000, ui.UI_STEPS, step=50, key="build_steps",
-                                help="Per photo (projected together in batches). The command line uses the "
-                                     f"official 1000; see the video page's settings for the UI's {ui.UI_STEPS}.")
+        steps = st.number_input("Projection steps", 1, 5000, ui.UI_PROJECTOR.steps, step=50, key="build_steps",
+                                help=f"Per photo (projected together in batches). The command line uses the "
+                                     f"official {ProjectorSettings().steps}; see the video page's settings for the "
+                                     f"UI's {ui.UI_PROJECTOR.steps}.")
         space = st.radio("Latent space", ["w", "w+"], key="build_space", horizontal=True,
                          format_func=lambda s: {"w": "W (edits best)", "w+": "W+"}[s],
                          help="W (as the official projector) gives directions that edit best.")
@@ -58,33 +62,34 @@ def build_section(model: pipeline.LoadedModel) -> None:
     if st.button("Build the vector", key="build", type="primary", disabled=busy or not (puppies and adults)):
         submitted = False
         with ui.shown_errors("starting the build"):
-            req = ui_work.BuildRequest(
-                model=model, perceptual=None, name=name.strip(),
-                puppies=[ui_work.UploadedExample(f.name, f.getvalue()) for f in puppies],
-                adults=[ui_work.UploadedExample(f.name, f.getvalue()) for f in adults],
-                method=method, projection=ProjectorSettings(space=space, steps=int(steps),
-                                                            preview_every=ui_work.PREVIEW_EVERY),
-                species=species.strip(), notes=notes, default_strength=float(strength),
-                default_layers=layers.strip() or "all")
-            req.projection.validate()
-            ui_work.check_build(req)            # a bad name or too few photos: refused now, not after projecting
-            req.perceptual = ui.perceptual_for(model)
+            examples = [pipeline.VectorExample(role=role, name=f.name, data=f.getvalue())
+                        for role, files in (("puppy", puppies), ("adult", adults)) for f in files]
+            request = pipeline.VectorBuildRequest(
+                name=name.strip(), examples=examples,
+                settings=VectorSettings(method=method, default_strength=float(strength),
+                                        default_layers=layers.strip() or "all"),
+                projection=pipeline.ProjectionRequest(
+                    photos=[], settings=dataclasses.replace(ui.UI_PROJECTOR, space=space, steps=int(steps))),
+                species=species.strip(), notes=notes, save=False)
+            pipe = ui.pipeline_for(model)
+            pipe.check(request)            # a bad name or too few photos: refused now, not after projecting
             st.session_state.pop("build_result", None)
-            ui.submit(BUILD, lambda ctx, req=req: ui_work.build_vector(req, ctx), label="vector")
+            ui.submit(BUILD, lambda ctx, pipe=pipe, request=request: ui_work.build_vector(pipe, request, ctx),
+                      label="vector")
             submitted = True
         if submitted:
             st.rerun()
     ui.show_job_outcome(BUILD)
     ui.job_panel(BUILD, _show_build_extras)
-    result: Optional[ui_work.BuildResult] = st.session_state.get("build_result")
+    result: Optional[pipeline.VectorBuildResult] = st.session_state.get("build_result")
     if result is not None and ui.active_job(BUILD) is None:
         _show_build_result(result)
 
 
 def _groups_text(model: pipeline.LoadedModel) -> str:
     try:
-        return age.describe_layer_groups(model.G.num_ws)
-    except age.AgeVectorError:
+        return pipeline.describe_layer_groups(model.G.num_ws)
+    except AgeVectorError:
         return f"layers 0-{model.G.num_ws - 1}"
 
 
@@ -93,18 +98,18 @@ def _show_build_extras(extras: dict) -> None:
         st.image(extras["preview"], caption="Reconstruction of the first photo so far", width=160)
 
 
-def _show_build_result(result: ui_work.BuildResult) -> None:
+def _show_build_result(result: pipeline.VectorBuildResult) -> None:
     vector = result.vector
     st.success(f"Built {vector.name!r} ({vector.method}, {vector.space.upper()} space) from {vector.num_puppies} "
                f"puppies and {vector.num_adults} adults.")
     classifier = vector.details.get("classifier")
     if classifier:
         st.caption(f"Classifier training accuracy: {classifier['training_accuracy']:.0%}")
-    st.dataframe(result.examples, hide_index=True)
+    st.dataframe(ui_work.example_rows(result), hide_index=True)
     replace = st.checkbox(f"Replace the library's {vector.name!r} if there is one", key="build_replace")
     if st.button("Save to the library", key="build_save"):
         with ui.shown_errors("saving the vector"):
-            path = age.save_to_library(vector, force=replace)
+            path = pipeline.save_vector(ui.environment(), vector, replace=replace)
             st.session_state.pop("build_result", None)
             st.session_state["saved_message"] = f"Saved {vector.name!r} to the library ({path})."
             st.rerun()
@@ -117,7 +122,7 @@ def tune_section(model: pipeline.LoadedModel) -> None:
     finished = ui.collect_finished(TUNE)
     if finished is not None and finished.status == "done":
         st.session_state["tune_strip"] = finished.result
-    entries = age.list_vectors()
+    entries = pipeline.list_vectors(ui.environment())
     for entry in entries:
         if entry.vector is None:
             st.warning(f"`{entry.name}` cannot be read: {entry.problem}")
@@ -140,7 +145,7 @@ def tune_section(model: pipeline.LoadedModel) -> None:
             st.dataframe(sources, hide_index=True)
     with st.form(f"tune_{name}"):
         left, right = st.columns(2)
-        strength = left.number_input("Default strength", -age.MAX_STRENGTH, age.MAX_STRENGTH,
+        strength = left.number_input("Default strength", -pipeline.MAX_STRENGTH, pipeline.MAX_STRENGTH,
                                      float(vector.default_strength), step=0.05, key=f"tune_strength_{name}")
         layers = right.text_input("Default layers", vector.default_layers, key=f"tune_layers_{name}",
                                   help=f"all, coarse, middle, fine or index ranges such as 0-7 ({_groups_text(model)}).")
@@ -153,17 +158,19 @@ def tune_section(model: pipeline.LoadedModel) -> None:
                                              "photo projected on the video page (make a preview or video there first).")
     if save:
         with ui.shown_errors("saving the defaults"):
-            age.resolve_layers(layers, vector.num_ws)
-            age.update_vector(name, strength=float(strength), layers=layers.strip() or "all",
-                              species=species.strip(), notes=notes)
+            pipeline.resolve_layers(layers, vector.num_ws)
+            pipeline.update_vector(ui.environment(), name, strength=float(strength), layers=layers.strip() or "all",
+                                   species=species.strip(), notes=notes)
             st.success(f"Saved the defaults of {name!r}.")
     if preview and latent is not None:
         submitted = False
         with ui.shown_errors("starting the preview"):
-            age.resolve_layers(layers, vector.num_ws)
+            pipeline.resolve_layers(layers, vector.num_ws)
             s = float(strength)
-            ui.submit(TUNE, lambda ctx: ui_work.preview_strip(model, latent, vector, layers.strip() or "all",
-                                                             [0.0, s / 2, s, 1.5 * s], ctx), label="tune preview")
+            edit = pipeline.AgeEdit(vector=name, layers=layers.strip() or "all")
+            pipe = ui.pipeline_for(model, with_perceptual=False)
+            ui.submit(TUNE, lambda ctx: ui_work.preview_strip(pipe, latent, edit, [0.0, s / 2, s, 1.5 * s], ctx),
+                      label="tune preview")
             submitted = True
         if submitted:
             st.rerun()
@@ -174,12 +181,12 @@ def tune_section(model: pipeline.LoadedModel) -> None:
         st.image([frame for _, frame in strip], caption=[f"strength {s:g}" for s, _ in strip], width=128)
 
 
-def _latent_for_preview(model: pipeline.LoadedModel) -> Optional[str]:
+def _latent_for_preview(model: pipeline.LoadedModel):
     """The latent of the video page's last result, if it belongs to ``model``."""
     result = st.session_state.get("video_result")
-    if result is None or result.model_fingerprint != model.fingerprint or not result.latent_path:
+    if result is None or result.model_fingerprint != model.fingerprint or result.latent is None:
         return None
-    return result.latent_path
+    return result.latent
 
 
 def main() -> None:

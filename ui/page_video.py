@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from typing import Any, Optional
 
@@ -11,9 +12,9 @@ from PIL import Image, ImageDraw
 
 import ui_common as ui
 import ui_work
-from timemachine import age, images, pipeline
-from timemachine.projector import ProjectorSettings, PTISettings
-from timemachine.render import EASINGS, RenderSettings
+from timemachine import pipeline
+from timemachine.errors import AgeVectorError
+from timemachine.settings import EASINGS, ProjectorSettings, PTISettings, RenderSettings
 
 SLOT = "video"
 
@@ -39,7 +40,7 @@ def photo_section() -> Optional[dict[str, Any]]:
     if cached is None or cached["file_id"] != uploaded.file_id:   # a new upload: decode it once
         st.session_state.pop("photo_decoded", None)
         data = uploaded.getvalue()
-        image = images.load_image(data, name=uploaded.name, max_bytes=images.DEFAULT_MAX_BYTES)  # ImageError
+        image = pipeline.load_photo(data, name=uploaded.name)  # ImageError
         display = Image.fromarray(image)
         display.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.Resampling.LANCZOS)
         cached = {"image": image, "name": uploaded.name, "digest": hashlib.sha256(data).hexdigest(),
@@ -48,34 +49,34 @@ def photo_section() -> Optional[dict[str, Any]]:
     return cached
 
 
-def crop_section(photo: dict[str, Any], resolution: int) -> tuple[images.CropBox, np.ndarray]:
-    """Square crop controls with a live preview; returns the box and the prepared photo uint8 [R, R, 3]."""
+def crop_section(photo: dict[str, Any], resolution: int) -> pipeline.Photo:
+    """Square crop controls with a live preview; returns the prepared photo (uint8 [R, R, 3] and its info)."""
     image = photo["image"]
     height, width = image.shape[:2]
     side = min(height, width)
     key = photo["digest"][:12]
     left, right = st.columns([3, 2])
     with right:
-        size = st.slider("Crop size (pixels)", images.MIN_SIDE, side, side, key=f"crop_size_{key}",
+        size = st.slider("Crop size (pixels)", pipeline.MIN_PHOTO_SIDE, side, side, key=f"crop_size_{key}",
                          help="Side of the square that is cut out. Frame the face: ears to chin, little background.",
-                         disabled=side == images.MIN_SIDE)
+                         disabled=side == pipeline.MIN_PHOTO_SIDE)
         x_pct = st.slider("Horizontal position (%)", 0, 100, 50, key=f"crop_x_{key}", disabled=width == size,
                           help="0 = the left edge of the photo, 100 = the right edge.")
         y_pct = st.slider("Vertical position (%)", 0, 100, 50, key=f"crop_y_{key}", disabled=height == size,
                           help="0 = the top of the photo, 100 = the bottom.")
-    box = images.CropBox((width - size) * x_pct // 100, (height - size) * y_pct // 100, size)
-    prepared = images.resize(images.square_crop(image, box, name=photo["name"]), resolution)
+    box = pipeline.CropBox((width - size) * x_pct // 100, (height - size) * y_pct // 100, size)
+    prepared = pipeline.prepare_photo(image, resolution, crop=box, name=photo["name"])
     display = photo["display"]
     scale = display.shape[1] / width
     with left:
         st.image(_draw_box(display, box, scale), caption=f"{photo['name']}: {width}x{height} pixels, crop {box} "
                                                         "(X,Y,SIZE)", width="stretch")
     with right:
-        st.image(prepared, caption=f"What the model sees: {resolution}x{resolution}", width=200)
-    return box, prepared
+        st.image(prepared.image, caption=f"What the model sees: {resolution}x{resolution}", width=200)
+    return prepared
 
 
-def _draw_box(display: np.ndarray, box: images.CropBox, scale: float) -> np.ndarray:
+def _draw_box(display: np.ndarray, box: pipeline.CropBox, scale: float) -> np.ndarray:
     """The photo with everything outside the crop dimmed and the crop outlined."""
     dimmed = (display.astype(np.float32) * 0.45).astype(np.uint8)
     x0, y0 = int(round(box.x * scale)), int(round(box.y * scale))
@@ -93,7 +94,7 @@ def _draw_box(display: np.ndarray, box: images.CropBox, scale: float) -> np.ndar
 
 def vector_section(model: pipeline.LoadedModel) -> Optional[dict[str, Any]]:
     """Choice of library vector, strength and layers: {'vector', 'strength', 'layers', 'force'} or None."""
-    entries = age.list_vectors()
+    entries = pipeline.list_vectors(ui.environment())
     damaged = [e for e in entries if e.vector is None]
     usable = [e for e in entries if e.vector is not None]
     if damaged:
@@ -125,7 +126,7 @@ def vector_section(model: pipeline.LoadedModel) -> Optional[dict[str, Any]]:
         force_key = f"force_{name}"
         try:
             vector.check_model(model.fingerprint, model_name=model.spec)
-        except age.AgeVectorError as exc:
+        except AgeVectorError as exc:
             if st.session_state.get(force_key):
                 st.warning(f"{exc}. You chose to apply it anyway.")
             else:
@@ -141,7 +142,7 @@ def vector_section(model: pipeline.LoadedModel) -> Optional[dict[str, Any]]:
                               f"puppies and adults it was built from; 0 changes nothing; negative values age "
                               f"the pet instead. This vector's default: {default:g}.")
     num_ws = model.G.num_ws
-    groups = {g: rows for g, rows in age.layer_groups(num_ws).items() if rows} if num_ws % 2 == 0 else {}
+    groups = {g: rows for g, rows in pipeline.layer_groups(num_ws).items() if rows} if num_ws % 2 == 0 else {}
     meaning = {"coarse": "pose, head shape", "middle": "face proportions, ears, eyes", "fine": "fur texture, colour"}
     options = ["default", "all"] + list(groups) + ["range"]
 
@@ -152,7 +153,7 @@ def vector_section(model: pipeline.LoadedModel) -> Optional[dict[str, Any]]:
             return f"All layers (0-{num_ws - 1})"
         if option == "range":
             return "Index range…"
-        return f"{option.capitalize()} {age.format_indices(groups[option])} ({meaning[option]})"
+        return f"{option.capitalize()} {pipeline.format_indices(groups[option])} ({meaning[option]})"
 
     choice = st.radio("Layers to change", options, format_func=layer_label, key=f"layers_{name}", horizontal=True,
                       help="Which of the generator's layers the vector edits. Coarse layers hold pose and head "
@@ -164,8 +165,9 @@ def vector_section(model: pipeline.LoadedModel) -> Optional[dict[str, Any]]:
         layers = f"{lo}-{hi}"
     else:
         layers = choice
-    pipeline.age_direction(model, vector, layers, force_model=force)  # AgeVectorError, shown by the page
-    return {"vector": vector, "strength": strength, "layers": layers, "force": force}
+    pipeline.resolve_layers(vector.default_layers if layers is None else layers, vector.num_ws)  # AgeVectorError
+    return {"vector": vector, "edit": pipeline.AgeEdit(vector=name, strength=strength, layers=layers,
+                                                       force_model=force)}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -173,16 +175,18 @@ def vector_section(model: pipeline.LoadedModel) -> Optional[dict[str, Any]]:
 
 
 def settings_section() -> tuple[ProjectorSettings, Optional[PTISettings], RenderSettings, bool]:
+    fast, fast_pti, short = ui.UI_PROJECTOR, ui.UI_PTI, ui.UI_RENDER
+    official, authors, default = ProjectorSettings(), PTISettings(), RenderSettings()
     with st.expander("Quality and video settings"):
         left, right = st.columns(2)
         with left:
             st.markdown("**Projection** (finding your pet in the model)")
             steps = st.number_input(
-                "Steps", 1, 5000, ui.UI_STEPS, step=50, key="steps",
-                help=f"Optimisation steps. The command line uses the official 1000; the UI defaults to {ui.UI_STEPS} "
-                     "so you see a result sooner: the learning-rate schedule and the noise decay are spread over "
-                     "whatever number of steps you choose, so fewer steps run the same schedule faster, with a "
-                     "likeness a little softer in fine detail. Raise it (500-1000) for a closer likeness.")
+                "Steps", 1, 5000, fast.steps, step=50, key="steps",
+                help=f"Optimisation steps. The command line uses the official {official.steps}; the UI defaults to "
+                     f"{fast.steps} so you see a result sooner: the learning-rate schedule and the noise decay are "
+                     "spread over whatever number of steps you choose, so fewer steps run the same schedule faster, "
+                     "with a likeness a little softer in fine detail. Raise it (500-1000) for a closer likeness.")
             space = st.radio("Latent space", ["w", "w+"], key="space", horizontal=True,
                              format_func=lambda s: {"w": "W (edits best)", "w+": "W+ (closer fit)"}[s],
                              help="W: one latent for all layers, as the official projector; age edits behave "
@@ -190,30 +194,35 @@ def settings_section() -> tuple[ProjectorSettings, Optional[PTISettings], Render
             pti = st.checkbox("Pivotal tuning (PTI)", key="pti",
                               help="After projecting, fine-tune the generator around your pet's latent (Roich et "
                                    "al. 2021): much closer to the photo, slower.")
-            pti_steps = st.number_input("PTI steps", 1, 2000, ui.UI_PTI_STEPS, step=50, key="pti_steps", disabled=not pti,
-                                        help=f"The PTI authors and the command line use 350; the UI {ui.UI_PTI_STEPS}. "
-                                             f"Tuning stops early once LPIPS reaches {PTISettings().lpips_threshold}.")
-            seed = st.number_input("Seed", 0, 2**31 - 1, 303, key="seed",
-                                   help="Seeds the projection's random noise (303 as the official projector).")
+            pti_steps = st.number_input("PTI steps", 1, 2000, fast_pti.steps, step=50, key="pti_steps",
+                                        disabled=not pti,
+                                        help=f"The PTI authors and the command line use {authors.steps}; the UI "
+                                             f"{fast_pti.steps}. Tuning stops early once LPIPS reaches "
+                                             f"{authors.lpips_threshold}.")
+            seed = st.number_input("Seed", 0, 2**31 - 1, official.seed, key="seed",
+                                   help=f"Seeds the projection's random noise ({official.seed} as the official "
+                                        "projector).")
         with right:
             st.markdown("**Video**")
-            frames = st.number_input("Walk frames", 2, 960, ui.UI_FRAMES, step=8, key="frames",
-                                     help=f"Frames from adult to young (the command line uses 96). Rendering time "
-                                          f"grows with the frame count; {ui.UI_FRAMES} frames at 24 fps is a 2 s walk.")
-            fps = st.number_input("Frames per second", 1, 60, 24, key="fps")
-            easing = st.selectbox("Easing", EASINGS, index=EASINGS.index("smoothstep"), key="easing",
+            frames = st.number_input("Walk frames", 2, 960, short.frames, step=8, key="frames",
+                                     help=f"Frames from adult to young (the command line uses {default.frames}). "
+                                          f"Rendering time grows with the frame count; {short.frames} frames at "
+                                          f"{short.fps:g} fps is a {short.frames / short.fps:g} s walk.")
+            fps = st.number_input("Frames per second", 1, 60, int(short.fps), key="fps")
+            easing = st.selectbox("Easing", EASINGS, index=EASINGS.index(short.easing), key="easing",
                                   help="Speed profile of the walk: smoothstep and cosine start and end gently.")
-            hold_start = st.number_input("Hold the adult (frames)", 0, 240, ui.UI_HOLD_START, key="hold_start")
-            hold_end = st.number_input("Hold the young animal (frames)", 0, 240, ui.UI_HOLD_END, key="hold_end")
+            hold_start = st.number_input("Hold the adult (frames)", 0, 240, short.hold_start, key="hold_start")
+            hold_end = st.number_input("Hold the young animal (frames)", 0, 240, short.hold_end, key="hold_end")
             pingpong = st.checkbox("Walk back again (seamless loop)", key="pingpong")
             side_by_side = st.checkbox("Also a side-by-side video (photo | reconstruction | young)", key="side_by_side")
-    projection = ProjectorSettings(space=space, steps=int(steps), seed=int(seed), preview_every=ui_work.PREVIEW_EVERY)
+    projection = dataclasses.replace(fast, space=space, steps=int(steps), seed=int(seed))
     projection.validate()
-    pti_settings = PTISettings(steps=int(pti_steps)) if pti else None
+    pti_settings = dataclasses.replace(fast_pti, steps=int(pti_steps)) if pti else None
     if pti_settings:
         pti_settings.validate()
-    render_settings = RenderSettings(frames=int(frames), fps=float(fps), easing=easing, hold_start=int(hold_start),
-                                     hold_end=int(hold_end), pingpong=bool(pingpong))
+    render_settings = dataclasses.replace(short, frames=int(frames), fps=float(fps), easing=easing,
+                                          hold_start=int(hold_start), hold_end=int(hold_end), pingpong=bool(pingpong))
+    render_settings.validate()
     return projection, pti_settings, render_settings, bool(side_by_side)
 
 
@@ -235,7 +244,7 @@ def show_strip(strip) -> None:
     st.image([frame for _, frame in strip], caption=[f"t = {t:.2f}" for t, _ in strip], width=128)
 
 
-def show_result(result: ui_work.VideoResult, current_key: Optional[str]) -> None:
+def show_result(result: pipeline.AgeVideoResult, current_key: Optional[str]) -> None:
     st.subheader("Your pet, younger")
     if current_key is not None and result.key != current_key:
         st.caption("These results were made with other settings than the ones above; press a button to update them.")
@@ -289,48 +298,43 @@ def main() -> None:
     resolution = model.G.img_resolution
 
     st.header("1. Photo")
-    request: dict[str, Any] = {}
+    photo = None
     with ui.shown_errors("reading the photo"):
-        photo = photo_section()
-        if photo is not None:
-            box, prepared = crop_section(photo, resolution)
-            request.update(photo=prepared, photo_info={"name": photo["name"], "crop": str(box)})
+        uploaded = photo_section()
+        if uploaded is not None:
+            photo = crop_section(uploaded, resolution)
 
     st.header("2. Age vector")
+    choice = None
     with ui.shown_errors("choosing the age vector"):
         choice = vector_section(model)
-        if choice is not None:
-            request.update(choice)
 
     st.header("3. Make it")
     settings = None
     with ui.shown_errors("checking the settings"):
         settings = settings_section()
-    ready = settings is not None and "photo" in request and "vector" in request
     busy = ui.any_active_job() is not None
-    req = None
-    if ready:
+    request = None
+    if settings is not None and photo is not None and choice is not None:
         projection, pti, render_settings, side_by_side = settings
-        render_settings.strength = request["strength"]
-        with ui.shown_errors("checking the settings"):
-            render_settings.validate()
-            req = ui_work.VideoRequest(
-                model=model, perceptual=None, photo=request["photo"], photo_info=request["photo_info"],
-                vector=request["vector"], layers=request["layers"], force_model=request["force"],
-                projection=projection, pti=pti, render=render_settings, side_by_side=side_by_side)
+        request = pipeline.AgeVideoRequest(
+            photo=photo, edit=choice["edit"], render=render_settings,
+            projection=pipeline.ProjectionRequest(photos=[], settings=projection, pti=pti),
+            outputs=pipeline.VideoOutputs(directory=None, gif=True, side_by_side=side_by_side))
     left, right, _ = st.columns([1, 1, 2])
-    preview = left.button("Preview frames", key="preview", disabled=req is None or busy,
+    preview = left.button("Preview frames", key="preview", disabled=request is None or busy,
                           help="Project the photo (or reuse its projection) and show a few frames along the walk.")
-    make = right.button("Make the video", key="make", type="primary", disabled=req is None or busy,
+    make = right.button("Make the video", key="make", type="primary", disabled=request is None or busy,
                         help="Project the photo (or reuse its projection), then render the video.")
-    if req is None and not busy:
+    if request is None and not busy:
         st.caption("Upload a photo and choose an age vector to start.")
-    if (preview or make) and req is not None and not busy:
+    if (preview or make) and request is not None and not busy:
         submitted = False
         with ui.shown_errors("starting the job"):
-            req.perceptual = ui.perceptual_for(model)
-            req.preview_only = bool(preview)
-            ui.submit(SLOT, lambda ctx, req=req: ui_work.make_video(req, ctx),
+            pipe = ui.pipeline_for(model)
+            request = dataclasses.replace(request, preview_only=bool(preview))
+            pipe.check(request)
+            ui.submit(SLOT, lambda ctx, pipe=pipe, request=request: ui_work.make_video(pipe, request, ctx),
                       label="preview" if preview else "video")
             submitted = True
         if submitted:
@@ -341,11 +345,9 @@ def main() -> None:
     result = st.session_state.get("video_result")
     if result is not None and ui.active_job(SLOT) is None:
         current_key = None
-        if req is not None:
+        if request is not None:
             with ui.shown_errors("comparing the settings"):
-                if req.perceptual is None:
-                    req.perceptual = ui.perceptual_for(model)  # loaded for the result already: a cache hit
-                current_key = ui_work.video_key(req)
+                current_key = ui.pipeline_for(model).video_key(request)  # LPIPS is loaded already: a cache hit
         show_result(result, current_key)
 
 ui.run_page(main)

@@ -1,7 +1,8 @@
 """What both pages share: configuration, heavy objects loaded once per process, the model picker, the job
 panel and error display.
 
-Configuration comes from the environment (read on every page run):
+Configuration comes from the environment, read once per page run into a
+:class:`timemachine.env.Environment` (:func:`environment`) and passed down:
 
 * ``TIMEMACHINE_MODEL``        default model: a zoo name (afhqdog, afhqcat, afhqwild), an imported name or a file;
 * ``TIMEMACHINE_HOME``         weights, the age-vector library, the projection and render caches;
@@ -10,8 +11,9 @@ Configuration comes from the environment (read on every page run):
 * ``TIMEMACHINE_DEVICE``       'cpu', 'cuda', 'cuda:N' (default: CUDA when available).
 
 Loaded once per process (``st.cache_resource``): generators by model spec and device, the LPIPS network by
-device and VGG16 choice, and the job queue (:mod:`ui_jobs`).  Heavy work runs only in the queue's worker,
-one job at a time; pages submit jobs and show their state.
+device and VGG16 choice, and the job queue (:mod:`ui_jobs`).  A :class:`timemachine.pipeline.Pipeline` joins
+them for each job.  Heavy work runs only in the queue's worker, one job at a time; pages submit jobs and show
+their state.  The UI imports the pipeline (and the settings, errors and environment) only.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ from typing import Any, Callable, Iterator, Optional
 import streamlit as st
 
 import ui_jobs
-from timemachine import images, pipeline, weights
-from timemachine import errors
+from timemachine import errors, pipeline, weights
+from timemachine.env import Environment
 from timemachine.errors import TimemachineError
+from timemachine.settings import PROJECTOR_PRESETS, PTI_PRESETS, RENDER_PRESETS
 
 log = logging.getLogger("timemachine.ui")
 
@@ -59,16 +62,13 @@ if not log.handlers:
     log.setLevel(logging.INFO)
     log.propagate = False
 
-ENV_MODEL = "TIMEMACHINE_MODEL"
-ENV_VGG = "TIMEMACHINE_VGG_WEIGHTS"
-ENV_DEVICE = "TIMEMACHINE_DEVICE"
 DEFAULT_MODEL = "afhqdog"
 
 #: Photo types offered by the uploader (HEIC/HEIF only when pillow-heif can read them).
 PHOTO_TYPES = ["jpg", "jpeg", "png", "webp"] + (
     ["heic", "heif"] if importlib.util.find_spec("pillow_heif") is not None else [])
 #: Largest photo upload in MB: the same limit that timemachine.images applies to any photo file.
-PHOTO_MAX_MB = images.DEFAULT_MAX_BYTES // 2**20
+PHOTO_MAX_MB = pipeline.MAX_PHOTO_BYTES // 2**20
 #: Largest model upload in MB (NVIDIA's AFHQ pickles are about 350 MB; a timemachine .safetensors file of
 #: the same generator about 120 MB).  `timemachine ui` sets server.maxUploadSize to this.
 MODEL_MAX_MB = 1024
@@ -76,17 +76,10 @@ MODEL_MAX_MB = 1024
 #: which shares the CPU with the job).
 POLL_SECONDS = 1.0
 
-# Fast defaults for the UI, against the CLI's (which follow the official projector and a 4 s walk):
-#: Projection steps.  The official projector and the CLI run 1000.  The learning-rate ramps and the decay
-#: of the noise added to w are fractions of the step count, so 200 steps run the same schedule, compressed:
-#: a fifth of the time, a likeness that is a little softer in fine detail (fur).  Raise it for a closer fit.
-UI_STEPS = 200
-#: Pivotal-tuning steps when PTI is ticked (the PTI authors and the CLI: 350).  PTI stops early anyway once
-#: LPIPS reaches 0.06 (PTISettings.lpips_threshold).
-UI_PTI_STEPS = 100
-#: Walk frames (CLI: 96): 2 s at 24 fps plus the holds; rendering time grows with the number of frames.
-UI_FRAMES = 48
-UI_HOLD_START, UI_HOLD_END = 6, 12
+#: The UI's settings: the named 'ui' presets of timemachine.settings (a faster projection, a shorter walk).
+UI_PROJECTOR = PROJECTOR_PRESETS["ui"]
+UI_PTI = PTI_PRESETS["ui"]
+UI_RENDER = RENDER_PRESETS["ui"]
 #: Friendly names of the zoo generators.
 ZOO_LABELS = {"afhqdog": "Dogs (afhqdog)", "afhqcat": "Cats (afhqcat)", "afhqwild": "Wild animals (afhqwild)"}
 UPLOAD = "upload a model file"
@@ -255,7 +248,7 @@ class _DownloadBar:
         self.bar = None
 
     def __call__(self, done: int, total: Optional[int]) -> None:
-        text = f"Downloading {self.what}: {weights.human_bytes(done)}" + (f" of {weights.human_bytes(total)}"
+        text = f"Downloading {self.what}: {pipeline.human_bytes(done)}" + (f" of {pipeline.human_bytes(total)}"
                                                                          if total else "")
         if self.bar is None:
             self.bar = st.progress(0.0, text=text)
@@ -266,42 +259,57 @@ class _DownloadBar:
             self.bar.empty()
 
 
+def environment() -> Environment:
+    """The environment, read once per page run (tests and operators change it between runs)."""
+    return Environment.from_environ()
+
+
 @st.cache_resource(max_entries=3, show_spinner="Loading the model…")
-def _model_by_spec(spec: str, device: Optional[str], file_state: Optional[tuple], _progress) -> pipeline.LoadedModel:
+def _model_by_spec(spec: str, _env: Environment, env_key: tuple, file_state: Optional[tuple],
+                   _progress) -> pipeline.LoadedModel:
     # file_state (size, mtime) is only part of the key: a file replaced on disk is loaded again.
-    return pipeline.load_model(spec, device=device, progress=_progress)
+    return pipeline.load_model(spec, _env, progress=_progress)
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the uploaded model…")
-def _model_by_upload(digest: str, name: str, device: Optional[str], _data: bytes) -> pipeline.LoadedModel:
+def _model_by_upload(digest: str, name: str, _env: Environment, env_key: tuple, _data: bytes) -> pipeline.LoadedModel:
     with tempfile.TemporaryDirectory(prefix="timemachine-ui-model-") as tmp:
         path = Path(tmp) / "model"
         path.write_bytes(_data)
         try:
-            model = pipeline.load_model(str(path), device=device, offline=True)  # the safe loader; no code runs
+            model = pipeline.load_model(str(path), _env, offline=True)  # the safe loader; no code runs
         except TimemachineError as exc:  # name the upload, not the temporary file
             raise type(exc)(str(exc).replace(str(path), name)) from None
     return dataclasses.replace(model, spec=f"uploaded file {name}", path=f"upload:{digest[:16]}")
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the perceptual network (LPIPS, VGG16)…")
-def _perceptual(device: str, vgg_choice: Optional[str], _progress):
+def _perceptual(device: str, _env: Environment, env_key: tuple, _progress):
     import warnings
 
-    from timemachine.perceptual import RandomWeightsWarning
-
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RandomWeightsWarning)  # the page shows its own warning
-        return pipeline.load_perceptual(device, progress=_progress)
+        warnings.simplefilter("ignore", pipeline.RandomWeightsWarning)  # the page shows its own warning
+        return pipeline.load_perceptual(_env, device, progress=_progress)
+
+
+def _env_key(env: Environment) -> tuple:
+    """What of the environment a cached object depends on (its cache key)."""
+    return (str(env.home), env.offline, env.device, env.vgg_weights, str(env.manifest))
 
 
 def perceptual_for(model: pipeline.LoadedModel):
     """The LPIPS network on the model's device (loaded once per process; may download VGG16)."""
+    env = environment()
     bar = _DownloadBar("VGG16 (LPIPS)")
     try:
-        return _perceptual(str(model.device), os.environ.get(ENV_VGG), bar)
+        return _perceptual(str(model.device), env, _env_key(env), bar)
     finally:
         bar.close()
+
+
+def pipeline_for(model: pipeline.LoadedModel, with_perceptual: bool = True) -> pipeline.Pipeline:
+    """A pipeline of ``model`` with the process's shared LPIPS network (loaded now, with a download bar)."""
+    return pipeline.Pipeline(environment(), model, perceptual=perceptual_for(model) if with_perceptual else None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,7 +343,7 @@ def _imported_names() -> list[str]:
 def model_picker() -> Optional[ModelChoice]:
     """The sidebar's model choice (zoo, imported, configured, uploaded or a path); None if incomplete."""
     zoo = _zoo_generators()
-    configured = os.environ.get(ENV_MODEL, "").strip() or DEFAULT_MODEL
+    configured = environment().model or DEFAULT_MODEL
     options = list(zoo) + [n for n in _imported_names() if n not in zoo]
     if configured not in options:
         options.insert(0, configured)
@@ -380,18 +388,18 @@ def model_picker() -> Optional[ModelChoice]:
 
 def load_model(choice: ModelChoice) -> pipeline.LoadedModel:
     """The generator of ``choice``, loaded once per process (downloads show a progress bar)."""
-    device = os.environ.get(ENV_DEVICE) or None
+    env = environment()
     if choice.upload_digest is not None:
         uploaded = st.session_state.get("model_upload")
         if uploaded is None:
             raise TimemachineError("the uploaded model file is gone; upload it again")
-        return _model_by_upload(choice.upload_digest, choice.upload_name, device, uploaded.getvalue())
+        return _model_by_upload(choice.upload_digest, choice.upload_name, env, _env_key(env), uploaded.getvalue())
     spec = choice.spec
     path = Path(spec).expanduser()
     file_state = (path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else None
     bar = _DownloadBar(spec)
     try:
-        return _model_by_spec(spec, device, file_state, bar)
+        return _model_by_spec(spec, env, _env_key(env), file_state, bar)
     finally:
         bar.close()
 
@@ -411,7 +419,7 @@ def sidebar() -> None:
             st.sidebar.caption(f"{G.img_resolution}x{G.img_resolution} pixels, {G.num_ws} layers, "
                                f"fingerprint `{model.fingerprint}`, on {model.device}")
     st.session_state["model"] = model
-    if os.environ.get(ENV_VGG, "").strip() == "random":
+    if environment().vgg_weights == "random":
         st.sidebar.warning("Test mode: LPIPS uses a randomly initialised VGG16 (TIMEMACHINE_VGG_WEIGHTS=random), "
                            "so projections will not look like the photo.")
     st.sidebar.divider()

@@ -10,6 +10,9 @@ import sys
 
 from timemachine.cli import EXIT_OK, common
 from timemachine.errors import AgeVectorError
+from timemachine.settings import VECTOR_METHODS, VectorSettings
+
+VECTOR = VectorSettings()
 
 HELP = "build, tune and manage age vectors (the puppy direction of a breed)"
 DESCRIPTION = """\
@@ -70,17 +73,17 @@ def register(subparsers, formatter) -> None:
                    help="puppy/kitten photos or latent files (.npz)")
     p.add_argument("--adult", nargs="+", action="extend", required=True, metavar="FILE", default=argparse.SUPPRESS,
                    help="adult photos or latent files (.npz) of the same breed")
-    p.add_argument("--method", choices=["auto", "pair", "mean", "linear"], default="auto",
+    p.add_argument("--method", choices=VECTOR_METHODS, default=VECTOR.method,
                    help="pair: one of each; mean: difference of averages; linear: classifier normal (>= 2 per side)")
     p.add_argument("--species", default=argparse.SUPPRESS,
                    help="dog, cat, wild or any short text (default: from the zoo model's name, else none)")
     p.add_argument("--notes", default=argparse.SUPPRESS, help="free text kept with the vector")
-    p.add_argument("--strength", type=float, default=1.0, help="default strength when rendering")
-    p.add_argument("--layers", type=_layers_text, default="all",
+    p.add_argument("--strength", type=float, default=VECTOR.default_strength, help="default strength when rendering")
+    p.add_argument("--layers", type=_layers_text, default=VECTOR.default_layers,
                    help="default layers when rendering: all, coarse, middle, fine, or indices like 0-3,8")
     p.add_argument("--orthogonal-to", action="append", default=argparse.SUPPRESS, metavar="VECTOR",
                    help="remove the component along another saved vector (name or file); repeatable")
-    p.add_argument("--batch-size", type=int, default=8, help="photos projected together")
+    p.add_argument("--batch-size", type=int, default=VECTOR.batch_size, help="photos projected together")
     p.add_argument("--force", action="store_true", help="replace an existing vector of the same name")
     common.add_model_arguments(p)
     common.add_projection_arguments(p)
@@ -157,73 +160,39 @@ def register(subparsers, formatter) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _auto_method(num_puppies: int, num_adults: int) -> str:
-    if num_puppies == 1 and num_adults == 1:
-        return "pair"
-    if min(num_puppies, num_adults) >= 5:
-        return "linear"
-    return "mean"
-
-
-_ZOO_SPECIES = {"afhqdog": "dog", "afhqcat": "cat", "afhqwild": "wild"}
-
-
 def run_build(args: argparse.Namespace) -> int:
-    from timemachine import age, pipeline
+    from timemachine.pipeline import VectorBuildRequest, VectorExample, check_vector_build
+    from timemachine.settings import VectorSettings
 
-    # Everything that can be refused is refused before the model loads and long before anything is projected.
-    name = age.check_vector_name(args.name)
-    method = _auto_method(len(args.puppy), len(args.adult)) if args.method == "auto" else args.method
-    age.check_counts(method, len(args.puppy), len(args.adult))
-    age.check_strength(args.strength)
-    species = getattr(args, "species", None)
-    notes = getattr(args, "notes", "")
-    orthogonal_to = getattr(args, "orthogonal_to", [])
-    age.check_notes(notes)
-    if species is not None:
-        age.check_species(species)
-    if args.batch_size < 1:
-        raise AgeVectorError("--batch-size must be at least 1")
-    if age.library_path(name).exists() and not args.force:
-        raise AgeVectorError(f"an age vector named {name!r} already exists (use --force to replace it)")
     if args.pti:
         raise AgeVectorError("pivotal tuning changes the generator, not the latent, so it cannot improve an age "
                              "vector; leave out --pti")
-    for path in args.puppy + args.adult:
-        if not os.path.isfile(path):
-            raise AgeVectorError(f"no such file: {path}")
-    others = [age.load_vector(spec) for spec in orthogonal_to]
+    examples = [VectorExample(role=role, name=path, path=path)
+                for role, paths in (("puppy", args.puppy), ("adult", args.adult)) for path in paths]
     settings, _ = common.projection_settings(args)
-
-    model = common.load_model(args)
-    if species is None:
-        species = _ZOO_SPECIES.get(str(args.model), "")
-    age.check_build_request(name, model, len(args.puppy), len(args.adult), method, species=species,
-                            notes=notes, default_strength=args.strength, default_layers=args.layers)
-    for other in others:
-        other.check_model(model.fingerprint, model.spec)
-    inputs = age.prepare_inputs(model, args.puppy, args.adult)     # reads every photo and latent file
-    num_photos = sum(item.kind == "photo" for item in inputs)
-    if num_photos:
-        perceptual = common.load_perceptual(args, model.device)
-        cache = None if args.no_cache else pipeline.ProjectionCache(pipeline.cache_root())
-        with common.projection_progress(settings, None, min(num_photos, args.batch_size)) as callback:
-            age.project_inputs(model, inputs, settings, perceptual, cache=cache, callback=callback,
-                               batch_size=args.batch_size)
-    vector = age.build_vector_from_inputs(name, model, inputs, method, settings=settings, species=species,
-                                          notes=notes, default_strength=args.strength,
-                                          default_layers=args.layers)
-    if others:
-        vector = vector.orthogonalized(others)
-    for item in inputs:
+    request = VectorBuildRequest(
+        name=args.name, examples=examples,
+        settings=VectorSettings(method=args.method, default_strength=args.strength, default_layers=args.layers,
+                                batch_size=args.batch_size),
+        projection=common.projection_request(args, []), species=getattr(args, "species", None),
+        notes=getattr(args, "notes", ""), orthogonal_to=list(getattr(args, "orthogonal_to", [])),
+        replace=args.force)
+    # Everything that can be refused is refused before the model loads and long before anything is projected.
+    check_vector_build(common.environment(args), request)
+    pipe = common.load_pipeline(args)
+    pipe.check(request)
+    if any(not example.name.lower().endswith(".npz") for example in examples):
+        common.load_perceptual(pipe)
+    with common.progress_bars(min(len(examples), args.batch_size)) as bars:
+        result = pipe.build_vector(request, progress=bars)
+    for item in result.examples:
         if item.kind == "photo":
             m = item.metrics
             note = " (from cache)" if m.get("cached") else ""
-            print(f"{item.role:5}  {item.path}: LPIPS {m['lpips']:.4f}, PSNR {m['psnr']:.2f} dB{note}")
+            print(f"{item.role:5}  {item.name}: LPIPS {m['lpips']:.4f}, PSNR {m['psnr']:.2f} dB{note}")
         else:
-            print(f"{item.role:5}  {item.path}: latent file")
-    path = age.save_to_library(vector, force=args.force)
-    print(f"saved age vector {vector.name!r}: {_summary(vector)} -> {path}")
+            print(f"{item.role:5}  {item.name}: latent file")
+    print(f"saved age vector {result.vector.name!r}: {_summary(result.vector)} -> {result.path}")
     return EXIT_OK
 
 

@@ -1,4 +1,8 @@
-"""Options and progress bars shared by the commands that load a model and project photos."""
+"""Options, requests and progress bars shared by the commands that load a model and project or render.
+
+Every option's default comes from the settings dataclasses (:mod:`timemachine.settings`); the handlers turn
+the parsed options into the pipeline's requests and hand them over.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,32 @@ import argparse
 import contextlib
 import os
 import sys
-from typing import Iterator, Optional
+from pathlib import Path
+from typing import Any, Iterator, Optional
 
+from timemachine.env import ENV_MODEL, Environment
 from timemachine.errors import TimemachineError
+from timemachine.settings import EASINGS, ProjectorSettings, PTISettings, RenderSettings
 
-ENV_MODEL = "TIMEMACHINE_MODEL"
+PROJECTOR = ProjectorSettings()
+PTI = PTISettings()
+RENDER = RenderSettings()
+
+
+def environment(args: argparse.Namespace) -> Environment:
+    """The environment, read once per command, with ``--offline`` applied."""
+    env = getattr(args, "_environment", None)
+    if env is None:
+        env = Environment.from_environ()
+        if getattr(args, "offline", None):
+            env = env.replace(offline=True)
+        args._environment = env
+    return env
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--model", default=os.environ.get(ENV_MODEL), metavar="NAME|PATH|URL",
+    group.add_argument("--model", default=None, metavar="NAME|PATH|URL",
                        help="generator: zoo name (afhqdog, afhqcat, afhqwild), imported name, .pkl/.safetensors "
                             f"file or URL (default: ${ENV_MODEL})")
     group.add_argument("--device", default=None, help="'auto', 'cpu', 'cuda' or 'cuda:N' (default: auto)")
@@ -25,24 +45,22 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_projection_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("projection")
-    group.add_argument("--space", choices=["w", "w+"], default="w",
+    group.add_argument("--space", choices=["w", "w+"], default=PROJECTOR.space,
                        help="W: one latent for all layers (edits age best); W+: one per layer (closer fit)")
-    group.add_argument("--steps", type=int, default=1000, help="optimisation steps (official: 1000)")
-    group.add_argument("--seed", type=int, default=303, help="random seed of the projection")
-    group.add_argument("--early-stop", type=int, default=0, metavar="STEPS",
+    group.add_argument("--steps", type=int, default=PROJECTOR.steps, help="optimisation steps (official: 1000)")
+    group.add_argument("--seed", type=int, default=PROJECTOR.seed, help="random seed of the projection")
+    group.add_argument("--early-stop", type=int, default=PROJECTOR.early_stop_patience, metavar="STEPS",
                        help="stop when the loss has not improved for STEPS steps (0 = run all steps)")
     group.add_argument("--pti", action="store_true", help="pivotal tuning after projecting (closer, slower)")
-    group.add_argument("--pti-steps", type=int, default=350, help="pivotal tuning steps")
+    group.add_argument("--pti-steps", type=int, default=PTI.steps, help="pivotal tuning steps")
     group.add_argument("--vgg-weights", default=None, metavar="PATH|random",
                        help="VGG16 weights for LPIPS (default: downloaded/cached ImageNet weights; 'random' is "
                             "for tests and benchmarks only)")
     group.add_argument("--no-cache", action="store_true", help="do not read or write the projection cache")
 
 
-def projection_settings(args: argparse.Namespace):
+def projection_settings(args: argparse.Namespace) -> tuple[ProjectorSettings, Optional[PTISettings]]:
     """(ProjectorSettings, PTISettings or None) from the parsed options, validated."""
-    from timemachine.projector import ProjectorSettings, PTISettings
-
     settings = ProjectorSettings(space=args.space, steps=args.steps, seed=args.seed,
                                  early_stop_patience=args.early_stop)
     settings.validate()
@@ -53,50 +71,105 @@ def projection_settings(args: argparse.Namespace):
     return settings, pti
 
 
-def load_model(args: argparse.Namespace):
-    """The :class:`timemachine.pipeline.LoadedModel` for ``--model``, with a licence notice and download bar."""
-    from timemachine import pipeline
+def projection_request(args: argparse.Namespace, photos: list, out: Optional[Path] = None):
+    """The :class:`ProjectionRequest` for ``photos``; its checkpoint lives in ``out`` (removed unless --resume)."""
+    from timemachine.pipeline import ProjectionRequest
+
+    settings, pti = projection_settings(args)
+    checkpoint = None
+    if out is not None:
+        checkpoint = str(out / ".projection-checkpoint.pt")
+        if not getattr(args, "resume", False) and os.path.exists(checkpoint):
+            os.remove(checkpoint)
+    return ProjectionRequest(photos=photos, settings=settings, pti=pti, use_cache=not args.no_cache,
+                             checkpoint=checkpoint, resume=bool(getattr(args, "resume", False)))
+
+
+def load_pipeline(args: argparse.Namespace):
+    """The :class:`Pipeline` for ``--model`` (licence notice and download bar when it is downloaded)."""
     from timemachine.cli.weights import download_progress, licence_notice_if_downloading
+    from timemachine.pipeline import Pipeline
 
-    if not args.model:
+    env = environment(args)
+    if getattr(args, "vgg_weights", None):
+        env = env.replace(vgg_weights=args.vgg_weights)
+        args._environment = env
+    spec = args.model or env.model
+    if not spec:
         raise TimemachineError(f"no model given: pass --model NAME|PATH|URL or set {ENV_MODEL}")
-    licence_notice_if_downloading(args.model, offline=args.offline)
-    with download_progress(args.model) as progress:
-        return pipeline.load_model(args.model, device=args.device, offline=args.offline, progress=progress)
+    licence_notice_if_downloading(spec, offline=env.offline)
+    with download_progress(spec) as progress:
+        return Pipeline.load(spec, env, device=args.device, progress=progress)
 
 
-def load_perceptual(args: argparse.Namespace, device):
-    from timemachine import pipeline
+def load_perceptual(pipe) -> None:
+    """Load the pipeline's LPIPS network now, with a download bar (so it is not fetched mid-job)."""
     from timemachine.cli.weights import download_progress
 
     with download_progress("vgg16") as progress:
-        return pipeline.load_perceptual(device, vgg_weights=args.vgg_weights, offline=args.offline, progress=progress)
+        pipe.perceptual(progress)
+
+
+class ProgressBars:
+    """A pipeline progress callback drawing one tqdm bar per stage on stderr (hidden when not a terminal).
+
+    Args:
+        labels: the bar's label per stage ('project', 'pti', 'render', ...); stages without one get no bar.
+    """
+
+    def __init__(self, labels: dict[str, str]):
+        self.labels = labels
+        self.bars: dict[str, Any] = {}
+
+    def __call__(self, event) -> None:
+        label = self.labels.get(event.stage)
+        if label is None or not event.total:
+            return
+        from tqdm import tqdm
+
+        bar = self.bars.get(event.stage)
+        if bar is None or event.done < bar.n or event.total != bar.total:
+            if bar is not None:
+                bar.close()
+            bar = tqdm(total=event.total, initial=max(0, event.done - 1), desc=label,
+                       unit="frame" if event.stage == "render" else "step", file=sys.stderr, disable=None,
+                       dynamic_ncols=True)
+            self.bars[event.stage] = bar
+        if "lpips" in event.extras:
+            bar.set_postfix(loss=f"{event.extras['loss']:.4f}", lpips=f"{event.extras['lpips']:.4f}", refresh=False)
+        bar.update(event.done - bar.n)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
 
 
 @contextlib.contextmanager
-def projection_progress(settings, pti_settings, num_photos: int) -> Iterator:
-    """A projector callback drawing tqdm bars on stderr: one for projecting, one per photo for PTI."""
-    from tqdm import tqdm
+def progress_bars(num_photos: int = 1, render: bool = False) -> Iterator[ProgressBars]:
+    """Bars for projecting (and pivotal tuning) ``num_photos`` photos, and for rendering frames."""
+    labels = {"project": "projecting" if num_photos == 1 else f"projecting {num_photos} photos",
+              "pti": "pivotal tuning"}
+    if render:
+        labels["render"] = "rendering"
+    bars = ProgressBars(labels)
+    try:
+        yield bars
+    finally:
+        bars.close()
 
-    bars: dict[str, tqdm] = {}
-    label = "projecting" if num_photos == 1 else f"projecting {num_photos} photos"
 
-    def callback(event) -> None:
-        bar = bars.get(event.stage)
-        if bar is None or event.step == 1:
-            if bar is not None:
-                bar.close()
-            bar = tqdm(total=event.total, initial=event.step - 1, desc=label if event.stage == "project" else
-                       "pivotal tuning", unit="step", file=sys.stderr, disable=None, dynamic_ncols=True)
-            bars[event.stage] = bar
-        bar.set_postfix(loss=f"{event.loss:.4f}", lpips=f"{float(event.lpips.mean()):.4f}", refresh=False)
-        bar.update(event.step - bar.n)
+@contextlib.contextmanager
+def resumable(checkpoint: Optional[str]) -> Iterator[None]:
+    """Word an interruption of a projection as the way to continue it (when a checkpoint was left)."""
+    from timemachine.cli import Terminated
 
     try:
-        yield callback
-    finally:
-        for bar in bars.values():
-            bar.close()
+        yield
+    except (KeyboardInterrupt, Terminated) as exc:
+        if checkpoint and os.path.exists(checkpoint):
+            exc.args = (f"{'interrupted' if isinstance(exc, KeyboardInterrupt) else 'terminated'}; run the "
+                        "same command with --resume to continue from the last checkpoint",)
+        raise
 
 
 def add_age_arguments(parser: argparse.ArgumentParser) -> None:
@@ -104,62 +177,60 @@ def add_age_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--age-vector", required=True, metavar="NAME|FILE",
                        help="age vector: a name from your library (timemachine age-vector list) or a .safetensors file")
     group.add_argument("--strength", type=float, default=None,
-                       help="how far to walk along the vector (default: the vector's own, usually 1.0)")
+                       help="how far to walk along the vector (default: the vector's own)")
     group.add_argument("--layers", default=None, metavar="GROUPS|RANGES",
                        help="layers to edit: coarse, middle, fine, all, or indices like 0-7 (default: the vector's own)")
     group.add_argument("--force-model", action="store_true",
                        help="apply a vector built for another model anyway (results are usually meaningless)")
 
 
+def age_edit(args: argparse.Namespace):
+    from timemachine.pipeline import AgeEdit
+
+    return AgeEdit(vector=args.age_vector, strength=args.strength, layers=args.layers, force_model=args.force_model)
+
+
 def add_render_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("video")
-    group.add_argument("--frames", type=int, default=96, help="frames of the walk from adult to young (>= 2)")
-    group.add_argument("--fps", type=float, default=24.0, help="frames per second")
-    group.add_argument("--easing", choices=["linear", "smoothstep", "cosine"], default="smoothstep",
-                       help="speed profile of the walk")
-    group.add_argument("--hold-start", type=int, default=12, help="extra frames showing the adult before the walk")
-    group.add_argument("--hold-end", type=int, default=24, help="extra frames showing the young animal at the end")
+    group.add_argument("--frames", type=int, default=RENDER.frames, help="frames of the walk from adult to young (>= 2)")
+    group.add_argument("--fps", type=float, default=RENDER.fps, help="frames per second")
+    group.add_argument("--easing", choices=EASINGS, default=RENDER.easing, help="speed profile of the walk")
+    group.add_argument("--hold-start", type=int, default=RENDER.hold_start,
+                       help="extra frames showing the adult before the walk")
+    group.add_argument("--hold-end", type=int, default=RENDER.hold_end,
+                       help="extra frames showing the young animal at the end")
     group.add_argument("--pingpong", action="store_true", help="walk back again, for a seamless loop")
-    group.add_argument("--batch-size", type=int, default=2, help="frames synthesised together (memory grows with it)")
-    group.add_argument("--crf", type=int, default=18, help="MP4 quality: 1 (best) to 51 (worst)")
+    group.add_argument("--batch-size", type=int, default=RENDER.batch_size,
+                       help="frames synthesised together (memory grows with it)")
+    group.add_argument("--crf", type=int, default=RENDER.crf, help="MP4 quality: 1 (best) to 51 (worst)")
     group.add_argument("--no-gif", action="store_true", help="do not write preview.gif")
     group.add_argument("--side-by-side", action="store_true",
                        help="also write side_by_side.mp4: photo | reconstruction | young")
     group.add_argument("--png-frames", action="store_true", help="also write every frame as PNG into frames/")
 
 
-def render_settings(args: argparse.Namespace, vector):
-    """RenderSettings from the options; the strength defaults to the vector's."""
-    from timemachine.render import RenderSettings
-
-    strength = vector.default_strength if args.strength is None else args.strength
-    settings = RenderSettings(frames=args.frames, strength=strength, easing=args.easing, hold_start=args.hold_start,
+def render_settings(args: argparse.Namespace) -> RenderSettings:
+    """RenderSettings from the options, validated (the strength is the age edit's, filled in by the pipeline)."""
+    settings = RenderSettings(frames=args.frames, easing=args.easing, hold_start=args.hold_start,
                               hold_end=args.hold_end, pingpong=args.pingpong, batch_size=args.batch_size,
                               fps=args.fps, crf=args.crf)
     settings.validate()
     return settings
 
 
-@contextlib.contextmanager
-def render_progress() -> Iterator:
-    """A ``progress(done, total)`` callback drawing a tqdm frame bar on stderr."""
-    from tqdm import tqdm
+def video_outputs(args: argparse.Namespace, out: Path):
+    from timemachine.pipeline import VideoOutputs
 
-    bar = None
-
-    def callback(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, desc="rendering", unit="frame", file=sys.stderr, disable=None, dynamic_ncols=True)
-        bar.update(done - bar.n)
-
-    try:
-        yield callback
-    finally:
-        if bar is not None:
-            bar.close()
+    return VideoOutputs(directory=out, gif=not args.no_gif, side_by_side=args.side_by_side, png_frames=args.png_frames)
 
 
-def check_out_dir(out) -> None:
+def parse_crop(text: Optional[str]):
+    """``--crop X,Y,SIZE`` (None: centred)."""
+    from timemachine.pipeline import parse_crop as parse
+
+    return parse(text) if text else None
+
+
+def check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise TimemachineError(f"--out {out} exists and is not a directory")

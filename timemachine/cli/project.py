@@ -7,8 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from timemachine.cli import EXIT_OK, Terminated, common
-from timemachine.errors import TimemachineError
+from timemachine.cli import EXIT_OK, common
 
 HELP = "project photos into the generator's latent space (W or W+), optionally with pivotal tuning"
 DESCRIPTION = """\
@@ -57,40 +56,30 @@ def _output_dirs(out: Path, photos: list[str]) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from timemachine import images, pipeline
+    from timemachine.pipeline import write_projection
 
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise TimemachineError(f"--out {out} exists and is not a directory")
-    crop = images.parse_crop(args.crop) if args.crop else None
-    settings, pti_settings = common.projection_settings(args)
+    common.check_out_dir(out)
+    crop = common.parse_crop(args.crop)
+    common.projection_settings(args)
 
     # Everything that can fail on bad input happens before anything is written.
-    model = common.load_model(args)
-    photos = [images.prepare_photo(p, model.G.img_resolution, crop=crop) for p in args.photos]
-    perceptual = common.load_perceptual(args, model.device)
-    cache = None if args.no_cache else pipeline.ProjectionCache(pipeline.cache_root())
-
+    pipe = common.load_pipeline(args)
+    photos = [pipe.prepare_photo(p, crop=crop) for p in args.photos]
+    request = common.projection_request(args, photos)
+    pipe.check(request)
+    common.load_perceptual(pipe)
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint = str(out / ".projection-checkpoint.pt")
-    if not args.resume and os.path.exists(checkpoint):
-        os.remove(checkpoint)
-    with common.projection_progress(settings, pti_settings, len(photos)) as callback:
-        try:
-            results = pipeline.project_images(model, photos, settings, perceptual, pti_settings=pti_settings,
-                                              cache=cache, callback=callback, checkpoint_path=checkpoint,
-                                              resume=args.resume)
-        except (KeyboardInterrupt, Terminated) as exc:
-            if os.path.exists(checkpoint):
-                exc.args = (f"{'interrupted' if isinstance(exc, KeyboardInterrupt) else 'terminated'}; run the "
-                            "same command with --resume to continue from the last checkpoint",)
-            raise
+    request = common.projection_request(args, photos, out)
+    with common.progress_bars(len(photos)) as bars, common.resumable(request.checkpoint):
+        results = pipe.project(request, progress=bars)
 
     for photo, directory, result in zip(args.photos, _output_dirs(out, list(args.photos)), results):
-        summary = {"photo": os.path.abspath(photo), "crop": str(crop) if crop else "centre",
-                   "model": model.spec, "model_fingerprint": model.fingerprint,
-                   "settings": settings.to_dict(), "pti_settings": pti_settings.to_dict() if pti_settings else None}
-        paths = pipeline.write_projection(directory, result, summary)
+        summary = {"photo": result.photo_info.get("path", os.path.abspath(photo)), "crop": result.photo_info["crop"],
+                   "model": pipe.model.spec, "model_fingerprint": pipe.model.fingerprint,
+                   "settings": request.settings.to_dict(),
+                   "pti_settings": request.pti.to_dict() if request.pti else None}
+        paths = write_projection(directory, result, summary)
         m = result.metrics
         note = " (from cache)" if m["cached"] else ""
         pti = (f"; before PTI: LPIPS {m['lpips_before_pti']:.4f}, PSNR {m['psnr_before_pti']:.2f} dB"

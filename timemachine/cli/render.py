@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from timemachine.cli import EXIT_OK, common
@@ -32,28 +31,18 @@ def register(subparsers, formatter) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from timemachine import age, images, latents, pipeline
+    from timemachine.pipeline import RenderRequest
 
     out = Path(args.out)
     common.check_out_dir(out)
-    crop = images.parse_crop(args.crop) if args.crop else None
-    vector = age.load_vector(args.age_vector)
-    settings = common.render_settings(args, vector)
-    model = common.load_model(args)
-    latent = latents.load_latent(args.latent, num_ws=model.G.num_ws, w_dim=model.G.w_dim)
-    fingerprint = latent.meta.get("model_fingerprint")
-    if fingerprint and fingerprint != model.fingerprint and not args.force_model:
-        from timemachine.errors import LatentError
-
-        raise LatentError(f"{args.latent} was projected with another model (fingerprint {fingerprint}, this one is "
-                          f"{model.fingerprint}); pass --force-model to render it anyway")
-    pipeline.age_direction(model, vector, args.layers, args.force_model)
-    photo = images.prepare_photo(args.photo, model.G.img_resolution, crop=crop) if args.photo else None
-
-    with common.render_progress() as progress:
-        result = pipeline.render_age_video(
-            model, latent, vector, out, settings, layers=args.layers, force_model=args.force_model, photo=photo,
-            gif=not args.no_gif, side_by_side=args.side_by_side, frames=args.png_frames, progress=progress,
-            run_info={"latent": os.path.abspath(args.latent), "photo": os.path.abspath(args.photo) if args.photo else None})
+    crop = common.parse_crop(args.crop)
+    settings = common.render_settings(args)
+    pipe = common.load_pipeline(args)
+    photo = pipe.prepare_photo(args.photo, crop=crop) if args.photo else None
+    request = RenderRequest(latent=args.latent, edit=common.age_edit(args), render=settings,
+                            outputs=common.video_outputs(args, out), photo=photo)
+    pipe.check(request)
+    with common.progress_bars(render=True) as bars:
+        result = pipe.render(request, progress=bars)
     print(f"{result.run_info['render']['total_frames']} frames -> {result.files['video']}")
     return EXIT_OK

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-from timemachine.cli import EXIT_OK, Terminated, common
+from timemachine.cli import EXIT_OK, common
 
 HELP = "the whole job: crop, project (cached), walk along an age vector, write the video"
 DESCRIPTION = """\
@@ -39,42 +38,28 @@ def register(subparsers, formatter) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from timemachine import age, images, pipeline
+    from timemachine.pipeline import AgeVideoRequest
 
     out = Path(args.out)
     common.check_out_dir(out)
-    crop = images.parse_crop(args.crop) if args.crop else None
-    projection_settings, pti_settings = common.projection_settings(args)
-    vector = age.load_vector(args.age_vector)
-    render_settings = common.render_settings(args, vector)
+    crop = common.parse_crop(args.crop)
+    settings = common.render_settings(args)
+    edit = common.age_edit(args)
+    common.projection_settings(args)
 
     # Everything that can fail on bad input happens before anything is written.
-    model = common.load_model(args)
-    pipeline.age_direction(model, vector, args.layers, args.force_model)
-    photo = images.prepare_photo(args.photo, model.G.img_resolution, crop=crop)
-    perceptual = common.load_perceptual(args, model.device)
-    cache = None if args.no_cache else pipeline.ProjectionCache(pipeline.cache_root())
-
+    pipe = common.load_pipeline(args)
+    photo = pipe.prepare_photo(args.photo, crop=crop)
+    projection = common.projection_request(args, [photo])
+    request = AgeVideoRequest(photo=photo, edit=edit, projection=projection, render=settings,
+                              outputs=common.video_outputs(args, out))
+    pipe.check(request)
+    common.load_perceptual(pipe)
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint = str(out / ".projection-checkpoint.pt")
-    if not args.resume and os.path.exists(checkpoint):
-        os.remove(checkpoint)
-    with common.projection_progress(projection_settings, pti_settings, 1) as project_callback, \
-            common.render_progress() as render_callback:
-        try:
-            result = pipeline.make_age_video(
-                model, photo, vector, out, projection_settings, render_settings, perceptual,
-                pti_settings=pti_settings, cache=cache, layers=args.layers, force_model=args.force_model,
-                gif=not args.no_gif, side_by_side=args.side_by_side, frames=args.png_frames,
-                project_callback=project_callback, render_progress=render_callback, checkpoint_path=checkpoint,
-                resume=args.resume,
-                photo_info={"path": os.path.abspath(args.photo), "crop": str(crop) if crop else "centre"})
-        except (KeyboardInterrupt, Terminated) as exc:
-            if os.path.exists(checkpoint):
-                exc.args = (f"{'interrupted' if isinstance(exc, KeyboardInterrupt) else 'terminated'}; run the "
-                            "same command with --resume to continue from the last checkpoint",)
-            raise
-    m = result.projection.metrics
+    request.projection = common.projection_request(args, [photo], out)
+    with common.progress_bars(render=True) as bars, common.resumable(request.projection.checkpoint):
+        result = pipe.age_video(request, progress=bars)
+    m = result.metrics
     cached = " (projection from cache)" if m["cached"] else ""
     print(f"{args.photo}: LPIPS {m['lpips']:.4f}, PSNR {m['psnr']:.2f} dB{cached}; "
           f"{result.run_info['render']['total_frames']} frames -> {result.files['video']}")

@@ -1,0 +1,48 @@
+"""The pipeline: the one layer the faces (CLI, UI, worker) call.
+
+A face reads the environment once (:class:`Environment`), loads a :class:`Pipeline` for a model, builds a
+request from the settings dataclasses and its inputs, and calls one typed method per job::
+
+    env = Environment.from_environ()
+    pipe = Pipeline.load("afhqdog", env, progress=download_bar)
+    photo = pipe.prepare_photo("dog.jpg")
+    result = pipe.age_video(AgeVideoRequest(photo=photo, edit=AgeEdit("yorkshire"),
+                                            outputs=VideoOutputs(directory="result/")), progress=on_progress)
+
+Jobs: :meth:`Pipeline.project` (photos -> latents), :meth:`Pipeline.age_video` (the whole product),
+:meth:`Pipeline.render` (a latent file -> video), :meth:`Pipeline.preview_strip`, :meth:`Pipeline.build_vector`.
+Every job validates its request before any work, reports through one :class:`Progress` callback (which may
+raise to stop it) and never prints.  Library errors (:mod:`timemachine.errors`) carry one sentence and an
+optional remedy for the face to word.
+
+Modules: ``requests`` (the request types), ``components`` (Pipeline, LoadedModel), ``projection``,
+``videos``, ``vectors`` (the jobs), ``progress`` (the event).
+"""
+
+from timemachine.env import Environment
+from timemachine.images import DEFAULT_MAX_BYTES as MAX_PHOTO_BYTES
+from timemachine.images import MIN_SIDE as MIN_PHOTO_SIDE
+from timemachine.images import CropBox, parse_crop
+from timemachine.perceptual import RandomWeightsWarning
+from timemachine.pipeline.components import LoadedModel, Pipeline, load_model, load_perceptual, perceptual_id
+from timemachine.pipeline.progress import VIDEO_STAGES, Progress, ProgressCallback, overall_fraction
+from timemachine.pipeline.projection import PhotoProjection, load_photo, prepare_photo, write_projection
+from timemachine.pipeline.requests import (AgeEdit, AgeVideoRequest, Photo, ProjectionRequest, RenderRequest,
+                                           VectorBuildRequest, VectorExample, VideoOutputs)
+from timemachine.age import MAX_STRENGTH, describe_layer_groups, format_indices, layer_groups, resolve_layers
+from timemachine.pipeline.vectors import (BuiltExample, VectorBuildResult, list_vectors, load_vector, save_vector,
+                                          update_vector)
+from timemachine.pipeline.vectors import precheck as check_vector_build
+from timemachine.pipeline.videos import STRIP_TIMES, AgeVideoResult
+from timemachine.weights import human_bytes
+
+__all__ = [
+    "Environment", "LoadedModel", "Pipeline", "load_model", "load_perceptual", "perceptual_id",
+    "Progress", "ProgressCallback", "VIDEO_STAGES", "overall_fraction",
+    "Photo", "ProjectionRequest", "AgeEdit", "VideoOutputs", "AgeVideoRequest", "RenderRequest", "VectorExample",
+    "VectorBuildRequest", "PhotoProjection", "AgeVideoResult", "VectorBuildResult", "BuiltExample", "STRIP_TIMES",
+    "write_projection", "CropBox", "parse_crop", "load_vector", "check_vector_build", "MAX_PHOTO_BYTES",
+    "MIN_PHOTO_SIDE", "RandomWeightsWarning", "load_photo", "prepare_photo", "human_bytes", "list_vectors",
+    "save_vector", "update_vector", "MAX_STRENGTH", "describe_layer_groups", "format_indices", "layer_groups",
+    "resolve_layers",
+]

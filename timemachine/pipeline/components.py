@@ -1,0 +1,174 @@
+"""The pipeline's components, registered once: the environment, the generator, LPIPS and the stores.
+
+A :class:`Pipeline` is built once per model (``Pipeline.load(spec, env)``) and serves any number of jobs; its
+methods take a request (:mod:`timemachine.pipeline.requests`) and return a result dataclass.  The perceptual
+network is loaded on first use (a job that only renders never needs VGG16).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional, Union
+
+import torch
+
+from timemachine.cache import ProjectionCache
+from timemachine.checkpoint import model_fingerprint
+from timemachine.device import prepare_device
+from timemachine.env import Environment
+from timemachine.fs import ContentStore
+from timemachine.networks import Generator
+from timemachine.perceptual import RANDOM, PerceptualDistance
+
+#: Finished videos kept in the video store (the least recently used ones are removed first).
+MAX_STORED_VIDEOS = 64
+
+#: ``progress(done_bytes, total_bytes_or_None)`` of a download.
+DownloadProgress = "Callable[[int, Optional[int]], None]"
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A generator ready to use, with where it came from.
+
+    Attributes:
+        G:           the generator (eval mode, no gradients) on its device.
+        fingerprint: :func:`timemachine.checkpoint.model_fingerprint` of G (16 hex digits).
+        spec:        what the user named it by (a zoo name, an imported name, a path, 'uploaded file x').
+        path:        the file it was loaded from.
+    """
+
+    G: Generator
+    fingerprint: str
+    spec: str
+    path: str
+
+    @property
+    def device(self) -> torch.device:
+        return self.G.mapping.w_avg.device
+
+
+def load_model(spec: Union[str, os.PathLike], env: Environment, *, device: Union[str, torch.device, None] = None,
+               progress=None, offline: Optional[bool] = None) -> LoadedModel:
+    """Resolve ``spec`` (zoo name, imported name, file or URL; downloading and verifying it if needed) and load
+    it safely onto ``device`` (None: the environment's, else CUDA if available, else the CPU)."""
+    from timemachine import weights
+    from timemachine.checkpoint import load_generator
+
+    device = prepare_device(device if device is not None else env.device, malloc_tuning=env.malloc_tuning)
+    path = weights.resolve_model(spec, offline=env.offline if offline is None else offline, progress=progress)
+    G = load_generator(path, device=device)
+    return LoadedModel(G=G, fingerprint=model_fingerprint(G), spec=str(spec), path=str(path))
+
+
+def load_perceptual(env: Environment, device: Union[str, torch.device, None] = None,
+                    progress=None) -> PerceptualDistance:
+    """LPIPS-VGG16 on ``device``, with the environment's choice of weights (real ImageNet weights unless
+    'random' is asked for by name)."""
+    return PerceptualDistance(env.vgg_weights, offline=env.offline, progress=progress).to(prepare_device(
+        device, malloc_tuning=env.malloc_tuning))
+
+
+def perceptual_id(perceptual: PerceptualDistance) -> str:
+    """The perceptual network's identity for store keys: 'random' or the VGG16 file's name."""
+    return RANDOM if perceptual.vgg_source == RANDOM else os.path.basename(perceptual.vgg_source)
+
+
+class Pipeline:
+    """Components registered once, and the jobs that use them.
+
+    Args:
+        env:        the environment (paths, switches), read once by the face.
+        model:      the loaded generator.
+        perceptual: an LPIPS network to use, or None to load one on first need.
+    """
+
+    def __init__(self, env: Environment, model: LoadedModel, perceptual: Optional[PerceptualDistance] = None):
+        self.env = env
+        self.model = model
+        self._perceptual = perceptual
+        self.projections = ProjectionCache(env.paths.projections)
+        self.videos = ContentStore(env.paths.ui_videos, max_entries=MAX_STORED_VIDEOS)
+
+    @classmethod
+    def load(cls, spec: Union[str, os.PathLike], env: Environment, *, device: Union[str, torch.device, None] = None,
+             progress=None, offline: Optional[bool] = None) -> "Pipeline":
+        """A pipeline for the model ``spec`` names (see :func:`load_model`)."""
+        return cls(env, load_model(spec, env, device=device, progress=progress, offline=offline))
+
+    @property
+    def G(self) -> Generator:
+        return self.model.G
+
+    @property
+    def resolution(self) -> int:
+        return int(self.model.G.img_resolution)
+
+    def perceptual(self, progress=None) -> PerceptualDistance:
+        """The LPIPS network on the model's device, loaded on first use (``progress`` sees its download)."""
+        if self._perceptual is None:
+            self._perceptual = load_perceptual(self.env, self.model.device, progress=progress)
+        return self._perceptual
+
+    @property
+    def perceptual_loaded(self) -> bool:
+        return self._perceptual is not None
+
+    # The jobs live in their own modules; these methods are the pipeline's one typed call per job.
+    def check(self, request) -> None:
+        """Refuse ``request`` (any request type) if it cannot work, before any work is done."""
+        from timemachine.pipeline import projection, requests, vectors, videos
+
+        if isinstance(request, requests.AgeVideoRequest):
+            videos.check(self, request)
+        elif isinstance(request, requests.ProjectionRequest):
+            projection.check(self, request)
+        elif isinstance(request, requests.VectorBuildRequest):
+            vectors.check(self, request)
+        elif isinstance(request, requests.RenderRequest):
+            videos.check_render(self, request)
+        else:
+            raise TypeError(f"not a pipeline request: {type(request).__name__}")
+
+    def prepare_photo(self, source, *, crop=None, name: Optional[str] = None):
+        from timemachine.pipeline import projection
+
+        return projection.prepare_photo(source, self.resolution, crop=crop, name=name)
+
+    def project(self, request, progress=None):
+        from timemachine.pipeline import projection
+
+        return projection.project(self, request, progress)
+
+    def video_key(self, request) -> str:
+        """The content key of the video an :class:`AgeVideoRequest` asks for (the video store's key)."""
+        from timemachine.pipeline import videos
+
+        vector, _, settings = videos.check(self, request)
+        return videos.video_key(self, request, vector, settings)
+
+    def age_video(self, request, progress=None):
+        from timemachine.pipeline import videos
+
+        return videos.age_video(self, request, progress)
+
+    def render(self, request, progress=None):
+        from timemachine.pipeline import videos
+
+        return videos.render(self, request, progress)
+
+    def preview_strip(self, latent, edit, times, progress=None):
+        from timemachine.pipeline import videos
+
+        return videos.preview_strip(self, latent, edit, times, progress)
+
+    def build_vector(self, request, progress=None):
+        from timemachine.pipeline import vectors
+
+        return vectors.build_vector(self, request, progress)
+
+    def load_vector(self, spec: str):
+        from timemachine.pipeline import vectors
+
+        return vectors.load_vector(self.env, spec)

@@ -1,0 +1,202 @@
+"""Age vectors as jobs: building one from puppy and adult examples (photos are projected), and finding one.
+
+:func:`build_vector` reads every example first (so a bad file is refused before a long projection starts),
+projects the photos through the projection store, computes the direction with :mod:`timemachine.age`, and
+stores the vector in the library.  Latent files (``.npz``) are used as they are, and must fit the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+
+from timemachine import age, images
+from timemachine.env import Environment
+from timemachine.errors import AgeVectorError, AlreadyExists, TimemachineError, printable
+from timemachine.latents import LatentFile, load_latent
+from timemachine.pipeline.progress import ProgressCallback, report
+from timemachine.pipeline.requests import Photo, VectorBuildRequest, VectorExample
+
+if TYPE_CHECKING:
+    from timemachine.pipeline.components import Pipeline
+
+#: Species of the zoo's models, recorded with vectors built for them.
+ZOO_SPECIES = {"afhqdog": "dog", "afhqcat": "cat", "afhqwild": "wild"}
+
+
+def load_vector(env: Environment, spec: str):
+    """An age vector by library name or ``.safetensors`` file (see :func:`timemachine.age.load_vector`)."""
+    return age.load_vector(spec)
+
+
+@dataclasses.dataclass
+class BuiltExample:
+    """One example of a build and what became of it.
+
+    Attributes:
+        role, name: as in :class:`VectorExample`.
+        kind:     'photo' or 'latent'.
+        latent:   its latent (ws [num_ws, w_dim]).
+        metrics:  the projection's metrics for photos ('lpips', 'psnr', 'cached'); {} for latent files.
+    """
+
+    role: str
+    name: str
+    kind: str
+    latent: Optional[LatentFile] = None
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    image: Optional[np.ndarray] = None
+
+
+@dataclasses.dataclass
+class VectorBuildResult:
+    """The built vector (stored in the library when the request said so) and its examples."""
+
+    vector: Any
+    examples: list[BuiltExample]
+    path: Optional[Path] = None
+
+
+def _is_latent(example: VectorExample) -> bool:
+    return example.name.lower().endswith(".npz") or os.fspath(example.path or "").lower().endswith(".npz")
+
+
+def precheck(env: Environment, request: VectorBuildRequest) -> str:
+    """Refuse a build that cannot succeed, before the model is even loaded: the name (and whether it is taken),
+    the counts for the method, the stored defaults, missing files.  Returns the method to use."""
+    settings = request.settings
+    settings.validate()
+    age.check_vector_name(request.name)
+    roles = [example.role for example in request.examples]
+    if any(role not in ("puppy", "adult") for role in roles):
+        raise AgeVectorError("every example must be a 'puppy' or an 'adult'")
+    puppies, adults = roles.count("puppy"), roles.count("adult")
+    method = settings.resolved_method(puppies, adults)
+    age.check_counts(method, puppies, adults)
+    age.check_strength(settings.default_strength)
+    age.normalize_layers(settings.default_layers)
+    if request.species is not None:
+        age.check_species(request.species)
+    age.check_notes(request.notes)
+    request.projection.settings.validate()
+    if request.save and age.library_path(request.name).exists() and not request.replace:
+        raise AlreadyExists(f"an age vector named {request.name!r} already exists")
+    for example in request.examples:
+        if example.data is None and not (example.path is not None and os.path.isfile(example.path)):
+            raise AgeVectorError(f"no such file: {printable(example.path if example.path is not None else example.name)}")
+    return method
+
+
+def check(pipe: "Pipeline", request: VectorBuildRequest) -> str:
+    """:func:`precheck`, plus what needs the model (the default layers exist); returns the method to use."""
+    method = precheck(pipe.env, request)
+    age.resolve_layers(request.settings.default_layers, pipe.G.num_ws)
+    return method
+
+
+def _read_example(pipe: "Pipeline", example: VectorExample) -> BuiltExample:
+    """Read one example: a latent file (checked against the model) or a photo (prepared for the model)."""
+    G = pipe.G
+    source = example.data if example.data is not None else example.path
+    if source is None:
+        raise AgeVectorError(f"the {example.role} example {printable(example.name)} has no content")
+    if _is_latent(example):
+        if example.data is not None:
+            with tempfile.TemporaryDirectory(prefix="timemachine-example-") as tmp:
+                path = Path(tmp) / "example.npz"
+                path.write_bytes(example.data)
+                try:
+                    latent = load_latent(path, num_ws=G.num_ws, w_dim=G.w_dim)
+                except TimemachineError as exc:
+                    raise type(exc)(str(exc).replace(str(path), example.name)) from None
+        else:
+            latent = load_latent(example.path, num_ws=G.num_ws, w_dim=G.w_dim)
+        recorded = latent.meta.get("model_fingerprint")
+        if recorded is not None and recorded != pipe.model.fingerprint:
+            raise AgeVectorError(f"{example.role} latent {printable(example.name)} was projected with another "
+                                 f"model ({printable(recorded)}), not with {pipe.model.spec} ({pipe.model.fingerprint})")
+        return BuiltExample(example.role, example.name, "latent", latent=latent)
+    image = images.prepare_photo(source, pipe.resolution, name=example.name)
+    return BuiltExample(example.role, example.name, "photo", image=image)
+
+
+def _project(pipe: "Pipeline", request: VectorBuildRequest, examples: list[BuiltExample],
+             progress: Optional[ProgressCallback]) -> None:
+    """Give every photo example its latent, ``batch_size`` photos at a time, through the projection store.
+    No pivotal tuning: it changes the generator around a latent, not the latent, so not the vector."""
+    todo = [item for item in examples if item.kind == "photo"]
+    size = request.settings.batch_size
+    for start in range(0, len(todo), size):
+        chunk = todo[start:start + size]
+        projection = dataclasses.replace(request.projection, pti=None, checkpoint=None, resume=False,
+                                         photos=[Photo(image=item.image, info={"name": item.name}) for item in chunk])
+        for item, result in zip(chunk, pipe.project(projection, progress)):
+            item.latent = result.latent
+            item.metrics = dict(result.metrics)
+
+
+def _details(request: VectorBuildRequest, examples: list[BuiltExample]) -> dict[str, Any]:
+    sources = []
+    for item in examples:
+        source: dict[str, Any] = {"role": item.role, "kind": item.kind, "file": os.path.basename(item.name)}
+        if item.kind == "photo":
+            source.update({k: item.metrics[k] for k in ("lpips", "psnr") if k in item.metrics})
+        elif item.latent is not None and "model_fingerprint" not in item.latent.meta:
+            source["model_unverified"] = True   # an official projected_w.npz records no model
+        sources.append(source)
+    details: dict[str, Any] = {"sources": sources}
+    if any(item.kind == "photo" for item in examples):
+        settings = request.projection.settings
+        details["projection"] = {"space": settings.space, "steps": settings.steps, "seed": settings.seed}
+    return details
+
+
+def build_vector(pipe: "Pipeline", request: VectorBuildRequest,
+                 progress: Optional[ProgressCallback] = None) -> VectorBuildResult:
+    """Build (and, unless ``request.save`` is off, store) an age vector from the request's examples."""
+    method = check(pipe, request)
+    others = [load_vector(pipe.env, spec) for spec in request.orthogonal_to]
+    for other in others:
+        other.check_model(pipe.model.fingerprint, pipe.model.spec)
+    examples = [_read_example(pipe, example) for example in request.examples]
+    _project(pipe, request, examples, progress)
+    report(progress, "build", 0, 1, "building the vector")
+    species = request.species if request.species is not None else ZOO_SPECIES.get(pipe.model.spec, "")
+    settings = request.settings
+    vector = age.build_vector(
+        request.name, [item.latent.ws for item in examples if item.role == "puppy"],
+        [item.latent.ws for item in examples if item.role == "adult"], method,
+        model_fingerprint=pipe.model.fingerprint, model_name=pipe.model.spec, species=species, notes=request.notes,
+        default_strength=settings.default_strength, default_layers=settings.default_layers,
+        details=_details(request, examples))
+    if others:
+        vector = vector.orthogonalized(others)
+    path = age.save_to_library(vector, force=request.replace) if request.save else None
+    report(progress, "build", 1, 1, "vector built")
+    for item in examples:
+        item.image = None
+    return VectorBuildResult(vector=vector, examples=examples, path=path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The library, for the faces
+
+
+def list_vectors(env: Environment) -> list:
+    """Every vector of the library (damaged files listed with their problem); see :func:`timemachine.age.list_vectors`."""
+    return age.list_vectors()
+
+
+def save_vector(env: Environment, vector, replace: bool = False) -> Path:
+    """Store ``vector`` in the library under its name (:class:`AlreadyExists` unless ``replace``)."""
+    return age.save_to_library(vector, force=replace)
+
+
+def update_vector(env: Environment, name: str, **changes):
+    """Tune a library vector's defaults: ``strength``, ``layers``, ``species``, ``notes``."""
+    return age.update_vector(name, **changes)
