@@ -387,63 +387,17 @@ def render_video(G: Generator, latent: LatentFile, direction: Union[torch.Tensor
         raise RenderError("nothing to render: no output file was asked for")
     if len(set(requested.values())) != len(requested):
         raise RenderError("two outputs have the same file name")
-    resolution = G.img_resolution
-    photo_panel = _photo_panel(photo, resolution) if "side_by_side" in requested else None
+    photo_panel = _photo_panel(photo, G.img_resolution) if "side_by_side" in requested else None
     for path in requested.values():
         os.makedirs(os.path.dirname(path), exist_ok=True)
 
-    # Writers first: a missing ffmpeg or an unusable path fails before any synthesis.
-    writers: dict[str, Any] = {}
-    try:
-        if "video" in requested:
-            writers["video"] = video.Mp4Writer(requested["video"], settings.fps, settings.crf, settings.preset)
-        if "side_by_side" in requested:
-            writers["side_by_side"] = video.Mp4Writer(requested["side_by_side"], settings.fps, settings.crf,
-                                                      settings.preset)
-        if "gif" in requested:
-            writers["gif"] = video.GifWriter(requested["gif"], settings.fps, settings.gif_every, settings.gif_size)
-        if "frames_dir" in requested:
-            writers["frames_dir"] = video.PngSequenceWriter(requested["frames_dir"])
-        stills = {kind: video.PngStillWriter(requested[kind]) for kind in ("before", "after") if kind in requested}
-    except BaseException:
-        video.abort_all(list(writers.values()))
-        raise
-
+    writers, stills = _open_writers(requested, settings)  # a missing ffmpeg fails before any synthesis
     prepare_device(generator_device(G))
-    total = settings.total_frames
-    spool_dir = os.path.dirname(next(iter(requested.values())))
-    frames = _planned_frames(G, latent, direction, settings, spool_dir)
-    synthesis_seconds = writing_seconds = 0.0
+    frames = _planned_frames(G, latent, direction, settings, os.path.dirname(next(iter(requested.values()))))
     try:
-        done = 0
-        while True:
-            t0 = time.perf_counter()
-            item = next(frames, None)
-            t1 = time.perf_counter()
-            synthesis_seconds += t1 - t0
-            if item is None:
-                break
-            index, frame = item
-            if done == 0 and "side_by_side" in writers:  # frame 0 is the reconstruction
-                panels = ([photo_panel] if photo_panel is not None else []) + [frame]
-                labels = None
-                if settings.labels:
-                    labels = SIDE_BY_SIDE_LABELS if photo_panel is not None else SIDE_BY_SIDE_LABELS_NO_PHOTO
-                writers["side_by_side"] = video.SideBySideWriter(writers["side_by_side"], panels, labels)
-            for writer in writers.values():
-                writer.append(frame)
-            if index == 0 and "before" in stills and stills["before"].frames_written == 0:
-                stills["before"].append(frame)
-            if index == settings.frames - 1 and "after" in stills and stills["after"].frames_written == 0:
-                stills["after"].append(frame)
-            writing_seconds += time.perf_counter() - t1
-            done += 1
-            if progress is not None:
-                progress(done, total)
+        synthesis_seconds, writing_seconds = _write_frames(frames, writers, stills, settings, photo_panel, progress)
         t0 = time.perf_counter()
-        everything = list(writers.values()) + list(stills.values())
-        kinds = list(writers) + list(stills)
-        paths = video.commit_all(everything)
+        paths = video.commit_all(list(writers.values()) + list(stills.values()))
         writing_seconds += time.perf_counter() - t0
     except BaseException:
         video.abort_all(list(writers.values()) + list(stills.values()))
@@ -451,10 +405,70 @@ def render_video(G: Generator, latent: LatentFile, direction: Union[torch.Tensor
     finally:
         frames.close()
 
-    return RenderResult(files=dict(zip(kinds, paths)), total_frames=total, walk_frames=settings.frames,
-                        synthesized_frames=_distinct_count(settings), seconds=time.perf_counter() - started,
-                        synthesis_seconds=synthesis_seconds, writing_seconds=writing_seconds,
-                        settings=settings.to_dict())
+    return RenderResult(files=dict(zip(list(writers) + list(stills), paths)), total_frames=settings.total_frames,
+                        walk_frames=settings.frames, synthesized_frames=_distinct_count(settings),
+                        seconds=time.perf_counter() - started, synthesis_seconds=synthesis_seconds,
+                        writing_seconds=writing_seconds, settings=settings.to_dict())
+
+
+def _open_writers(requested: dict[str, str], settings: RenderSettings) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(video writers by output kind, still writers 'before'/'after'), all open; nothing left open on failure."""
+    makers = {
+        "video": lambda path: video.Mp4Writer(path, settings.fps, settings.crf, settings.preset),
+        "side_by_side": lambda path: video.Mp4Writer(path, settings.fps, settings.crf, settings.preset),
+        "gif": lambda path: video.GifWriter(path, settings.fps, settings.gif_every, settings.gif_size),
+        "frames_dir": video.PngSequenceWriter,
+        "before": video.PngStillWriter,
+        "after": video.PngStillWriter,
+    }
+    opened: dict[str, Any] = {}
+    try:
+        for kind, make in makers.items():
+            if kind in requested:
+                opened[kind] = make(requested[kind])
+    except BaseException:
+        video.abort_all(list(opened.values()))
+        raise
+    stills = {kind: opened.pop(kind) for kind in ("before", "after") if kind in opened}
+    return opened, stills
+
+
+def _write_frames(frames: Iterator[tuple[int, np.ndarray]], writers: dict[str, Any], stills: dict[str, Any],
+                  settings: RenderSettings, photo_panel: Optional[np.ndarray],
+                  progress: Optional[RenderProgress]) -> tuple[float, float]:
+    """Feed every planned frame to the writers (and walk frames 0 and F-1 to the stills); returns the seconds
+    spent producing frames and writing them."""
+    total = settings.total_frames
+    synthesis_seconds = writing_seconds = 0.0
+    done = 0
+    while True:
+        t0 = time.perf_counter()
+        item = next(frames, None)
+        t1 = time.perf_counter()
+        synthesis_seconds += t1 - t0
+        if item is None:
+            return synthesis_seconds, writing_seconds
+        index, frame = item
+        if done == 0 and "side_by_side" in writers:  # frame 0 is the reconstruction
+            writers["side_by_side"] = _side_by_side(writers["side_by_side"], photo_panel, frame, settings.labels)
+        for writer in writers.values():
+            writer.append(frame)
+        still = {0: stills.get("before"), settings.frames - 1: stills.get("after")}.get(index)
+        if still is not None and still.frames_written == 0:
+            still.append(frame)
+        writing_seconds += time.perf_counter() - t1
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+
+def _side_by_side(writer, photo_panel: Optional[np.ndarray], reconstruction: np.ndarray, labels: bool):
+    """The side-by-side writer around ``writer``: photo | reconstruction | frame (no photo panel without one)."""
+    panels = ([photo_panel] if photo_panel is not None else []) + [reconstruction]
+    captions = None
+    if labels:
+        captions = SIDE_BY_SIDE_LABELS if photo_panel is not None else SIDE_BY_SIDE_LABELS_NO_PHOTO
+    return video.SideBySideWriter(writer, panels, captions)
 
 
 def _distinct_count(settings: RenderSettings) -> int:
