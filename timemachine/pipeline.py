@@ -1,6 +1,6 @@
 """Requests carried out end to end; the CLI and the UI both call these functions and nothing deeper.
 
-* :func:`load_model`        a ``--model`` spec -> generator + fingerprint (download/verify via weights).
+* :func:`load_model`        a ``--model`` spec -> generator + fingerprint (download/verify via the zoo).
 * :func:`load_perceptual`   the LPIPS-VGG16 module (real weights unless ``random`` is asked for by name).
 * :func:`project_images`    photos -> projections, through the projection cache, batched, optional PTI.
 * :func:`write_projection`  a projection's files in an output directory.
@@ -25,9 +25,11 @@ from timemachine import projector
 from timemachine.cache import ProjectionCache, projection_key
 from timemachine.checkpoint import model_fingerprint
 from timemachine.device import prepare_device
+from timemachine.env import Environment
 from timemachine.latents import LatentFile, save_latent
 from timemachine.networks import Generator
 from timemachine.perceptual import RANDOM, PerceptualDistance
+from timemachine.zoo import Zoo
 
 DownloadProgress = Callable[[int, Optional[int]], None]
 
@@ -47,21 +49,36 @@ class LoadedModel:
 
 
 def load_model(spec: Union[str, os.PathLike], device: Union[str, torch.device, None] = None,
-               offline: Optional[bool] = None, progress: Optional[DownloadProgress] = None) -> LoadedModel:
-    """Resolve ``spec`` (zoo name, imported name, file or URL), load it safely onto ``device``."""
-    from timemachine import weights
+               offline: Optional[bool] = None, progress: Optional[DownloadProgress] = None,
+               env: Optional[Environment] = None) -> LoadedModel:
+    """Resolve ``spec`` (zoo name, imported name, file or URL) in the model zoo of ``env`` (default: read from
+    the environment now; ``offline`` overrides its switch) and load it safely onto ``device``."""
     from timemachine.checkpoint import load_generator
 
     device = prepare_device(device)
-    path = weights.resolve_model(spec, offline=offline, progress=progress)
+    path = _zoo(env, offline).resolve(spec, progress=progress)
     G = load_generator(path, device=device)
     return LoadedModel(G=G, fingerprint=model_fingerprint(G), spec=str(spec), path=str(path))
 
 
 def load_perceptual(device: Union[str, torch.device, None] = None, vgg_weights: Optional[str] = None,
-                    offline: Optional[bool] = None, progress: Optional[DownloadProgress] = None) -> PerceptualDistance:
-    """LPIPS-VGG16 on ``device``; ``vgg_weights`` = a path, 'random', or None (see timemachine.perceptual)."""
-    return PerceptualDistance(vgg_weights, offline=offline, progress=progress).to(prepare_device(device))
+                    offline: Optional[bool] = None, progress: Optional[DownloadProgress] = None,
+                    env: Optional[Environment] = None) -> PerceptualDistance:
+    """LPIPS-VGG16 on ``device``.
+
+    ``vgg_weights``: a VGG16 file, ``'random'`` (tests and benchmarks only; warns), or None for the choice of
+    ``env`` (``TIMEMACHINE_VGG_WEIGHTS``) and failing that the zoo's verified ImageNet weights, downloaded when
+    allowed (``offline`` overrides the environment's switch).  Never falls back to random weights.
+    """
+    env = env or Environment.from_environ()
+    choice = (vgg_weights if vgg_weights is not None else env.vgg_weights or "").strip()
+    source = choice or _zoo(env, offline).vgg16_path(progress=progress)
+    return PerceptualDistance(source).to(prepare_device(device))
+
+
+def _zoo(env: Optional[Environment], offline: Optional[bool]) -> Zoo:
+    env = env or Environment.from_environ()
+    return Zoo(env if offline is None else env.replace(offline=bool(offline)))
 
 
 def perceptual_id(perceptual: PerceptualDistance) -> str:
@@ -219,9 +236,7 @@ def _json_default(value: Any) -> Any:
 
 def cache_root() -> Path:
     """``$TIMEMACHINE_HOME/cache/projections``."""
-    from timemachine import weights
-
-    return Path(weights.home_dir()) / "cache" / "projections"
+    return Environment.from_environ().paths.projections
 
 
 # ------------------------------------------------------------------------------------------------------

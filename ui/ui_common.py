@@ -30,8 +30,10 @@ from typing import Any, Callable, Iterator, Optional
 import streamlit as st
 
 import ui_jobs
-from timemachine import images, pipeline, weights
+from timemachine import images, pipeline
 from timemachine import errors
+from timemachine.env import Environment
+from timemachine.zoo import Zoo, ZooEntry, human_bytes
 from timemachine.errors import TimemachineError
 
 log = logging.getLogger("timemachine.ui")
@@ -60,7 +62,6 @@ if not log.handlers:
     log.propagate = False
 
 ENV_MODEL = "TIMEMACHINE_MODEL"
-ENV_VGG = "TIMEMACHINE_VGG_WEIGHTS"
 ENV_DEVICE = "TIMEMACHINE_DEVICE"
 DEFAULT_MODEL = "afhqdog"
 
@@ -247,6 +248,13 @@ def job_panel(slot: str, show_extras: Callable[[dict[str, Any]], None]) -> None:
 # Heavy objects, once per process
 
 
+def environment() -> Environment:
+    """The environment (``TIMEMACHINE_*``), read on every page run so that a changed setting takes effect
+    without restarting the server; everything below the UI receives it from here."""
+    return Environment.from_environ()
+
+
+
 class _DownloadBar:
     """A ``progress(done_bytes, total_bytes)`` callback drawing a Streamlit progress bar."""
 
@@ -255,8 +263,7 @@ class _DownloadBar:
         self.bar = None
 
     def __call__(self, done: int, total: Optional[int]) -> None:
-        text = f"Downloading {self.what}: {weights.human_bytes(done)}" + (f" of {weights.human_bytes(total)}"
-                                                                         if total else "")
+        text = f"Downloading {self.what}: {human_bytes(done)}" + (f" of {human_bytes(total)}" if total else "")
         if self.bar is None:
             self.bar = st.progress(0.0, text=text)
         self.bar.progress(min(1.0, done / total) if total else 0.0, text=text)
@@ -267,9 +274,10 @@ class _DownloadBar:
 
 
 @st.cache_resource(max_entries=3, show_spinner="Loading the model…")
-def _model_by_spec(spec: str, device: Optional[str], file_state: Optional[tuple], _progress) -> pipeline.LoadedModel:
+def _model_by_spec(spec: str, device: Optional[str], file_state: Optional[tuple], _progress,
+                   _env: Environment) -> pipeline.LoadedModel:
     # file_state (size, mtime) is only part of the key: a file replaced on disk is loaded again.
-    return pipeline.load_model(spec, device=device, progress=_progress)
+    return pipeline.load_model(spec, device=device, progress=_progress, env=_env)
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the uploaded model…")
@@ -285,21 +293,22 @@ def _model_by_upload(digest: str, name: str, device: Optional[str], _data: bytes
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the perceptual network (LPIPS, VGG16)…")
-def _perceptual(device: str, vgg_choice: Optional[str], _progress):
+def _perceptual(device: str, vgg_choice: Optional[str], _progress, _env: Environment):
     import warnings
 
     from timemachine.perceptual import RandomWeightsWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomWeightsWarning)  # the page shows its own warning
-        return pipeline.load_perceptual(device, progress=_progress)
+        return pipeline.load_perceptual(device, vgg_weights=vgg_choice, progress=_progress, env=_env)
 
 
 def perceptual_for(model: pipeline.LoadedModel):
     """The LPIPS network on the model's device (loaded once per process; may download VGG16)."""
+    env = environment()
     bar = _DownloadBar("VGG16 (LPIPS)")
     try:
-        return _perceptual(str(model.device), os.environ.get(ENV_VGG), bar)
+        return _perceptual(str(model.device), env.vgg_weights, bar, env)
     finally:
         bar.close()
 
@@ -318,16 +327,16 @@ class ModelChoice:
         return self.spec if self.spec in _zoo_generators() else None
 
 
-def _zoo_generators() -> dict[str, "weights.ZooEntry"]:
+def _zoo_generators() -> dict[str, ZooEntry]:
     try:
-        return {n: e for n, e in weights.load_manifest().items() if e.kind == weights.GENERATOR}
+        return Zoo(environment()).generators()
     except TimemachineError:
         return {}
 
 
 def _imported_names() -> list[str]:
     try:
-        return sorted(weights.imported_models())
+        return sorted(Zoo(environment()).imported())
     except TimemachineError:
         return []
 
@@ -391,7 +400,7 @@ def load_model(choice: ModelChoice) -> pipeline.LoadedModel:
     file_state = (path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else None
     bar = _DownloadBar(spec)
     try:
-        return _model_by_spec(spec, device, file_state, bar)
+        return _model_by_spec(spec, device, file_state, bar, environment())
     finally:
         bar.close()
 
@@ -411,7 +420,7 @@ def sidebar() -> None:
             st.sidebar.caption(f"{G.img_resolution}x{G.img_resolution} pixels, {G.num_ws} layers, "
                                f"fingerprint `{model.fingerprint}`, on {model.device}")
     st.session_state["model"] = model
-    if os.environ.get(ENV_VGG, "").strip() == "random":
+    if environment().vgg_weights == "random":
         st.sidebar.warning("Test mode: LPIPS uses a randomly initialised VGG16 (TIMEMACHINE_VGG_WEIGHTS=random), "
                            "so projections will not look like the photo.")
     st.sidebar.divider()

@@ -47,9 +47,9 @@ PREVIEW_EVERY = 10
 
 def render_cache_root() -> Path:
     """``$TIMEMACHINE_HOME/cache/ui-videos``."""
-    from timemachine import weights
+    from timemachine.env import Environment
 
-    return Path(weights.home_dir()) / "cache" / "ui-videos"
+    return Environment.from_environ().paths.ui_videos
 
 
 # ----------------------------------------------------------------------------------------------------------

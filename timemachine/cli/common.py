@@ -57,12 +57,14 @@ def load_model(args: argparse.Namespace):
     """The :class:`timemachine.pipeline.LoadedModel` for ``--model``, with a licence notice and download bar."""
     from timemachine import pipeline
     from timemachine.cli.weights import download_progress, licence_notice_if_downloading
+    from timemachine.env import Environment
 
     if not args.model:
         raise TimemachineError(f"no model given: pass --model NAME|PATH|URL or set {ENV_MODEL}")
-    licence_notice_if_downloading(args.model, offline=args.offline)
+    env = Environment.from_environ()
+    licence_notice_if_downloading(args.model, offline=args.offline, env=env)
     with download_progress(args.model) as progress:
-        return pipeline.load_model(args.model, device=args.device, offline=args.offline, progress=progress)
+        return pipeline.load_model(args.model, device=args.device, offline=args.offline, progress=progress, env=env)
 
 
 def load_perceptual(args: argparse.Namespace, device):
