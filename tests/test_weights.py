@@ -233,6 +233,44 @@ def test_manifest_errors_are_one_sentence(tmp_path, monkeypatch):
     with pytest.raises(WeightsError, match="file name"):
         zoo().entries()
 
+    write_manifest(tmp_path, monkeypatch, bad={"kind": "discriminator\x1b[2J"})
+    with pytest.raises(WeightsError, match="unknown kind") as info:
+        zoo().entries()
+    assert "\x1b" not in str(info.value) and "\\x1b" in str(info.value)   # manifest text is shown escaped
+
+
+def test_every_kind_is_fetched_by_name_but_only_generators_are_models(server, tmp_path, monkeypatch):
+    files = {kind: payload(3000, seed=i) for i, kind in enumerate(("clip", "keypoints", "backbone"))}
+    entries = {}
+    for kind, data in files.items():
+        server.files[f"/{kind}.bin"] = data
+        entries[f"my{kind}"] = {"kind": kind, "url": server.url(f"/{kind}.bin"), "filename": f"{kind}.bin",
+                                "sha256": sha(data), "size": len(data)}
+    write_manifest(tmp_path, monkeypatch, **entries)
+    assert {e.kind for e in zoo().entries().values()} == {"clip", "keypoints", "backbone"}
+    for kind, data in files.items():
+        path = zoo().ensure(f"my{kind}")
+        assert path == zoo().models_dir / f"{kind}.bin" and path.read_bytes() == data
+        assert zoo().ensure(f"my{kind}") == path                       # verified copy: no second request
+        assert len(server.requests_for(f"/{kind}.bin")) == 1
+        with pytest.raises(WeightsError, match="not a generator"):
+            zoo().resolve(f"my{kind}")
+    with pytest.raises(WeightsError, match="has no 'nosuch'"):
+        zoo().ensure("nosuch")
+
+
+def test_a_link_planted_as_the_partial_download_is_not_written_through(server, tmp_path):
+    server.files["/m.bin"] = payload(20_000)
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    dest = tmp_path / "m.bin"
+    (tmp_path / "m.bin.part").symlink_to(victim)
+    (tmp_path / "m.bin.part.json").write_text(json.dumps({"url": server.url("/m.bin"), "validator": None}))
+    with pytest.raises(WeightsError, match="cannot write m.bin") as info:
+        zoo().download(server.url("/m.bin"), dest)
+    assert "\n" not in str(info.value)
+    assert victim.read_bytes() == b"precious" and not dest.exists()
+
 
 def test_pyproject_lists_every_package():
     """pyproject lists packages by hand (ui/ is mapped to timemachine.ui): none may be forgotten, and the zoo's
