@@ -29,7 +29,6 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY timemachine ./timemachine
 COPY stylegan_ops ./stylegan_ops
-COPY weights ./weights
 COPY ui ./ui
 # The project itself; its dependencies carry the version ranges of pyproject.toml, tested by CI.
 # hadolint ignore=DL3013
@@ -77,7 +76,6 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY timemachine ./timemachine
 COPY stylegan_ops ./stylegan_ops
-COPY weights ./weights
 COPY ui ./ui
 # The project itself (see the CPU stage), then compile and load the CUDA ops; doctor exits 1 if that fails.
 # hadolint ignore=DL3013

@@ -2,7 +2,7 @@
 
 A projection step is: synthesise (G forward), LPIPS-VGG16 at 256x256 (VGG forward), backward through
 both, Adam + noise renormalisation.  Measured on the AFHQ 512x512 architecture with random weights and a
-random VGG16 (``TIMEMACHINE_VGG_WEIGHTS=random``: no weights can be downloaded here; speed does not depend
+random VGG16 (``PerceptualDistance('random')``: no weights can be downloaded here; speed does not depend
 on the values).
 
 Variants, each in its own worker process, taking turns round by round (best of all rounds is kept):
@@ -46,13 +46,12 @@ from bench_generator import build_generator, sgemm_gflops  # noqa: E402
 def make_inputs(resolution: int):
     import torch
 
-    os.environ["TIMEMACHINE_VGG_WEIGHTS"] = "random"
     warnings.simplefilter("ignore")
     from timemachine.perceptual import PerceptualDistance
 
     G = build_generator(resolution)
     torch.manual_seed(0)
-    perceptual = PerceptualDistance()
+    perceptual = PerceptualDistance("random")   # asked for by name: no real weights here
     target = torch.rand(1, 3, resolution, resolution) * 2 - 1
     return G, perceptual, target
 

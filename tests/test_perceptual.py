@@ -7,6 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from timemachine import pipeline
+from timemachine.env import Environment
 from timemachine.errors import WeightsError
 from timemachine.perceptual import PerceptualDistance, RandomWeightsWarning
 
@@ -62,9 +64,11 @@ def test_gradients_reach_the_images(vgg_file):
 def test_random_weights_must_be_asked_for_and_warn(monkeypatch):
     with pytest.warns(RandomWeightsWarning, match="random"):
         first = PerceptualDistance("random")
-    monkeypatch.setenv("TIMEMACHINE_VGG_WEIGHTS", "random")
+    with pytest.raises(TypeError):
+        PerceptualDistance()                                       # no default: the caller names the weights
+    monkeypatch.setenv("TIMEMACHINE_VGG_WEIGHTS", "random")       # asked for by name through the environment
     with pytest.warns(RandomWeightsWarning):
-        second = PerceptualDistance()
+        second = pipeline.load_perceptual(Environment.from_environ(), "cpu")
     x, y = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
     assert torch.equal(first(x, y), second(x, y))                  # the same 'random' network every time
 
@@ -77,7 +81,7 @@ def test_no_silent_fallback_when_weights_are_missing(tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error", RandomWeightsWarning)       # a random fallback would fail here
         with pytest.raises(WeightsError, match="vgg16"):
-            PerceptualDistance()
+            pipeline.load_perceptual(Environment.from_environ(), "cpu")
 
 
 def test_bad_weight_files_are_clear_errors(tmp_path):

@@ -646,7 +646,7 @@ def test_installed_wheel_carries_the_app_and_the_command_finds_it(tmp_path):
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO_ROOT / name, src / name)
-    for name in ("timemachine", "stylegan_ops", "weights", "ui"):
+    for name in ("timemachine", "stylegan_ops", "ui"):
         shutil.copytree(REPO_ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pkl", "*.pth"))
     wheel_dir, site = tmp_path / "wheel", tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",

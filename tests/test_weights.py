@@ -1,9 +1,10 @@
-"""Model zoo, cache, downloads, verification, import and conversion (timemachine.weights + `timemachine weights`).
+"""Model zoo, cache, downloads, verification, import and conversion (timemachine.zoo + `timemachine weights`).
 
 Downloads are tested against a real HTTP server on 127.0.0.1 (a ThreadingHTTPServer in a thread) that
 honours Range/If-Range and can be told, request by request, to cut the connection, answer with an HTTP
 error, stall past the client's read timeout, ignore ranges or serve other content.  Nothing here touches
-the real network or the user's home: TIMEMACHINE_HOME, TORCH_HOME and the manifest are temporary.
+the real network or the user's home: TIMEMACHINE_HOME, TORCH_HOME and the manifest are temporary.  The zoo is
+built as the faces build it, from the environment the test set (:func:`zoo`).
 """
 
 from __future__ import annotations
@@ -26,13 +27,16 @@ import numpy as np
 import pytest
 import torch
 
-from timemachine import weights
+from timemachine import errors, pipeline
 from timemachine.cli import main
-from timemachine.errors import CheckpointError, WeightsError
+from timemachine.env import Environment
+from timemachine.errors import AlreadyExists, CheckpointError, WeightsError
+from timemachine.zoo import BACKBONE, GENERATOR, VGG16, DownloadSettings, Zoo
+from timemachine.zoo import download as zoo_download
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Small timeouts and near-zero backoff so that failure paths take fractions of a second.
-FAST = weights.DownloadSettings(connect_timeout=2.0, read_timeout=0.4, retries=3, backoff=0.001, chunk_size=16384)
+FAST = DownloadSettings(connect_timeout=2.0, read_timeout=0.4, retries=3, backoff=0.001, chunk_size=16384)
 NVIDIA_LICENCE_MARK = "non-commercial"
 
 
@@ -163,6 +167,11 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def zoo(settings: DownloadSettings = FAST, **env_changes) -> Zoo:
+    """The zoo as a face builds it: from the environment (as the test has set it) at the time of the call."""
+    return Zoo(Environment.from_environ().replace(**env_changes), settings=settings)
+
+
 def write_manifest(tmp_path: Path, monkeypatch, **entries: dict) -> Path:
     """A manifest with the given entries (name -> overrides of a generator entry), selected via TIMEMACHINE_MANIFEST."""
     models = {}
@@ -196,14 +205,14 @@ def one_line(text: str) -> str:
 
 
 def test_repository_manifest_lists_the_zoo_with_licences_and_sources():
-    manifest = weights.load_manifest()
+    manifest = zoo().entries()
     for name in ("afhqdog", "afhqcat", "afhqwild"):
         entry = manifest[name]
-        assert entry.kind == weights.GENERATOR
+        assert entry.kind == GENERATOR
         assert entry.url == f"https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/{name}.pkl"
         assert "NC" in entry.licence.name and NVIDIA_LICENCE_MARK in entry.licence.summary
-    vgg = manifest[weights.VGG16]
-    assert vgg.kind == weights.BACKBONE
+    vgg = manifest[VGG16]
+    assert vgg.kind == BACKBONE
     assert vgg.url == "https://download.pytorch.org/models/vgg16-397923af.pth"
     # torchvision names its files after the first hex digits of their SHA-256: the full digest must agree.
     prefix = re.search(r"-([0-9a-f]{8,})\.", vgg.filename).group(1)
@@ -216,24 +225,65 @@ def test_manifest_errors_are_one_sentence(tmp_path, monkeypatch):
     path = write_manifest(tmp_path, monkeypatch, good={})
     path.write_text("{not json")
     with pytest.raises(WeightsError, match="not valid JSON"):
-        weights.load_manifest()
+        zoo().entries()
     write_manifest(tmp_path, monkeypatch, bad={"sha256": "1234"})
     with pytest.raises(WeightsError, match="sha256"):
-        weights.load_manifest()
+        zoo().entries()
     write_manifest(tmp_path, monkeypatch, bad={"filename": "../escape.pkl"})
     with pytest.raises(WeightsError, match="file name"):
-        weights.load_manifest()
+        zoo().entries()
+
+    write_manifest(tmp_path, monkeypatch, bad={"kind": "discriminator\x1b[2J"})
+    with pytest.raises(WeightsError, match="unknown kind") as info:
+        zoo().entries()
+    assert "\x1b" not in str(info.value) and "\\x1b" in str(info.value)   # manifest text is shown escaped
+
+
+def test_every_kind_is_fetched_by_name_but_only_generators_are_models(server, tmp_path, monkeypatch):
+    files = {kind: payload(3000, seed=i) for i, kind in enumerate(("clip", "keypoints", "backbone"))}
+    entries = {}
+    for kind, data in files.items():
+        server.files[f"/{kind}.bin"] = data
+        entries[f"my{kind}"] = {"kind": kind, "url": server.url(f"/{kind}.bin"), "filename": f"{kind}.bin",
+                                "sha256": sha(data), "size": len(data)}
+    write_manifest(tmp_path, monkeypatch, **entries)
+    assert {e.kind for e in zoo().entries().values()} == {"clip", "keypoints", "backbone"}
+    for kind, data in files.items():
+        path = zoo().ensure(f"my{kind}")
+        assert path == zoo().models_dir / f"{kind}.bin" and path.read_bytes() == data
+        assert zoo().ensure(f"my{kind}") == path                       # verified copy: no second request
+        assert len(server.requests_for(f"/{kind}.bin")) == 1
+        with pytest.raises(WeightsError, match="not a generator"):
+            zoo().resolve(f"my{kind}")
+    with pytest.raises(WeightsError, match="has no 'nosuch'"):
+        zoo().ensure("nosuch")
+
+
+def test_a_link_planted_as_the_partial_download_is_not_written_through(server, tmp_path):
+    server.files["/m.bin"] = payload(20_000)
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    dest = tmp_path / "m.bin"
+    (tmp_path / "m.bin.part").symlink_to(victim)
+    (tmp_path / "m.bin.part.json").write_text(json.dumps({"url": server.url("/m.bin"), "validator": None}))
+    with pytest.raises(WeightsError, match="cannot write m.bin") as info:
+        zoo().download(server.url("/m.bin"), dest)
+    assert "\n" not in str(info.value)
+    assert victim.read_bytes() == b"precious" and not dest.exists()
 
 
 def test_pyproject_lists_every_package():
-    """pyproject lists packages by hand (weights/ is mapped to timemachine.zoo, ui/ to timemachine.ui): none may
-    be forgotten."""
+    """pyproject lists packages by hand (ui/ is mapped to timemachine.ui): none may be forgotten, and the zoo's
+    manifest is package data."""
     tomllib = pytest.importorskip("tomllib")
     setuptools = pytest.importorskip("setuptools")
     config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     on_disk = set(setuptools.find_packages(str(REPO_ROOT), include=["timemachine*", "stylegan_ops*"]))
-    assert set(config["packages"]) == on_disk | {"timemachine.zoo", "timemachine.ui"}
-    assert config["package-dir"] == {"timemachine.zoo": "weights", "timemachine.ui": "ui"}
+    assert "timemachine.zoo" in on_disk
+    assert set(config["packages"]) == on_disk | {"timemachine.ui"}
+    assert config["package-dir"] == {"timemachine.ui": "ui"}
+    assert config["package-data"]["timemachine.zoo"] == ["manifest.json"]
+    assert (REPO_ROOT / "timemachine" / "zoo" / "manifest.json").is_file()
 
 
 @pytest.mark.slow
@@ -244,7 +294,7 @@ def test_built_wheel_carries_the_manifest_and_finds_it(tmp_path):
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO_ROOT / name, src / name)
-    for name in ("timemachine", "stylegan_ops", "weights", "ui"):
+    for name in ("timemachine", "stylegan_ops", "ui"):
         shutil.copytree(REPO_ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pkl", "*.pth"))
     wheel_dir, site = tmp_path / "wheel", tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
@@ -255,8 +305,8 @@ def test_built_wheel_carries_the_manifest_and_finds_it(tmp_path):
     assert "timemachine/zoo/manifest.json" in zipfile.ZipFile(wheel).namelist()
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
                    check=True, capture_output=True)
-    probe = ("import timemachine.weights as w; print(w.manifest_path()); "
-             "print(','.join(sorted(w.load_manifest())))")
+    probe = ("from timemachine.zoo import manifest as m; print(m.installed_manifest()); "
+             "print(','.join(sorted(m.load_manifest())))")
     env = {k: v for k, v in os.environ.items() if k != "TIMEMACHINE_MANIFEST"}
     env["PYTHONPATH"] = str(site)
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, check=True,
@@ -273,14 +323,14 @@ def test_download_reports_progress_and_verifies(server, tmp_path):
     data = payload(100_000)
     server.files["/m.bin"] = data
     calls = []
-    dest = weights.download_file(server.url("/m.bin"), tmp_path / "m.bin", sha256=sha(data), size=len(data),
-                                 progress=lambda done, total: calls.append((done, total)), settings=FAST)
+    dest = zoo().download(server.url("/m.bin"), tmp_path / "m.bin", sha256=sha(data), size=len(data),
+                          progress=lambda done, total: calls.append((done, total)))
     assert dest.read_bytes() == data
     assert calls[0] == (0, len(data)) and calls[-1] == (len(data), len(data))
     assert all(a[0] <= b[0] for a, b in zip(calls, calls[1:]))
     assert len(calls) >= len(data) // FAST.chunk_size
     assert not (tmp_path / "m.bin.part").exists() and not (tmp_path / "m.bin.part.json").exists()
-    assert weights.checksum_record(dest)["trust"] == "published"
+    assert zoo().checksum_record(dest)["trust"] == "published"
 
 
 def test_resume_after_cut_connection_within_one_call(server, tmp_path):
@@ -288,8 +338,8 @@ def test_resume_after_cut_connection_within_one_call(server, tmp_path):
     server.files["/m.bin"] = data
     server.plans["/m.bin"] = [{"cut_after": 70_000}]
     calls = []
-    dest = weights.download_file(server.url("/m.bin"), tmp_path / "m.bin", sha256=sha(data),
-                                 progress=lambda done, total: calls.append(done), settings=FAST)
+    dest = zoo().download(server.url("/m.bin"), tmp_path / "m.bin", sha256=sha(data),
+                          progress=lambda done, total: calls.append(done))
     assert dest.read_bytes() == data
     first, second = server.requests_for("/m.bin")
     assert "range" not in first
@@ -306,13 +356,13 @@ def test_resume_across_calls_from_the_part_file(server, tmp_path):
     # A cut after some progress is retried even with retries=0 (only failures without progress count);
     # the 500 that follows is the failure that ends this call.
     server.plans["/m.bin"] = [{"cut_after": 50_000}, {"status": 500}]
-    no_retry = weights.DownloadSettings(**{**FAST.__dict__, "retries": 0})
-    with pytest.raises(WeightsError, match=r"HTTP 500.*run the command again to resume"):
-        weights.download_file(server.url("/m.bin"), tmp_path / "m.bin", settings=no_retry)
+    no_retry = DownloadSettings(**{**FAST.__dict__, "retries": 0})
+    with pytest.raises(WeightsError, match=r"HTTP 500.*try again to resume"):
+        zoo(no_retry).download(server.url("/m.bin"), tmp_path / "m.bin")
     kept = (tmp_path / "m.bin.part").stat().st_size
     assert 0 < kept <= 50_000
     assert not (tmp_path / "m.bin").exists()
-    weights.download_file(server.url("/m.bin"), tmp_path / "m.bin", sha256=sha(data), settings=FAST)
+    zoo().download(server.url("/m.bin"), tmp_path / "m.bin", sha256=sha(data))
     assert (tmp_path / "m.bin").read_bytes() == data
     assert server.requests_for("/m.bin")[-1]["range"] == f"bytes={kept}-"
 
@@ -321,17 +371,17 @@ def test_server_ignoring_range_or_changed_file_restarts_cleanly(server, tmp_path
     old, new = payload(60_000, seed=1), payload(80_000, seed=2)
     server.files["/m.bin"] = data = payload(90_000)
     server.plans["/m.bin"] = [{"cut_after": 30_000}, {"ignore_range": True}]
-    weights.download_file(server.url("/m.bin"), tmp_path / "a.bin", sha256=sha(data), settings=FAST)
+    zoo().download(server.url("/m.bin"), tmp_path / "a.bin", sha256=sha(data))
     assert (tmp_path / "a.bin").read_bytes() == data
     # The file changes on the server between the cut and the resume: If-Range makes the server send it whole.
     server.files["/c.bin"] = old
     server.plans["/c.bin"] = [{"cut_after": 20_000}, {"status": 500}]
-    no_retry = weights.DownloadSettings(**{**FAST.__dict__, "retries": 0})
+    no_retry = DownloadSettings(**{**FAST.__dict__, "retries": 0})
     with pytest.raises(WeightsError):
-        weights.download_file(server.url("/c.bin"), tmp_path / "c.bin", settings=no_retry)
+        zoo(no_retry).download(server.url("/c.bin"), tmp_path / "c.bin")
     assert (tmp_path / "c.bin.part").exists()
     server.files["/c.bin"] = new
-    weights.download_file(server.url("/c.bin"), tmp_path / "c.bin", settings=FAST)
+    zoo().download(server.url("/c.bin"), tmp_path / "c.bin")
     assert (tmp_path / "c.bin").read_bytes() == new
     assert "if-range" in server.requests_for("/c.bin")[-1]
 
@@ -339,8 +389,7 @@ def test_server_ignoring_range_or_changed_file_restarts_cleanly(server, tmp_path
 def test_checksum_mismatch_deletes_the_download(server, tmp_path):
     server.files["/m.bin"] = payload(40_000)
     with pytest.raises(WeightsError) as info:
-        weights.download_file(server.url("/m.bin"), tmp_path / "m.bin", sha256=sha(b"something else"),
-                              settings=FAST)
+        zoo().download(server.url("/m.bin"), tmp_path / "m.bin", sha256=sha(b"something else"))
     message = one_line(str(info.value))
     assert "SHA-256" in message and "deleted" in message and server.url("/m.bin") in message
     assert not (tmp_path / "m.bin").exists() and not (tmp_path / "m.bin.part").exists()
@@ -350,13 +399,13 @@ def test_checksum_mismatch_deletes_the_download(server, tmp_path):
 def test_published_size_mismatch_is_refused_before_writing(server, tmp_path):
     server.files["/m.bin"] = payload(40_000)
     with pytest.raises(WeightsError, match="40000 bytes but the manifest says 1234"):
-        weights.download_file(server.url("/m.bin"), tmp_path / "m.bin", size=1234, settings=FAST)
+        zoo().download(server.url("/m.bin"), tmp_path / "m.bin", size=1234)
     assert not (tmp_path / "m.bin.part").exists() and not (tmp_path / "m.bin").exists()
 
 
 def test_http_404_is_one_line_naming_the_url(server, tmp_path):
     with pytest.raises(WeightsError) as info:
-        weights.download_file(server.url("/missing.pkl"), tmp_path / "x.pkl", settings=FAST)
+        zoo().download(server.url("/missing.pkl"), tmp_path / "x.pkl")
     message = one_line(str(info.value))
     assert "HTTP 404" in message and server.url("/missing.pkl") in message and str(tmp_path / "x.pkl") in message
     assert len(server.requests) == 1  # a 404 is not retried
@@ -367,9 +416,9 @@ def test_transient_errors_are_retried_with_exponential_backoff(server, tmp_path,
     server.files["/m.bin"] = data
     server.plans["/m.bin"] = [{"status": 500}, {"status": 503}, {"status": 502}]
     pauses = []
-    monkeypatch.setattr(weights.time, "sleep", pauses.append)
-    settings = weights.DownloadSettings(read_timeout=2.0, retries=3, backoff=0.25, max_backoff=0.75)
-    weights.download_file(server.url("/m.bin"), tmp_path / "m.bin", sha256=sha(data), settings=settings)
+    monkeypatch.setattr(zoo_download.time, "sleep", pauses.append)
+    settings = DownloadSettings(read_timeout=2.0, retries=3, backoff=0.25, max_backoff=0.75)
+    zoo(settings).download(server.url("/m.bin"), tmp_path / "m.bin", sha256=sha(data))
     assert (tmp_path / "m.bin").read_bytes() == data
     assert pauses == [0.25, 0.5, 0.75]  # doubling, capped at max_backoff
     assert len(server.requests_for("/m.bin")) == 4
@@ -378,9 +427,9 @@ def test_transient_errors_are_retried_with_exponential_backoff(server, tmp_path,
 def test_gives_up_after_the_retries(server, tmp_path):
     server.files["/m.bin"] = payload(1000)
     server.plans["/m.bin"] = [{"status": 500}] * 10
-    settings = weights.DownloadSettings(**{**FAST.__dict__, "retries": 2})
+    settings = DownloadSettings(**{**FAST.__dict__, "retries": 2})
     with pytest.raises(WeightsError) as info:
-        weights.download_file(server.url("/m.bin"), tmp_path / "m.bin", settings=settings)
+        zoo(settings).download(server.url("/m.bin"), tmp_path / "m.bin")
     assert "HTTP 500" in one_line(str(info.value)) and "gave up after 2 retries" in str(info.value)
     assert len(server.requests_for("/m.bin")) == 3
 
@@ -388,10 +437,10 @@ def test_gives_up_after_the_retries(server, tmp_path):
 def test_stalled_server_hits_the_read_timeout_quickly(server, tmp_path):
     server.files["/m.bin"] = payload(200_000)
     server.plans["/m.bin"] = [{"stall": (40_000, 60)}] + [{"stall": (1000, 60)}] * 10
-    settings = weights.DownloadSettings(**{**FAST.__dict__, "retries": 1})
+    settings = DownloadSettings(**{**FAST.__dict__, "retries": 1})
     started = time.monotonic()
     with pytest.raises(WeightsError) as info:
-        weights.download_file(server.url("/m.bin"), tmp_path / "m.bin", settings=settings)
+        zoo(settings).download(server.url("/m.bin"), tmp_path / "m.bin")
     elapsed = time.monotonic() - started
     assert "sent nothing for 0.4 s" in one_line(str(info.value))
     assert elapsed < 5, f"took {elapsed:.1f} s"
@@ -405,7 +454,7 @@ def test_a_stall_once_then_recovers(server, tmp_path):
     data = payload(50_000)
     server.files["/m.bin"] = data
     server.plans["/m.bin"] = [{"stall": (5000, 60)}]
-    weights.download_file(server.url("/m.bin"), tmp_path / "m.bin", sha256=sha(data), settings=FAST)
+    zoo().download(server.url("/m.bin"), tmp_path / "m.bin", sha256=sha(data))
     assert (tmp_path / "m.bin").read_bytes() == data
 
 
@@ -414,15 +463,15 @@ def test_offline_mode_makes_no_request(server, tmp_path, monkeypatch):
     server.files["/afhqdog.pkl"] = payload(1000)
     monkeypatch.setenv("TIMEMACHINE_OFFLINE", "1")
     with pytest.raises(WeightsError) as info:
-        weights.resolve_model("afhqdog", settings=FAST)
+        zoo().resolve("afhqdog")
     message = one_line(str(info.value))
     assert server.url("/afhqdog.pkl") in message
-    assert str(weights.models_dir() / "afhqdog.pkl") in message
+    assert str(zoo().models_dir / "afhqdog.pkl") in message
     monkeypatch.delenv("TIMEMACHINE_OFFLINE")
     with pytest.raises(WeightsError, match="offline"):
-        weights.resolve_model("afhqdog", offline=True, settings=FAST)
+        zoo(offline=True).resolve("afhqdog")
     with pytest.raises(WeightsError, match="offline"):
-        weights.resolve_model(server.url("/afhqdog.pkl"), offline=True, settings=FAST)
+        zoo(offline=True).resolve(server.url("/afhqdog.pkl"))
     assert server.requests == []
 
 
@@ -437,7 +486,7 @@ def test_unreachable_host_fails_fast_with_one_line(tmp_path, monkeypatch, capsys
     error = [line for line in err.splitlines() if line.startswith("timemachine: error:")]
     assert len(error) == 1 and "Traceback" not in err
     assert "connection refused" in error[0] and url in error[0]
-    assert str(weights.models_dir() / "afhqdog.pkl") in error[0]
+    assert str(zoo().models_dir / "afhqdog.pkl") in error[0]
     assert elapsed < 3, f"took {elapsed:.1f} s"
 
 
@@ -455,7 +504,7 @@ def test_failed_name_lookup_fails_fast_with_one_line(tmp_path, monkeypatch, caps
     err = capsys.readouterr().err
     error = [line for line in err.splitlines() if line.startswith("timemachine: error:")]
     assert len(error) == 1 and "Traceback" not in err and url in error[0]
-    assert str(weights.models_dir() / "afhqdog.pkl") in error[0]
+    assert str(zoo().models_dir / "afhqdog.pkl") in error[0]
     assert time.monotonic() - started < 3
 
 
@@ -465,19 +514,19 @@ def test_a_full_disk_during_the_download_is_one_sentence(server, tmp_path, monke
     def disk_full(self):
         raise OSError(28, "No space left on device", str(tmp_path / "m.bin.part"))
 
-    monkeypatch.setattr(weights._Download, "run", disk_full)
+    monkeypatch.setattr(zoo_download._Download, "run", disk_full)
     with pytest.raises(WeightsError, match=r"cannot write m\.bin to .*m\.bin\.part: No space left on device; "
                                            r"free some disk space or set TIMEMACHINE_HOME") as caught:
-        weights.download_file(server.url("/m.bin"), tmp_path / "m.bin", settings=FAST)
+        zoo().download(server.url("/m.bin"), tmp_path / "m.bin")
     assert "\n" not in str(caught.value) and not (tmp_path / "m.bin").exists()
 
 
 def test_not_enough_disk_space_is_refused_before_writing(server, tmp_path, monkeypatch):
     server.files["/m.bin"] = payload(100_000)
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(weights.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 50_000, 50_000))
+    monkeypatch.setattr(zoo_download.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 50_000, 50_000))
     with pytest.raises(WeightsError, match="not enough free disk space"):
-        weights.download_file(server.url("/m.bin"), tmp_path / "m.bin", settings=FAST)
+        zoo().download(server.url("/m.bin"), tmp_path / "m.bin")
     assert not (tmp_path / "m.bin.part").exists() and not (tmp_path / "m.bin").exists()
 
 
@@ -485,16 +534,18 @@ def test_a_second_process_cannot_download_the_same_file(server, tmp_path):
     server.files["/m.bin"] = payload(1000)
     dest = tmp_path / "m.bin"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, timemachine.weights as w\nwith w._download_lock(w.Path(sys.argv[1]), 'x'):"
+        [sys.executable, "-c", "import sys, pathlib\nfrom timemachine.env import Environment\n"
+         "from timemachine.zoo.download import download_lock\n"
+         "with download_lock(Environment.from_environ().paths, pathlib.Path(sys.argv[1]), 'x'):"
          "\n    print('held', flush=True); sys.stdin.readline()", str(dest)],
         cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(WeightsError, match="another timemachine process is downloading"):
-            weights.download_file(server.url("/m.bin"), dest, settings=FAST)
+            zoo().download(server.url("/m.bin"), dest)
     finally:
         holder.communicate("\n", timeout=30)
-    weights.download_file(server.url("/m.bin"), dest, settings=FAST)
+    zoo().download(server.url("/m.bin"), dest)
     assert dest.exists()
 
 
@@ -506,46 +557,46 @@ def test_tofu_digest_is_recorded_then_enforced(server, tmp_path, monkeypatch):
     first, changed = payload(20_000, seed=3), payload(20_000, seed=4)
     write_manifest(tmp_path, monkeypatch, afhqdog={"url": server.url("/afhqdog.pkl")})
     server.files["/afhqdog.pkl"] = first
-    path = weights.ensure_zoo_file("afhqdog", settings=FAST)
-    record = weights.checksum_record(path)
+    path = zoo().ensure("afhqdog")
+    record = zoo().checksum_record(path)
     assert record["sha256"] == sha(first) and record["trust"] == "first use" and record["size"] == len(first)
     # Upstream changes: a forced re-download must match the recorded digest; the verified copy stays.
     server.files["/afhqdog.pkl"] = changed
     with pytest.raises(WeightsError, match="recorded at its first download"):
-        weights.ensure_zoo_file("afhqdog", force=True, settings=FAST)
+        zoo().ensure("afhqdog", force=True)
     assert path.read_bytes() == first
     # The local copy is tampered with: loading notices (size/mtime changed -> re-hash).
     path.write_bytes(changed)
     with pytest.raises(WeightsError, match="expected"):
-        weights.resolve_model("afhqdog", settings=FAST)
+        zoo().resolve("afhqdog")
     # Removing forgets the record: the new upstream file is then trusted on its first use.
-    weights.remove_model("afhqdog")
-    assert weights.checksum_record(path) is None
-    weights.ensure_zoo_file("afhqdog", settings=FAST)
+    zoo().remove("afhqdog")
+    assert zoo().checksum_record(path) is None
+    zoo().ensure("afhqdog")
     assert path.read_bytes() == changed
 
 
 def test_a_file_placed_by_hand_is_trusted_on_first_use(tmp_path, monkeypatch):
     write_manifest(tmp_path, monkeypatch, afhqdog={"url": f"http://127.0.0.1:{closed_port()}/afhqdog.pkl"})
     data = payload(5000)
-    path = weights.models_dir() / "afhqdog.pkl"
+    path = zoo().models_dir / "afhqdog.pkl"
     path.parent.mkdir(parents=True)
     path.write_bytes(data)
-    assert weights.resolve_model("afhqdog", offline=True) == path
-    assert weights.checksum_record(path)["sha256"] == sha(data)
+    assert zoo(offline=True).resolve("afhqdog") == path
+    assert zoo().checksum_record(path)["sha256"] == sha(data)
     path.write_bytes(data[:-1] + b"x")
     with pytest.raises(WeightsError, match="SHA-256"):
-        weights.resolve_model("afhqdog", offline=True)
+        zoo(offline=True).resolve("afhqdog")
 
 
 def test_published_digest_is_checked_for_a_file_placed_by_hand(tmp_path, monkeypatch):
     data = payload(5000)
     write_manifest(tmp_path, monkeypatch, afhqdog={"sha256": sha(b"official"), "url": "http://127.0.0.1:9/a.pkl"})
-    path = weights.models_dir() / "afhqdog.pkl"
+    path = zoo().models_dir / "afhqdog.pkl"
     path.parent.mkdir(parents=True)
     path.write_bytes(data)
-    with pytest.raises(WeightsError, match=r"download afhqdog --force"):
-        weights.resolve_model("afhqdog", offline=True)
+    with pytest.raises(WeightsError, match=r"not the published file: download it again"):
+        zoo(offline=True).resolve("afhqdog")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -568,35 +619,36 @@ def test_model_specs_resolve_names_paths_and_urls(server, tmp_path, monkeypatch,
     write_manifest(tmp_path, monkeypatch, afhqdog={"url": server.url("/afhqdog.pkl")},
                    vgg16={"kind": "backbone", "url": server.url("/vgg.pth"), "filename": "vgg.pth"})
     # zoo name: downloaded into the cache, then found there without a request
-    path = weights.resolve_model("afhqdog", settings=FAST)
-    assert path == weights.models_dir() / "afhqdog.pkl" and path.read_bytes() == data
-    assert weights.resolve_model("afhqdog", settings=FAST) == path
+    path = zoo().resolve("afhqdog")
+    assert path == zoo().models_dir / "afhqdog.pkl" and path.read_bytes() == data
+    assert zoo().resolve("afhqdog") == path
     assert len(server.requests_for("/afhqdog.pkl")) == 1
     # local path
-    assert weights.resolve_model(str(tiny_pkl)) == tiny_pkl
+    assert zoo().resolve(str(tiny_pkl)) == tiny_pkl
     # URL: cached under a name derived from the URL, trusted on first use
     url = server.url("/nets/snapshot-000123.pkl")
-    by_url = weights.resolve_model(url, settings=FAST)
-    assert by_url.parent == weights.models_dir() / "from-url" and by_url.name.endswith("-snapshot-000123.pkl")
-    assert weights.resolve_model(url, settings=FAST) == by_url
+    by_url = zoo().resolve(url)
+    assert by_url.parent == zoo().models_dir / "from-url" and by_url.name.endswith("-snapshot-000123.pkl")
+    assert zoo().resolve(url) == by_url
     assert len(server.requests_for("/nets/snapshot-000123.pkl")) == 1
-    assert weights.checksum_record(by_url)["origin"] == url
+    assert zoo().checksum_record(by_url)["origin"] == url
     # what is not a generator spec
     with pytest.raises(WeightsError, match="not a generator"):
-        weights.resolve_model("vgg16")
+        zoo().resolve("vgg16")
     with pytest.raises(WeightsError, match=r"unknown model 'afhqdgo'.*afhqdog"):
-        weights.resolve_model("afhqdgo")
+        zoo().resolve("afhqdgo")
     with pytest.raises(WeightsError, match="no network file at"):
-        weights.resolve_model(str(tmp_path / "nothing.pkl"))
+        zoo().resolve(str(tmp_path / "nothing.pkl"))
     with pytest.raises(WeightsError, match="is a directory"):
-        weights.resolve_model(str(tmp_path))
+        zoo().resolve(str(tmp_path))
 
 
 def test_load_model_by_zoo_name(server, tmp_path, monkeypatch, tiny_pkl, tiny_G):
     server.files["/afhqdog.pkl"] = tiny_pkl.read_bytes()
     write_manifest(tmp_path, monkeypatch, afhqdog={"url": server.url("/afhqdog.pkl")})
     calls = []
-    G = weights.load_model("afhqdog", device="cpu", progress=lambda d, t: calls.append((d, t)), settings=FAST)
+    G = pipeline.load_model("afhqdog", Environment.from_environ(), device="cpu",
+                             progress=lambda d, t: calls.append((d, t))).G
     assert calls[-1] == (tiny_pkl.stat().st_size,) * 2
     assert _same_outputs(G, tiny_G)
 
@@ -611,12 +663,12 @@ def test_vgg16_weights_come_from_the_cache_or_torch_hub(server, tmp_path, monkey
     hub = tmp_path / "torchhome" / "hub" / "checkpoints" / "vgg16-0123abcd.pth"
     hub.parent.mkdir(parents=True)
     hub.write_bytes(data)
-    assert weights.vgg16_weights_path(settings=FAST) == hub
+    assert zoo().vgg16_path() == hub
     assert server.requests == []
     # a damaged hub copy is ignored: timemachine downloads its own
     hub.write_bytes(data[:-1] + b"\0")
-    path = weights.vgg16_weights_path(settings=FAST)
-    assert path == weights.models_dir() / "vgg16-0123abcd.pth" and path.read_bytes() == data
+    path = zoo().vgg16_path()
+    assert path == zoo().models_dir / "vgg16-0123abcd.pth" and path.read_bytes() == data
     assert hub.read_bytes() != data  # torch's file is left alone
 
 
@@ -629,7 +681,7 @@ def test_cli_download_list_verify_path(server, tmp_path, monkeypatch, capsys):
     server.files["/afhqdog.pkl"] = data
     write_manifest(tmp_path, monkeypatch, afhqdog={"url": server.url("/afhqdog.pkl")},
                    afhqcat={"url": server.url("/afhqcat.pkl")})
-    monkeypatch.setattr(weights, "DEFAULT_SETTINGS", FAST)
+    monkeypatch.setattr(zoo_download, "DEFAULT_SETTINGS", FAST)
 
     assert main(["weights", "list"]) == 0
     out = capsys.readouterr().out
@@ -639,7 +691,7 @@ def test_cli_download_list_verify_path(server, tmp_path, monkeypatch, capsys):
     assert main(["weights", "download", "afhqdog"]) == 0
     captured = capsys.readouterr()
     assert NVIDIA_LICENCE_MARK in captured.err  # the licence is shown where the download happens
-    assert str(weights.models_dir() / "afhqdog.pkl") in captured.out and "recorded now" in captured.out
+    assert str(zoo().models_dir / "afhqdog.pkl") in captured.out and "recorded now" in captured.out
 
     assert main(["weights", "download", "afhqdog"]) == 0
     assert "already present" in capsys.readouterr().out
@@ -651,11 +703,11 @@ def test_cli_download_list_verify_path(server, tmp_path, monkeypatch, capsys):
     assert re.search(r"^OK\s+afhqdog", capsys.readouterr().out, re.M)
 
     assert main(["weights", "path", "afhqdog"]) == 0
-    assert capsys.readouterr().out.strip() == str(weights.models_dir() / "afhqdog.pkl")
+    assert capsys.readouterr().out.strip() == str(zoo().models_dir / "afhqdog.pkl")
     assert main(["weights", "path"]) == 0
-    assert capsys.readouterr().out.strip() == str(weights.models_dir())
+    assert capsys.readouterr().out.strip() == str(zoo().models_dir)
 
-    (weights.models_dir() / "afhqdog.pkl").write_bytes(data[::-1])
+    (zoo().models_dir / "afhqdog.pkl").write_bytes(data[::-1])
     assert main(["weights", "verify", "afhqdog"]) == 1
     assert re.search(r"^MISMATCH\s+afhqdog", capsys.readouterr().out, re.M)
 
@@ -675,7 +727,7 @@ def test_doctor_reports_the_zoo(server, tmp_path, monkeypatch, capsys):
     server.files["/afhqdog.pkl"] = payload(1000)
     write_manifest(tmp_path, monkeypatch, afhqdog={"url": server.url("/afhqdog.pkl")},
                    afhqcat={"url": server.url("/afhqcat.pkl")})
-    weights.ensure_zoo_file("afhqdog", settings=FAST)
+    zoo().ensure("afhqdog")
     assert main(["doctor"]) == 0
     line = [line for line in capsys.readouterr().out.splitlines() if line.startswith("weights ")][0]
     assert "afhqdog verified" in line and "afhqcat not downloaded" in line
@@ -695,7 +747,11 @@ def test_cli_convert_round_trip(tmp_path, capsys, tiny_pkl, tiny_G):
 
     before = dst.stat().st_mtime_ns
     assert main(["weights", "convert", str(tiny_pkl), str(dst)]) == 2
-    assert "already exists" in one_line(capsys.readouterr().err)
+    error = one_line(capsys.readouterr().err)
+    assert "already exists" in error and "pass --force" in error       # the library's remedy in the CLI's words
+    with pytest.raises(AlreadyExists) as info:
+        zoo().convert(tiny_pkl, dst)
+    assert info.value.remedy == errors.REPLACE and "--force" not in str(info.value)
     assert dst.stat().st_mtime_ns == before
     assert main(["weights", "convert", str(tiny_pkl), str(dst), "--force"]) == 0
     assert main(["weights", "convert", str(tiny_pkl), str(tmp_path / "tiny.pkl")]) == 2
@@ -717,14 +773,14 @@ def test_cli_import_then_model_name(tmp_path, capsys, tiny_pkl, tiny_G):
     shutil.copy(tiny_pkl, original)
     assert main(["weights", "import", str(original), "--name", "mydog"]) == 0
     assert "--model mydog" in capsys.readouterr().out
-    copy = weights.models_dir() / "imported" / "mydog.pkl"
+    copy = zoo().models_dir / "imported" / "mydog.pkl"
     assert copy.read_bytes() == tiny_pkl.read_bytes()
-    registry = json.loads((weights.home_dir() / "registry.json").read_text())
+    registry = json.loads(zoo().paths.registry.read_text())
     assert registry["models"]["mydog"]["copied"] is True
 
     original.unlink()  # the copy keeps the model working
-    assert weights.resolve_model("mydog") == copy
-    assert _same_outputs(weights.load_model("mydog", device="cpu"), tiny_G)
+    assert zoo().resolve("mydog") == copy
+    assert _same_outputs(pipeline.load_model("mydog", Environment.from_environ(), device="cpu").G, tiny_G)
     assert main(["weights", "list"]) == 0
     assert re.search(r"mydog\s+.*verified", capsys.readouterr().out)
 
@@ -735,21 +791,26 @@ def test_cli_import_then_model_name(tmp_path, capsys, tiny_pkl, tiny_G):
                            (["--name", "mydog"], "already imported")):
         assert main(["weights", "import", str(tiny_pkl), *argv]) == 2, argv
         assert expected in one_line(capsys.readouterr().err)
-    assert not (weights.models_dir() / "evil.pkl").exists()
+    assert not (zoo().models_dir / "evil.pkl").exists()
+    assert main(["weights", "import", str(tiny_pkl), "--name", "mydog"]) == 2
+    assert "pass --force" in one_line(capsys.readouterr().err)
+    with pytest.raises(AlreadyExists) as info:
+        zoo().import_model(tiny_pkl, "mydog")
+    assert info.value.remedy == errors.REPLACE and "--force" not in str(info.value)
 
     # a changed copy is refused at load time
     copy.write_bytes(copy.read_bytes() + b"\0")
     with pytest.raises(WeightsError, match="changed since it was imported"):
-        weights.resolve_model("mydog")
+        zoo().resolve("mydog")
     assert main(["weights", "verify", "mydog"]) == 1
 
     # --force replaces it; remove forgets it and deletes only timemachine's copy
     assert main(["weights", "import", str(tiny_pkl), "--name", "mydog", "--force"]) == 0
-    assert weights.resolve_model("mydog") == copy
+    assert zoo().resolve("mydog") == copy
     assert main(["weights", "remove", "mydog"]) == 0
     assert not copy.exists() and tiny_pkl.exists()
     with pytest.raises(WeightsError, match="unknown model 'mydog'"):
-        weights.resolve_model("mydog")
+        zoo().resolve("mydog")
 
 
 def test_import_in_place_and_import_of_a_non_network(tmp_path, capsys, tiny_pkl):
@@ -757,18 +818,18 @@ def test_import_in_place_and_import_of_a_non_network(tmp_path, capsys, tiny_pkl)
     shutil.copy(tiny_pkl, in_place)
     assert main(["weights", "import", str(in_place), "--name", "here", "--no-copy"]) == 0
     capsys.readouterr()
-    assert weights.resolve_model("here") == in_place
+    assert zoo().resolve("here") == in_place
     in_place.rename(tmp_path / "moved.pkl")
     with pytest.raises(WeightsError, match=r"the file it was imported from is gone"):
-        weights.resolve_model("here")
+        zoo().resolve("here")
     assert main(["weights", "remove", "here"]) == 0
     assert (tmp_path / "moved.pkl").exists()
 
     bogus = tmp_path / "notes.pkl"
     bogus.write_bytes(b"hello")
     with pytest.raises(CheckpointError):
-        weights.import_model(bogus, "notes")
-    assert "notes" not in weights.imported_models()
+        zoo().import_model(bogus, "notes")
+    assert "notes" not in zoo().imported()
     assert main(["weights", "import", str(tmp_path / "absent.pkl"), "--name", "x"]) == 2
     assert "no network file" in one_line(capsys.readouterr().err)
 
@@ -777,14 +838,14 @@ def test_cli_helper_for_other_commands_shows_the_licence_when_it_downloads(serve
                                                                             tiny_pkl, tiny_G):
     import argparse
 
-    from timemachine.cli.common import load_model
+    from timemachine.cli.common import load_pipeline
 
     def load_model_for_cli(spec, device):
-        return load_model(argparse.Namespace(model=spec, device=device, offline=None)).G
+        return load_pipeline(argparse.Namespace(model=spec, device=device, offline=None)).G
 
     server.files["/afhqdog.pkl"] = tiny_pkl.read_bytes()
     write_manifest(tmp_path, monkeypatch, afhqdog={"url": server.url("/afhqdog.pkl")})
-    monkeypatch.setattr(weights, "DEFAULT_SETTINGS", FAST)
+    monkeypatch.setattr(zoo_download, "DEFAULT_SETTINGS", FAST)
     G = load_model_for_cli("afhqdog", device="cpu")
     assert NVIDIA_LICENCE_MARK in capsys.readouterr().err
     assert _same_outputs(G, tiny_G)

@@ -5,7 +5,7 @@ along a per-breed "age vector", and rendered as a video.  Modules, one concept e
 
     networks    the generator (official StyleGAN2-ADA semantics and call signatures)
     checkpoint  loading official network pickles safely; the project's safetensors format
-    weights     the model zoo, the local cache, verified downloads, imports, conversion (--model specs)
+    zoo         the model zoo (a package): manifest, verified downloads, imports, conversion (--model specs)
     device      choosing the device; the CPU allocator tuning
     images      opening, validating, orienting, cropping and resizing photos
     perceptual  LPIPS on VGG16 features

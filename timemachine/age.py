@@ -860,9 +860,9 @@ def load_vector_file(path: PathLike) -> AgeVector:
 
 def vectors_dir() -> Path:
     """``$TIMEMACHINE_HOME/vectors`` (or the platform's user data directory + ``/vectors``); not created here."""
-    from timemachine import weights
+    from timemachine.env import Environment
 
-    return weights.home_dir() / "vectors"
+    return Environment.from_environ().paths.vectors
 
 
 def library_path(name: str) -> Path:
@@ -873,13 +873,10 @@ def library_path(name: str) -> Path:
 @contextlib.contextmanager
 def _library_lock() -> Iterator[None]:
     """Serialises changes to the library across processes."""
-    import filelock
+    from timemachine import fs
+    from timemachine.env import Environment
 
-    from timemachine import weights
-
-    lock_dir = weights.home_dir() / "locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with filelock.FileLock(str(lock_dir / "vectors.lock"), timeout=60):
+    with fs.file_lock(Environment.from_environ().paths.lock("vectors")):
         yield
 
 

@@ -4,31 +4,28 @@ The projector compares the generator's image with the photo through this distanc
 StyleGAN2-ADA projector does (it uses NVIDIA's TorchScript export of the same LPIPS-VGG16 network).
 Images are area-downsampled to 256x256 first when larger, like the official projector.
 
-    lpips = PerceptualDistance()                    # real ImageNet VGG16 weights, required by default
+    lpips = PerceptualDistance(vgg16_file)          # a file of ImageNet VGG16 weights, or 'random' by name
     target = lpips.features(photo)                  # photo [1, 3, H, W] in [-1, 1]; computed once
     d = lpips.distance(lpips.features(img), target) # [N] LPIPS distances
 
 VGG16 weights.  LPIPS is only meaningful with the ImageNet-trained VGG16 (torchvision's
-``vgg16-397923af.pth``).  They are taken from, in order: the ``vgg_weights`` argument; the
-``TIMEMACHINE_VGG_WEIGHTS`` environment variable (a path); the weights manager
-(:func:`timemachine.weights.vgg16_weights_path`: a verified copy in torch's hub cache, or the project's
-own, downloaded when allowed).  The value
-``random`` (argument or environment) builds a randomly initialised VGG16 instead - for tests and
-benchmarks only; it warns, and nothing ever falls back to it silently.
+``vgg16-397923af.pth``).  The caller says which weights to use: a file path (the zoo's verified copy,
+:meth:`timemachine.zoo.Zoo.vgg16_path`, is what :func:`timemachine.pipeline.load_perceptual` passes unless the
+environment names another file), or ``'random'``, which builds a randomly initialised VGG16 instead - for tests
+and benchmarks only, asked for by name; it warns, and nothing ever falls back to it silently.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from typing import Optional, Union
+from typing import Union
 
 import torch
 import torch.nn.functional as F
 
-from timemachine.errors import WeightsError
+from timemachine.errors import WeightsError, first_line, printable
 
-ENV_VGG_WEIGHTS = "TIMEMACHINE_VGG_WEIGHTS"
 RANDOM = "random"
 #: LPIPS works on at most 256x256 images, like the official projector.
 FEATURE_RESOLUTION = 256
@@ -40,41 +37,25 @@ class RandomWeightsWarning(UserWarning):
     """Random VGG16 weights were asked for: perceptual distances are meaningless for real photos."""
 
 
-def resolve_vgg_weights(vgg_weights: Union[str, os.PathLike, None] = None,
-                        offline: Optional[bool] = None, progress=None) -> str:
-    """The VGG16 weights to use: a file path, or ``'random'`` (see the module docstring for the order).
-
-    Raises:
-        WeightsError: a named file does not exist, or no weights are available and none may be downloaded
-        (``offline``, default: ``TIMEMACHINE_OFFLINE``).  ``progress`` receives download progress.
-    """
-    choice = vgg_weights if vgg_weights is not None else os.environ.get(ENV_VGG_WEIGHTS)
-    if choice is not None and str(choice).strip():
-        choice = str(choice).strip()
-        if choice == RANDOM:
-            return RANDOM
-        if not os.path.isfile(choice):
-            raise WeightsError(f"VGG16 weights file not found: {choice}")
-        return choice
-    from timemachine import weights  # the manager: manifest, download, verification
-
-    return str(weights.vgg16_weights_path(offline=offline, progress=progress))
-
-
 class PerceptualDistance(torch.nn.Module):
     """LPIPS-VGG16 distance between images [N, 3, H, W] in [-1, 1] (any H, W >= 32).
 
     ``features(x)`` returns the five unit-normalised VGG16 activation maps; ``distance(a, b)`` the LPIPS
     value [N] from two such lists (b may have batch size 1 and is then shared).  ``forward(x, y)`` does both.
     Parameters are frozen; gradients flow to the input images.
+
+    Args:
+        vgg_weights: a torchvision VGG16 state-dict file, or ``'random'`` (warns: tests and benchmarks only).
+
+    Raises:
+        WeightsError: the file does not exist or does not hold torchvision's VGG16 weights.
     """
 
-    def __init__(self, vgg_weights: Union[str, os.PathLike, None] = None, offline: Optional[bool] = None,
-                 progress=None):
+    def __init__(self, vgg_weights: Union[str, os.PathLike]):
         super().__init__()
         import lpips
 
-        source = resolve_vgg_weights(vgg_weights, offline=offline, progress=progress)
+        source = _vgg_source(vgg_weights)
         # pnet_rand=True: build the VGG16 without torchvision fetching anything; weights are loaded below.
         # A fixed seed makes 'random' the same network in every process (projections stay reproducible
         # and cacheable); fork_rng leaves the caller's random state alone.
@@ -83,7 +64,7 @@ class PerceptualDistance(torch.nn.Module):
             torch.manual_seed(0)
             model = lpips.LPIPS(net="vgg", version="0.1", pnet_rand=True, verbose=False)
         if source == RANDOM:
-            warnings.warn("using a randomly initialised VGG16 (TIMEMACHINE_VGG_WEIGHTS=random): perceptual "
+            warnings.warn("using a randomly initialised VGG16 (the weights 'random' were asked for): perceptual "
                           "distances are meaningless for real photos; use this only for tests and benchmarks",
                           RandomWeightsWarning, stacklevel=2)
         else:
@@ -119,6 +100,16 @@ class PerceptualDistance(torch.nn.Module):
         return self.distance(self.features(images_a), self.features(images_b))
 
 
+def _vgg_source(vgg_weights: Union[str, os.PathLike]) -> str:
+    """``'random'`` or the path of an existing file."""
+    choice = os.fspath(vgg_weights)
+    if choice.strip() == RANDOM:
+        return RANDOM
+    if not os.path.isfile(choice):
+        raise WeightsError(f"VGG16 weights file not found: {printable(choice, 2000)}")
+    return choice
+
+
 def _normalize_channels(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     """x / ||x|| along channels, as ``lpips.normalize_tensor``."""
     return x / (x.square().sum(dim=1, keepdim=True).sqrt() + eps)
@@ -129,9 +120,9 @@ def _load_vgg16_into(vgg: torch.nn.Module, path: str) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged or foreign file: torch raises many kinds
-        raise WeightsError(f"cannot read VGG16 weights from {path}: {str(exc).strip().splitlines()[0]}") from None
+        raise WeightsError(f"cannot read VGG16 weights from {printable(path, 2000)}: {first_line(exc)}") from None
     if not isinstance(state, dict):
-        raise WeightsError(f"{path} is not a VGG16 state dict")
+        raise WeightsError(f"{printable(path, 2000)} is not a VGG16 state dict")
     mapped = {}
     for k, indices in enumerate(_SLICES, start=1):
         for i in indices:
@@ -142,4 +133,5 @@ def _load_vgg16_into(vgg: torch.nn.Module, path: str) -> None:
     try:
         vgg.load_state_dict(mapped, strict=True)
     except RuntimeError as exc:
-        raise WeightsError(f"{path} does not hold torchvision VGG16 weights: {str(exc).splitlines()[0]}") from None
+        raise WeightsError(f"{printable(path, 2000)} does not hold torchvision VGG16 weights: "
+                           f"{first_line(exc)}") from None

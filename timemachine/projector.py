@@ -213,6 +213,12 @@ def _load_checkpoint(path: str) -> dict:
     return state
 
 
+def _required_perceptual(perceptual: Optional[PerceptualDistance]) -> PerceptualDistance:
+    if perceptual is None:   # the weights are the caller's choice (see timemachine.perceptual)
+        raise TypeError("a PerceptualDistance is required (timemachine.pipeline.load_perceptual builds one)")
+    return perceptual
+
+
 def project(
     G: Generator,
     targets: torch.Tensor,
@@ -229,7 +235,7 @@ def project(
         G:           generator (eval mode; it is not modified).
         targets:     [N, 3, R, R] (or [3, R, R]) float32 in [-1, 1].
         settings:    :class:`ProjectorSettings` (default: official).
-        perceptual:  LPIPS module (default: real VGG16 weights, see :mod:`timemachine.perceptual`).
+        perceptual:  LPIPS module (required; :func:`timemachine.pipeline.load_perceptual` builds one).
         callback:    called with a :class:`ProgressEvent` after every step.
         checkpoint_path: save the state there every ``settings.checkpoint_every`` steps and when done (atomically).
         resume:      continue from ``checkpoint_path`` if it exists; it must belong to the same
@@ -245,7 +251,7 @@ def project(
     device = G.mapping.w_avg.device
     targets = targets.to(device)
     batch = targets.shape[0]
-    perceptual = (perceptual or PerceptualDistance()).to(device)
+    perceptual = _required_perceptual(perceptual).to(device)
     from timemachine.checkpoint import model_fingerprint
 
     # What a checkpoint must match to be resumed (how often to preview or save does not matter).
@@ -391,7 +397,7 @@ def pivotal_tuning(
     targets = _check_targets(G, targets)
     device = G.mapping.w_avg.device
     targets = targets.to(device)
-    perceptual = (perceptual or PerceptualDistance()).to(device)
+    perceptual = _required_perceptual(perceptual).to(device)
     started = time.perf_counter()
 
     tuned = copy.deepcopy(G.synthesis).train(False).requires_grad_(True)

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, Optional
 import streamlit as st
 
 import ui_jobs
-from timemachine import errors, pipeline, weights
+from timemachine import errors, pipeline
 from timemachine.env import Environment
 from timemachine.errors import TimemachineError
 from timemachine.settings import PROJECTOR_PRESETS, PTI_PRESETS, RENDER_PRESETS
@@ -240,6 +240,13 @@ def job_panel(slot: str, show_extras: Callable[[dict[str, Any]], None]) -> None:
 # Heavy objects, once per process
 
 
+def environment() -> Environment:
+    """The environment (``TIMEMACHINE_*``), read on every page run so that a changed setting takes effect
+    without restarting the server; everything below the UI receives it from here."""
+    return Environment.from_environ()
+
+
+
 class _DownloadBar:
     """A ``progress(done_bytes, total_bytes)`` callback drawing a Streamlit progress bar."""
 
@@ -257,11 +264,6 @@ class _DownloadBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.empty()
-
-
-def environment() -> Environment:
-    """The environment, read once per page run (tests and operators change it between runs)."""
-    return Environment.from_environ()
 
 
 @st.cache_resource(max_entries=3, show_spinner="Loading the model…")
@@ -326,16 +328,16 @@ class ModelChoice:
         return self.spec if self.spec in _zoo_generators() else None
 
 
-def _zoo_generators() -> dict[str, "weights.ZooEntry"]:
+def _zoo_generators() -> dict[str, pipeline.ZooEntry]:
     try:
-        return {n: e for n, e in weights.load_manifest().items() if e.kind == weights.GENERATOR}
+        return pipeline.open_zoo(environment()).generators()
     except TimemachineError:
         return {}
 
 
 def _imported_names() -> list[str]:
     try:
-        return sorted(weights.imported_models())
+        return sorted(pipeline.open_zoo(environment()).imported())
     except TimemachineError:
         return []
 

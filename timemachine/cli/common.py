@@ -97,7 +97,7 @@ def load_pipeline(args: argparse.Namespace):
     spec = args.model or env.model
     if not spec:
         raise TimemachineError(f"no model given: pass --model NAME|PATH|URL or set {ENV_MODEL}")
-    licence_notice_if_downloading(spec, offline=env.offline)
+    licence_notice_if_downloading(spec, env=env)
     with download_progress(spec) as progress:
         return Pipeline.load(spec, env, device=args.device, progress=progress)
 

@@ -76,16 +76,17 @@ def run(args: argparse.Namespace) -> int:
 
 def _weights_status() -> str:
     """Which zoo networks are here, e.g. 'afhqdog verified, vgg16 not downloaded (cache: ~/.local/share/...)'."""
-    from timemachine import weights
+    from timemachine.cli.weights import open_zoo
     from timemachine.errors import TimemachineError
 
+    zoo = open_zoo()
     try:
-        statuses = weights.zoo_status()
+        statuses = zoo.status()
     except TimemachineError as exc:
         return f"cannot tell: {exc}"
     words = {"verified": "verified", "unverified": "present", "partial": "partial", "missing": "not downloaded"}
     parts = [f"{s.entry.name} {words[s.state]}" for s in statuses]
-    return f"{', '.join(parts)} (cache: {weights.models_dir()})"
+    return f"{', '.join(parts)} (cache: {zoo.models_dir})"
 
 
 def _ffmpeg_status() -> str:

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Iterator, Optional
 from timemachine.cli import EXIT_FAILED_CHECK, EXIT_OK
 
 if TYPE_CHECKING:
-    from timemachine import weights as weights_module
+    from timemachine import zoo as zoo_module
+    from timemachine.env import Environment
 
 HELP = "list, download, verify, import and convert model weights"
 DESCRIPTION = """\
@@ -109,7 +110,7 @@ def register(subparsers, formatter) -> None:
 
 
 @contextlib.contextmanager
-def download_progress(label: str) -> Iterator["weights_module.ProgressCallback"]:
+def download_progress(label: str) -> Iterator["zoo_module.ProgressCallback"]:
     """A ``progress(done, total)`` callback drawing a tqdm bar on stderr (hidden when stderr is not a terminal)."""
     from tqdm import tqdm
 
@@ -131,26 +132,33 @@ def download_progress(label: str) -> Iterator["weights_module.ProgressCallback"]
             bar.close()
 
 
-def licence_notice(entry: "weights_module.ZooEntry") -> None:
+def licence_notice(entry: "zoo_module.ZooEntry") -> None:
     print(f"{entry.name}: {entry.licence}", file=sys.stderr)
 
 
-def licence_notice_if_downloading(spec: str, offline: Optional[bool] = None) -> None:
+def open_zoo(offline: Optional[bool] = None, env: Optional["Environment"] = None) -> "zoo_module.Zoo":
+    """The model zoo of ``env`` (default: this process's environment); ``--offline`` (True) overrides its switch."""
+    from timemachine.env import Environment
+    from timemachine.zoo import Zoo
+
+    env = env or Environment.from_environ()
+    return Zoo(env.replace(offline=True) if offline else env)
+
+
+def licence_notice_if_downloading(spec: str, offline: Optional[bool] = None,
+                                  env: Optional["Environment"] = None) -> None:
     """Before a zoo model is downloaded for ``--model SPEC``, show its licence on stderr (not when offline:
     nothing will be downloaded, and the error that follows must stay the only line)."""
-    from timemachine import weights
-
-    if weights.is_offline(offline):
+    zoo = open_zoo(offline, env)
+    if zoo.offline:
         return
-    manifest = weights.load_manifest()
-    if spec in manifest and not weights.zoo_path(manifest[spec]).is_file() and not Path(spec).is_file():
+    manifest = zoo.entries()
+    if spec in manifest and not zoo.zoo_path(manifest[spec]).is_file() and not Path(spec).is_file():
         licence_notice(manifest[spec])
 
 
-def _trust_note(path: Path) -> str:
-    from timemachine import weights
-
-    record = weights.checksum_record(path) or {}
+def _trust_note(zoo: "zoo_module.Zoo", path: Path) -> str:
+    record = zoo.checksum_record(path) or {}
     digest = record.get("sha256", "")
     how = {"published": "matches the published SHA-256", "recorded": "matches the SHA-256 recorded at first download",
            "first use": "SHA-256 recorded now (nobody publishes one; later downloads must match it)",
@@ -163,27 +171,28 @@ def _trust_note(path: Path) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from timemachine import weights
+    from timemachine.zoo import human_bytes
 
-    statuses = weights.zoo_status()
-    rows = [(s.entry.name, s.entry.kind, weights.human_bytes(s.size), _STATE_WORDS[s.state], s.entry.description)
+    zoo = open_zoo()
+    statuses = zoo.status()
+    rows = [(s.entry.name, s.entry.kind, human_bytes(s.size), _STATE_WORDS[s.state], s.entry.description)
             for s in statuses]
     _table(("NAME", "KIND", "SIZE", "LOCAL", "DESCRIPTION"), rows,
            notes=[f"licence: {s.entry.licence}" for s in statuses])
-    imported = weights.imported_models()
+    imported = zoo.imported()
     if imported:
         print()
         print("imported models (use as --model NAME):")
         rows = []
         for model in imported.values():
             present = model.path.is_file()
-            size = weights.human_bytes(model.path.stat().st_size) if present else "-"
-            state = ("verified" if weights.stamp_valid(model.path, model.sha256) else "present, not verified yet") \
+            size = human_bytes(model.path.stat().st_size) if present else "-"
+            state = ("verified" if zoo.is_verified(model.path, model.sha256) else "present, not verified yet") \
                 if present else "FILE MISSING"
             rows.append((model.name, size, state, f"{model.path} ({'copy' if model.copied else 'in place'})"))
         _table(("NAME", "SIZE", "LOCAL", "FILE"), rows)
     print()
-    print(f"cache directory: {weights.models_dir()}")
+    print(f"cache directory: {zoo.models_dir}")
     return EXIT_OK
 
 
@@ -197,10 +206,10 @@ def _table(header: tuple, rows: list[tuple], notes: Optional[list[str]] = None) 
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from timemachine import weights
     from timemachine.errors import WeightsError
 
-    manifest = weights.load_manifest()
+    zoo = open_zoo(args.offline)
+    manifest = zoo.entries()
     names = list(manifest) if args.all else list(args.names)
     if not names:
         raise WeightsError(f"name a model to download ({', '.join(manifest)}), or pass --all")
@@ -211,27 +220,25 @@ def run_download(args: argparse.Namespace) -> int:
     for name in names:
         if name in manifest:
             entry = manifest[name]
-            present = weights.zoo_path(entry).is_file()
-            if (not present or args.force) and not weights.is_offline(args.offline):
+            present = zoo.zoo_path(entry).is_file()
+            if (not present or args.force) and not zoo.offline:
                 licence_notice(entry)
             with download_progress(name) as progress:
-                path = weights.ensure_zoo_file(name, force=args.force, offline=args.offline, progress=progress,
-                                               manifest=manifest)
+                path = zoo.ensure(name, force=args.force, progress=progress)
             verb = "already present" if present and not args.force else "downloaded"
         else:
-            present = weights.url_cache_path(name).is_file()
+            present = zoo.url_path(name).is_file()
             with download_progress(name) as progress:
-                path = weights.resolve_model(name, offline=args.offline, progress=progress)
+                path = zoo.resolve(name, progress=progress)
             verb = "already present" if present else "downloaded"
-        print(f"{name}: {verb}, {path} ({_trust_note(path)})")
+        print(f"{name}: {verb}, {path} ({_trust_note(zoo, path)})")
     return EXIT_OK
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from timemachine import weights
     from timemachine.errors import WeightsError
 
-    results = weights.verify(args.name)
+    results = open_zoo().verify(args.name)
     if args.name is not None and results[0].state == "missing":
         raise WeightsError(f"{args.name} is not downloaded (expected at {results[0].path})")
     if not results:
@@ -256,22 +263,11 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_path(args: argparse.Namespace) -> int:
-    from timemachine import weights
-    from timemachine.errors import WeightsError
-
+    zoo = open_zoo()
     if args.name is None:
-        print(weights.models_dir())
+        print(zoo.models_dir)
         return EXIT_OK
-    manifest = weights.load_manifest()
-    imported = weights.imported_models()
-    if args.name in manifest:
-        path = weights.zoo_path(manifest[args.name])
-    elif args.name in imported:
-        path = imported[args.name].path
-    elif args.name.startswith(("http://", "https://")):
-        path = weights.url_cache_path(args.name)
-    else:
-        raise WeightsError(f"no zoo or imported model named {args.name!r}")
+    path = zoo.path(args.name)
     print(path)
     if not path.is_file():
         print(f"({args.name} is not there yet: 'timemachine weights download {args.name}' fetches it, or put the "
@@ -280,23 +276,19 @@ def run_path(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from timemachine import weights
-
-    manifest = weights.load_manifest()
-    if args.src in manifest and not weights.zoo_path(manifest[args.src]).is_file() and not Path(args.src).is_file():
+    zoo = open_zoo(args.offline)
+    manifest = zoo.entries()
+    if args.src in manifest and not zoo.zoo_path(manifest[args.src]).is_file() and not Path(args.src).is_file():
         licence_notice(manifest[args.src])
     with download_progress(args.src) as progress:
-        result = weights.convert_to_safetensors(args.src, args.dst, force=args.force, offline=args.offline,
-                                                progress=progress)
+        result = zoo.convert(args.src, args.dst, force=args.force, progress=progress)
     print(f"wrote {result.path} (from {result.source}; generator fingerprint {result.fingerprint}, "
           "identical after reloading)")
     return EXIT_OK
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from timemachine import weights
-
-    model = weights.import_model(args.path, args.name, copy=args.copy, replace=args.force)
+    model = open_zoo().import_model(args.path, args.name, copy=args.copy, replace=args.force)
     where = f"copied to {model.path}" if model.copied else f"used in place at {model.path}"
     print(f"imported {model.name}: {where} (sha256 {model.sha256[:16]}..., fingerprint {model.fingerprint}); "
           f"use it with --model {model.name}")
@@ -304,10 +296,9 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_remove(args: argparse.Namespace) -> int:
-    from timemachine import weights
-
-    imported = args.name in weights.imported_models()
-    deleted = weights.remove_model(args.name)
+    zoo = open_zoo()
+    imported = args.name in zoo.imported()
+    deleted = zoo.remove(args.name)
     for path in deleted:
         print(f"deleted {path}")
     if imported:

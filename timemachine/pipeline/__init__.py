@@ -24,7 +24,8 @@ from timemachine.images import DEFAULT_MAX_BYTES as MAX_PHOTO_BYTES
 from timemachine.images import MIN_SIDE as MIN_PHOTO_SIDE
 from timemachine.images import CropBox, parse_crop
 from timemachine.perceptual import RandomWeightsWarning
-from timemachine.pipeline.components import LoadedModel, Pipeline, load_model, load_perceptual, perceptual_id
+from timemachine.pipeline.components import (LoadedModel, Pipeline, load_model, load_perceptual, open_zoo,
+                                             perceptual_id)
 from timemachine.pipeline.progress import VIDEO_STAGES, Progress, ProgressCallback, overall_fraction
 from timemachine.pipeline.projection import PhotoProjection, load_photo, prepare_photo, write_projection
 from timemachine.pipeline.requests import (AgeEdit, AgeVideoRequest, Photo, ProjectionRequest, RenderRequest,
@@ -34,7 +35,7 @@ from timemachine.pipeline.vectors import (BuiltExample, VectorBuildResult, list_
                                           update_vector)
 from timemachine.pipeline.vectors import precheck as check_vector_build
 from timemachine.pipeline.videos import STRIP_TIMES, AgeVideoResult
-from timemachine.weights import human_bytes
+from timemachine.zoo import Zoo, ZooEntry, human_bytes
 
 __all__ = [
     "Environment", "LoadedModel", "Pipeline", "load_model", "load_perceptual", "perceptual_id",
@@ -44,5 +45,5 @@ __all__ = [
     "write_projection", "CropBox", "parse_crop", "load_vector", "check_vector_build", "MAX_PHOTO_BYTES",
     "MIN_PHOTO_SIDE", "RandomWeightsWarning", "load_photo", "prepare_photo", "human_bytes", "list_vectors",
     "save_vector", "update_vector", "MAX_STRENGTH", "describe_layer_groups", "format_indices", "layer_groups",
-    "resolve_layers",
+    "resolve_layers", "open_zoo", "Zoo", "ZooEntry",
 ]

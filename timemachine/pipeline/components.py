@@ -20,6 +20,7 @@ from timemachine.env import Environment
 from timemachine.fs import ContentStore
 from timemachine.networks import Generator
 from timemachine.perceptual import RANDOM, PerceptualDistance
+from timemachine.zoo import Zoo
 
 #: Finished videos kept in the video store (the least recently used ones are removed first).
 MAX_STORED_VIDEOS = 64
@@ -49,25 +50,30 @@ class LoadedModel:
         return self.G.mapping.w_avg.device
 
 
+def open_zoo(env: Environment, offline: Optional[bool] = None) -> Zoo:
+    """The model zoo of ``env`` (``offline`` True overrides its switch)."""
+    return Zoo(env.replace(offline=True) if offline else env)
+
+
 def load_model(spec: Union[str, os.PathLike], env: Environment, *, device: Union[str, torch.device, None] = None,
                progress=None, offline: Optional[bool] = None) -> LoadedModel:
     """Resolve ``spec`` (zoo name, imported name, file or URL; downloading and verifying it if needed) and load
     it safely onto ``device`` (None: the environment's, else CUDA if available, else the CPU)."""
-    from timemachine import weights
     from timemachine.checkpoint import load_generator
 
     device = prepare_device(device if device is not None else env.device, malloc_tuning=env.malloc_tuning)
-    path = weights.resolve_model(spec, offline=env.offline if offline is None else offline, progress=progress)
+    path = open_zoo(env, offline).resolve(spec, progress=progress)
     G = load_generator(path, device=device)
     return LoadedModel(G=G, fingerprint=model_fingerprint(G), spec=str(spec), path=str(path))
 
 
 def load_perceptual(env: Environment, device: Union[str, torch.device, None] = None,
                     progress=None) -> PerceptualDistance:
-    """LPIPS-VGG16 on ``device``, with the environment's choice of weights (real ImageNet weights unless
-    'random' is asked for by name)."""
-    return PerceptualDistance(env.vgg_weights, offline=env.offline, progress=progress).to(prepare_device(
-        device, malloc_tuning=env.malloc_tuning))
+    """LPIPS-VGG16 on ``device``: the environment's choice of weights (a file, or 'random' asked for by name:
+    it warns), else the zoo's verified ImageNet weights, downloaded when allowed.  Never falls back to random
+    weights."""
+    source = env.vgg_weights or open_zoo(env).vgg16_path(progress=progress)
+    return PerceptualDistance(source).to(prepare_device(device, malloc_tuning=env.malloc_tuning))
 
 
 def perceptual_id(perceptual: PerceptualDistance) -> str:
