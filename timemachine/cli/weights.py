@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Iterator, Optional
 from timemachine.cli import EXIT_FAILED_CHECK, EXIT_OK
 
 if TYPE_CHECKING:
-    from timemachine import zoo as zoo_module
+    from timemachine import pipeline as zoo_module
     from timemachine.env import Environment
 
 HELP = "list, download, verify, import and convert model weights"
@@ -139,10 +139,9 @@ def licence_notice(entry: "zoo_module.ZooEntry") -> None:
 def open_zoo(offline: Optional[bool] = None, env: Optional["Environment"] = None) -> "zoo_module.Zoo":
     """The model zoo of ``env`` (default: this process's environment); ``--offline`` (True) overrides its switch."""
     from timemachine.env import Environment
-    from timemachine.zoo import Zoo
+    from timemachine.pipeline import open_zoo as open_pipeline_zoo
 
-    env = env or Environment.from_environ()
-    return Zoo(env.replace(offline=True) if offline else env)
+    return open_pipeline_zoo(env or Environment.from_environ(), offline)
 
 
 def licence_notice_if_downloading(spec: str, offline: Optional[bool] = None,
@@ -171,7 +170,7 @@ def _trust_note(zoo: "zoo_module.Zoo", path: Path) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from timemachine.zoo import human_bytes
+    from timemachine.pipeline import human_bytes
 
     zoo = open_zoo()
     statuses = zoo.status()

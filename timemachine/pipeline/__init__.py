@@ -35,6 +35,7 @@ from timemachine.pipeline.vectors import (BuiltExample, VectorBuildResult, list_
                                           update_vector)
 from timemachine.pipeline.vectors import precheck as check_vector_build
 from timemachine.pipeline.videos import STRIP_TIMES, AgeVideoResult
+from timemachine.zoo import ProgressCallback as DownloadProgress
 from timemachine.zoo import Zoo, ZooEntry, human_bytes
 
 __all__ = [
@@ -45,5 +46,5 @@ __all__ = [
     "write_projection", "CropBox", "parse_crop", "load_vector", "check_vector_build", "MAX_PHOTO_BYTES",
     "MIN_PHOTO_SIDE", "RandomWeightsWarning", "load_photo", "prepare_photo", "human_bytes", "list_vectors",
     "save_vector", "update_vector", "MAX_STRENGTH", "describe_layer_groups", "format_indices", "layer_groups",
-    "resolve_layers", "open_zoo", "Zoo", "ZooEntry",
+    "resolve_layers", "open_zoo", "Zoo", "ZooEntry", "DownloadProgress",
 ]
