@@ -340,14 +340,32 @@ def test_an_uploaded_model_file_is_loaded_safely(env, small_G):
     assert at.session_state["model"] is None
 
 
-def test_a_model_file_path_on_the_server(env, small_G):
+def test_a_model_file_path_on_the_server_is_off_by_default(env):
+    at = new_app()
+    assert ui_common.PATH not in at.sidebar.selectbox(key="model_option").options
+
+
+def test_a_model_file_path_on_the_server_only_inside_the_models_directory(env, small_G, monkeypatch):
+    monkeypatch.setenv("TIMEMACHINE_UI_SERVER_MODELS", "1")
+    models = env["home"] / "models"
+    (models / "mine").mkdir(parents=True)
+    shutil.copy(env["model"], models / "mine" / "dog.safetensors")
+    (models / "escape.safetensors").symlink_to(env["model"])          # a link out of the directory
     at = new_app()
     at.sidebar.selectbox(key="model_option").set_value(ui_common.PATH).run()
-    at.sidebar.text_input(key="model_path").set_value(str(env["model"])).run()
+    at.sidebar.text_input(key="model_path").set_value("mine/dog.safetensors").run()
     assert not at.exception and not at.error
     assert at.session_state["model"].fingerprint == model_fingerprint(small_G)
-    at.sidebar.text_input(key="model_path").set_value(str(env["tmp"] / "missing.pkl")).run()
-    assert any("no network file at" in e for e in texts(at.sidebar.error))
+    refusals = set()
+    for hostile in (str(env["model"]), "../../small.safetensors", "escape.safetensors", "missing.pkl",
+                    "http://169.254.169.254/latest/meta-data", "https://example.com/x.pkl", "/etc/passwd"):
+        at.sidebar.text_input(key="model_path").set_value(hostile).run()
+        assert not at.exception
+        errors = texts(at.sidebar.error)
+        assert len(errors) == 1 and "is not a model file in the server's models directory" in errors[0], errors
+        refusals.add(errors[0].replace(hostile, "X"))
+        assert at.session_state["model"] is None
+    assert len(refusals) == 1          # the same sentence whether the file exists elsewhere or not at all
 
 
 def test_the_licence_note_is_shown_for_the_afhq_models(env):

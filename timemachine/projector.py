@@ -255,7 +255,7 @@ def project(
     from timemachine.checkpoint import model_fingerprint
 
     # What a checkpoint must match to be resumed (how often to preview or save does not matter).
-    settings_key = {k: v for k, v in settings.to_dict().items() if k not in ("preview_every", "checkpoint_every")}
+    settings_key = settings.result_key()
     identity = {"targets": targets_digest(targets), "model": model_fingerprint(G), "settings": settings_key}
 
     started = time.perf_counter()

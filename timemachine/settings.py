@@ -17,6 +17,13 @@ import numpy as np
 
 from timemachine.errors import ProjectionError, RenderError
 
+#: Largest seed accepted (NumPy's and PyTorch's generators both take it).
+MAX_SEED = 2**32 - 1
+#: Largest batch (photos projected, frames synthesised together) accepted; memory is the real bound.
+MAX_BATCH = 1024
+#: Largest magnitude of a walk's strength (1 = the full separation the vector was built from; beyond a few,
+#: images leave the generator's range and turn to noise or black).
+MAX_STRENGTH = 10.0
 #: Speed profiles of a latent walk (formulas in :mod:`timemachine.render`).
 EASINGS = ("linear", "smoothstep", "cosine")
 #: Most walk frames accepted (an hour at 24 fps is 86,400).
@@ -49,6 +56,8 @@ class ProjectorSettings:
                               0 = never stop early (official).
         preview_every:        pass a preview image to the callback every this many steps (0 = never).
         checkpoint_every:     with a checkpoint path, save the state every this many steps.
+        batch_size:           photos projected together (memory grows with it; a photo's result does not
+                              depend on its batch, unless early stopping is on, which projects photo by photo).
     """
 
     space: str = "w"
@@ -65,6 +74,10 @@ class ProjectorSettings:
     early_stop_min_delta: float = 1e-3
     preview_every: int = 0
     checkpoint_every: int = 50
+    batch_size: int = 8
+
+    #: Fields that change how a projection is run or reported, not its result (left out of store keys).
+    RUN_ONLY_FIELDS = ("preview_every", "checkpoint_every", "batch_size")
 
     def validate(self) -> None:
         """Raise :class:`ProjectionError` for settings that cannot work."""
@@ -77,11 +90,20 @@ class ProjectorSettings:
         for name in ("initial_learning_rate", "lr_rampdown_length", "lr_rampup_length", "noise_ramp_length"):
             if not getattr(self, name) > 0:
                 raise ProjectionError(f"{name} must be positive")
-        if self.early_stop_patience < 0 or self.preview_every < 0 or self.checkpoint_every < 0:
-            raise ProjectionError("early_stop_patience, preview_every and checkpoint_every must be >= 0")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ProjectionError(f"the seed must be a whole number from 0 to {MAX_SEED}, got {self.seed}")
+        for name in ("early_stop_patience", "preview_every", "checkpoint_every"):
+            if not 0 <= getattr(self, name) <= 100_000:
+                raise ProjectionError(f"{name} must be between 0 and 100000, got {getattr(self, name)}")
+        if not 1 <= self.batch_size <= MAX_BATCH:
+            raise ProjectionError(f"the batch size must be between 1 and {MAX_BATCH}, got {self.batch_size}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def result_key(self) -> dict:
+        """The settings that change a projection's result (for store keys and checkpoint identities)."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.RUN_ONLY_FIELDS}
 
 
 @dataclasses.dataclass
@@ -138,10 +160,8 @@ class RenderSettings:
         hold_start: extra copies of the first frame (the adult) before the walk.
         hold_end:   extra copies of the last frame (the young animal) after the walk.
         pingpong:   walk back again (F - 2 more frames), for a seamless loop.
-        batch_size: walk frames synthesised together.  On the CPU at 512x512 (benchmarks/bench_render.py, 2
-                    cores) batching gains little and costs memory: 1.08x the frames/s of batch 1 at batch 2,
-                    1.10x at batch 4, 0.76x at batch 8, for a synthesis high-water mark of 1.2 / 1.7 / 2.3 /
-                    4.3 GiB; so the default is 2.  GPUs gain more from larger batches.
+        batch_size: walk frames synthesised together (memory grows with it; the README's performance section
+                    says what it buys on the CPU; GPUs gain more from larger batches).
         fps:        frames per second of the videos.
         crf:        MP4 quality, x264 constant rate factor 1 (best) - 51 (worst); 18 is near-lossless.
         preset:     x264 preset (:data:`X264_PRESETS`): speed of encoding against file size.
@@ -170,10 +190,11 @@ class RenderSettings:
                    hint="a walk needs at least its first and last frame")
         check_int("hold_start", self.hold_start, 0, MAX_FRAMES)
         check_int("hold_end", self.hold_end, 0, MAX_FRAMES)
-        check_int("the batch size", self.batch_size, 1, 4096)
+        check_int("the batch size", self.batch_size, 1, MAX_BATCH)
         if isinstance(self.strength, bool) or not isinstance(self.strength, (int, float, np.integer, np.floating)) \
-                or not math.isfinite(self.strength):
-            raise RenderError(f"the strength must be a finite number, got {self.strength!r}")
+                or not math.isfinite(self.strength) or abs(self.strength) > MAX_STRENGTH:
+            raise RenderError(f"the strength must be a number from -{MAX_STRENGTH:g} to {MAX_STRENGTH:g}, "
+                              f"got {self.strength!r}")
         check_easing(self.easing)
         if not isinstance(self.pingpong, bool):
             raise RenderError(f"pingpong must be true or false, got {self.pingpong!r}")
@@ -238,13 +259,11 @@ class VectorSettings:
                           'mean' or 'linear'.
         default_strength: the strength used when the user gives none (1 = the full mean separation).
         default_layers:   the layer selection used when the user gives none ('all', 'coarse,middle', '0-7').
-        batch_size:       photos projected together.
     """
 
     method: str = "auto"
     default_strength: float = 1.0
     default_layers: str = "all"
-    batch_size: int = 8
 
     def resolved_method(self, num_puppies: int, num_adults: int) -> str:
         """The method actually used for these counts ('auto' resolved)."""
@@ -259,8 +278,6 @@ class VectorSettings:
 
         if self.method not in VECTOR_METHODS:
             raise AgeVectorError(f"unknown method {self.method!r}: use one of {', '.join(VECTOR_METHODS)}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= 1024:
-            raise AgeVectorError(f"the batch size must be a whole number from 1 to 1024, got {self.batch_size!r}")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import streamlit as st
 
 import ui_jobs
 from timemachine import errors, pipeline
-from timemachine.env import Environment
+from timemachine.env import ENV_UI_SERVER_MODELS, Environment
 from timemachine.errors import TimemachineError
 from timemachine.settings import PROJECTOR_PRESETS, PTI_PRESETS, RENDER_PRESETS
 
@@ -349,7 +349,7 @@ def model_picker() -> Optional[ModelChoice]:
     options = list(zoo) + [n for n in _imported_names() if n not in zoo]
     if configured not in options:
         options.insert(0, configured)
-    options += [UPLOAD, PATH]
+    options += [UPLOAD] + ([PATH] if environment().ui_server_models else [])
 
     def label(option: str) -> str:
         if option in zoo:
@@ -380,12 +380,33 @@ def model_picker() -> Optional[ModelChoice]:
         return ModelChoice(label=uploaded.name, upload_name=uploaded.name,
                            upload_digest=hashlib.sha256(data).hexdigest())
     if choice == PATH:
-        path = st.sidebar.text_input("Path of the network file on the server", key="model_path",
-                                     help="A .pkl or .safetensors file on the machine that runs timemachine.")
+        models = environment().paths.models
+        path = st.sidebar.text_input("Network file in the server's models directory", key="model_path",
+                                     help=f"A .pkl or .safetensors file under {models} (the operator enabled "
+                                          f"this with {ENV_UI_SERVER_MODELS}=1).")
         if not path.strip():
             return None
-        return ModelChoice(label=path.strip(), spec=path.strip())
+        return ModelChoice(label=path.strip(), spec=str(server_model_path(path.strip(), models)))
     return ModelChoice(label=label(choice), spec=choice)
+
+
+def server_model_path(text: str, models: Path) -> Path:
+    """The file a visitor named by ``text`` (relative to ``models``, or absolute), if it is a model file inside
+    the models directory (symlinks resolved).  Anything else - a URL, a path outside, a missing file - is refused
+    with the same sentence, so a visitor learns nothing about the server's other files."""
+    refusal = TimemachineError(f"{errors.quoted(text)} is not a model file in the server's models directory; "
+                               "give the name of a .pkl or .safetensors file there")
+    if "://" in text or "\x00" in text:
+        raise refusal
+    root = models.resolve()
+    try:
+        candidate = (root / text).resolve()
+    except (OSError, RuntimeError, ValueError):
+        raise refusal from None
+    if not candidate.is_relative_to(root) or candidate.suffix.lower() not in (".pkl", ".safetensors") \
+            or not candidate.is_file():
+        raise refusal
+    return candidate
 
 
 def load_model(choice: ModelChoice) -> pipeline.LoadedModel:
@@ -410,7 +431,10 @@ def sidebar() -> None:
     """The sidebar of every page: model choice, device, test-mode and licence notes.  Stores the loaded
     model (or None) in ``st.session_state['model']``."""
     st.sidebar.title("timemachine")
-    choice = model_picker()
+    choice = None
+    with st.sidebar:
+        with shown_errors("choosing the model"):
+            choice = model_picker()
     model = None
     if choice is not None:
         with st.sidebar:

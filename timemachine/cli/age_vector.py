@@ -10,9 +10,10 @@ import sys
 
 from timemachine.cli import EXIT_OK, common
 from timemachine.errors import AgeVectorError
-from timemachine.settings import VECTOR_METHODS, VectorSettings
+from timemachine.settings import VECTOR_METHODS, ProjectorSettings, VectorSettings
 
 VECTOR = VectorSettings()
+PROJECTOR = ProjectorSettings()
 
 HELP = "build, tune and manage age vectors (the puppy direction of a breed)"
 DESCRIPTION = """\
@@ -83,7 +84,8 @@ def register(subparsers, formatter) -> None:
                    help="default layers when rendering: all, coarse, middle, fine, or indices like 0-3,8")
     p.add_argument("--orthogonal-to", action="append", default=argparse.SUPPRESS, metavar="VECTOR",
                    help="remove the component along another saved vector (name or file); repeatable")
-    p.add_argument("--batch-size", type=int, default=VECTOR.batch_size, help="photos projected together")
+    p.add_argument("--batch-size", type=int, default=PROJECTOR.batch_size, dest="projection_batch_size",
+                   help="photos projected together (memory grows with it)")
     p.add_argument("--force", action="store_true", help="replace an existing vector of the same name")
     common.add_model_arguments(p)
     common.add_projection_arguments(p)
@@ -162,7 +164,6 @@ def register(subparsers, formatter) -> None:
 
 def run_build(args: argparse.Namespace) -> int:
     from timemachine.pipeline import VectorBuildRequest, VectorExample, check_vector_build
-    from timemachine.settings import VectorSettings
 
     if args.pti:
         raise AgeVectorError("pivotal tuning changes the generator, not the latent, so it cannot improve an age "
@@ -172,8 +173,7 @@ def run_build(args: argparse.Namespace) -> int:
     settings, _ = common.projection_settings(args)
     request = VectorBuildRequest(
         name=args.name, examples=examples,
-        settings=VectorSettings(method=args.method, default_strength=args.strength, default_layers=args.layers,
-                                batch_size=args.batch_size),
+        settings=VectorSettings(method=args.method, default_strength=args.strength, default_layers=args.layers),
         projection=common.projection_request(args, []), species=getattr(args, "species", None),
         notes=getattr(args, "notes", ""), orthogonal_to=list(getattr(args, "orthogonal_to", [])),
         replace=args.force)
@@ -183,7 +183,7 @@ def run_build(args: argparse.Namespace) -> int:
     pipe.check(request)
     if any(not example.name.lower().endswith(".npz") for example in examples):
         common.load_perceptual(pipe)
-    with common.progress_bars(min(len(examples), args.batch_size)) as bars:
+    with common.progress_bars(min(len(examples), args.projection_batch_size)) as bars:
         result = pipe.build_vector(request, progress=bars)
     for item in result.examples:
         if item.kind == "photo":

@@ -62,7 +62,8 @@ def add_projection_arguments(parser: argparse.ArgumentParser) -> None:
 def projection_settings(args: argparse.Namespace) -> tuple[ProjectorSettings, Optional[PTISettings]]:
     """(ProjectorSettings, PTISettings or None) from the parsed options, validated."""
     settings = ProjectorSettings(space=args.space, steps=args.steps, seed=args.seed,
-                                 early_stop_patience=args.early_stop)
+                                 early_stop_patience=args.early_stop,
+                                 batch_size=getattr(args, "projection_batch_size", PROJECTOR.batch_size))
     settings.validate()
     pti = None
     if args.pti:

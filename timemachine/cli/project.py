@@ -35,6 +35,8 @@ def register(subparsers, formatter) -> None:
     common.add_model_arguments(parser)
     common.add_projection_arguments(parser)
     parser.add_argument("--crop", metavar="X,Y,SIZE", help="square crop box in pixels (default: centred)")
+    parser.add_argument("--batch-size", type=int, default=common.PROJECTOR.batch_size, dest="projection_batch_size",
+                        help="photos projected together (memory grows with it; results do not depend on it)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted projection in --out")
     parser.set_defaults(handler=run)

@@ -25,6 +25,8 @@ from timemachine.pipeline.progress import ProgressCallback, report
 from timemachine.pipeline.requests import Photo, ProjectionRequest
 from timemachine.projector import ProgressEvent
 
+from timemachine.pipeline.components import memory_errors
+
 if TYPE_CHECKING:
     from timemachine.pipeline.components import Pipeline
 
@@ -73,7 +75,7 @@ def prepare_photo(source, resolution: int, *, crop: Optional[images.CropBox] = N
 
 def settings_key(settings: projector.ProjectorSettings) -> dict:
     """The projector settings that change a projection (how often to preview or checkpoint does not)."""
-    return {k: v for k, v in settings.to_dict().items() if k not in ("preview_every", "checkpoint_every")}
+    return settings.result_key()
 
 
 def store_key(pipe: "Pipeline", image: np.ndarray, request: ProjectionRequest) -> str:
@@ -167,10 +169,12 @@ def project(pipe: "Pipeline", request: ProjectionRequest,
     targets = images.to_tensor(np.stack(photos))                       # [N, 3, R, R]
 
     todo = [i for i, latent in enumerate(latents) if latent is None]
-    batches = [[i] for i in todo] if request.settings.early_stop_patience and len(todo) > 1 else \
-        ([todo] if todo else [])
+    size = 1 if request.settings.early_stop_patience else request.settings.batch_size
+    batches = [todo[start:start + size] for start in range(0, len(todo), size)]
     for batch in batches:
-        for i, latent in _project_batch(pipe, request, targets, batch, progress).items():
+        with memory_errors(f"projecting {len(batch)} photo{'s' if len(batch) > 1 else ''}", len(batch)):
+            projected = _project_batch(pipe, request, targets, batch, progress)
+        for i, latent in projected.items():
             if store is not None:
                 store.put(keys[i], latent)
             latents[i] = latent

@@ -127,17 +127,16 @@ def _read_example(pipe: "Pipeline", example: VectorExample) -> BuiltExample:
 
 def _project(pipe: "Pipeline", request: VectorBuildRequest, examples: list[BuiltExample],
              progress: Optional[ProgressCallback]) -> None:
-    """Give every photo example its latent, ``batch_size`` photos at a time, through the projection store.
+    """Give every photo example its latent (projected ``batch_size`` at a time), through the projection store.
     No pivotal tuning: it changes the generator around a latent, not the latent, so not the vector."""
     todo = [item for item in examples if item.kind == "photo"]
-    size = request.settings.batch_size
-    for start in range(0, len(todo), size):
-        chunk = todo[start:start + size]
-        projection = dataclasses.replace(request.projection, pti=None, checkpoint=None, resume=False,
-                                         photos=[Photo(image=item.image, info={"name": item.name}) for item in chunk])
-        for item, result in zip(chunk, pipe.project(projection, progress)):
-            item.latent = result.latent
-            item.metrics = dict(result.metrics)
+    if not todo:
+        return
+    projection = dataclasses.replace(request.projection, pti=None, checkpoint=None, resume=False,
+                                     photos=[Photo(image=item.image, info={"name": item.name}) for item in todo])
+    for item, result in zip(todo, pipe.project(projection, progress)):
+        item.latent = result.latent
+        item.metrics = dict(result.metrics)
 
 
 def _details(request: VectorBuildRequest, examples: list[BuiltExample]) -> dict[str, Any]:

@@ -31,6 +31,8 @@ from timemachine.pipeline.projection import PhotoProjection, store_key
 from timemachine.pipeline.requests import AgeEdit, AgeVideoRequest, RenderRequest
 from timemachine.settings import RenderSettings
 
+from timemachine.pipeline.components import memory_errors
+
 if TYPE_CHECKING:
     from timemachine.pipeline.components import Pipeline
 
@@ -197,8 +199,9 @@ def _write_walk(pipe: "Pipeline", latent: LatentFile, vector, edit: AgeEdit, dir
     targets = render_module.RenderOutputs.in_directory(out, gif=outputs.gif, side_by_side=outputs.side_by_side,
                                                        frames=outputs.png_frames)
     started = time.perf_counter()
-    result = render_module.render_video(pipe.G, latent, direction, targets, settings, photo=photo,
-                                        progress=on_frame)
+    with memory_errors("rendering frames", settings.batch_size):
+        result = render_module.render_video(pipe.G, latent, direction, targets, settings, photo=photo,
+                                            progress=on_frame)
     files = dict(result.files)
     files["latent"] = str(out / "projected_w.npz")
     save_latent(files["latent"], latent.ws, latent.noise, latent.meta, pti_delta=latent.pti_delta)
