@@ -34,12 +34,18 @@ DownloadProgress = Callable[[int, Optional[int]], None]
 
 @dataclasses.dataclass
 class LoadedModel:
-    """A generator ready to use, with where it came from."""
+    """A generator ready to use, with where it came from.
+
+    ``zoo`` is the model-zoo name it was loaded under when its file is the zoo's, checked against the zoo's
+    SHA-256 (published, or recorded at the first download); None for any other file.  Vectors bound to a zoo
+    name (the built-ins) apply to it (see :meth:`timemachine.age.AgeVector.check_model`).
+    """
 
     G: Generator
     fingerprint: str
     spec: str
     path: str
+    zoo: Optional[str] = None
 
     @property
     def device(self) -> torch.device:
@@ -55,7 +61,19 @@ def load_model(spec: Union[str, os.PathLike], device: Union[str, torch.device, N
     device = prepare_device(device)
     path = weights.resolve_model(spec, offline=offline, progress=progress)
     G = load_generator(path, device=device)
-    return LoadedModel(G=G, fingerprint=model_fingerprint(G), spec=str(spec), path=str(path))
+    return LoadedModel(G=G, fingerprint=model_fingerprint(G), spec=str(spec), path=str(path),
+                       zoo=_zoo_name(spec, path))
+
+
+def _zoo_name(spec: Union[str, os.PathLike], path: Path) -> Optional[str]:
+    """The zoo name ``spec`` is, when it resolved to that zoo generator's file (which resolution verified)."""
+    from timemachine import weights
+
+    name = os.fspath(spec)
+    entry = weights.load_manifest().get(name)
+    if entry is None or entry.kind != weights.GENERATOR:
+        return None
+    return name if Path(path).absolute() == weights.zoo_path(entry).absolute() else None
 
 
 def load_perceptual(device: Union[str, torch.device, None] = None, vgg_weights: Optional[str] = None,
@@ -247,7 +265,7 @@ class AgeVideoResult:
 def age_direction(model: LoadedModel, vector, layers: Optional[str] = None, force_model: bool = False) -> torch.Tensor:
     """The vector's direction [num_ws, w_dim] on the selected layers (default: the vector's own), after
     checking that it belongs to ``model`` (:class:`AgeVectorError` otherwise, unless ``force_model``)."""
-    vector.check_model(model.fingerprint, model_name=model.spec, force=force_model)
+    vector.check_model(model.fingerprint, model_name=model.spec, force=force_model, zoo=model.zoo)
     if vector.num_ws != model.G.num_ws or vector.w_dim != model.G.w_dim:
         from timemachine.errors import AgeVectorError
 

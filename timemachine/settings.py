@@ -26,6 +26,10 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 #: Constant rate factors accepted: 0 would be lossless, which needs the High 4:4:4 profile that browsers
 #: and QuickTime do not play, so the range starts at 1.  18 is visually near-lossless, 23 is x264's default.
 CRF_RANGE = (1, 51)
+#: Largest strength magnitude of an age edit (default strengths and rendering alike): far beyond any useful
+#: edit, and small enough that ``w + strength * direction`` stays finite for every direction an age vector
+#: may hold (see :data:`timemachine.age.vector.MAX_DIRECTION_ABS`), so frames are never NaN.
+MAX_STRENGTH = 10.0
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -172,8 +176,9 @@ class RenderSettings:
         check_int("hold_end", self.hold_end, 0, MAX_FRAMES)
         check_int("the batch size", self.batch_size, 1, 4096)
         if isinstance(self.strength, bool) or not isinstance(self.strength, (int, float, np.integer, np.floating)) \
-                or not math.isfinite(self.strength):
-            raise RenderError(f"the strength must be a finite number, got {self.strength!r}")
+                or abs(self.strength) > MAX_STRENGTH or not math.isfinite(self.strength):
+            raise RenderError(f"the strength must be a number from -{MAX_STRENGTH:g} to {MAX_STRENGTH:g}, "
+                              f"got {self.strength!r}")
         check_easing(self.easing)
         if not isinstance(self.pingpong, bool):
             raise RenderError(f"pingpong must be true or false, got {self.pingpong!r}")

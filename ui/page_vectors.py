@@ -104,7 +104,7 @@ def _show_build_result(result: ui_work.BuildResult) -> None:
     replace = st.checkbox(f"Replace the library's {vector.name!r} if there is one", key="build_replace")
     if st.button("Save to the library", key="build_save"):
         with ui.shown_errors("saving the vector"):
-            path = age.save_to_library(vector, force=replace)
+            path = ui.vector_library().save(vector, force=replace)
             st.session_state.pop("build_result", None)
             st.session_state["saved_message"] = f"Saved {vector.name!r} to the library ({path})."
             st.rerun()
@@ -117,7 +117,7 @@ def tune_section(model: pipeline.LoadedModel) -> None:
     finished = ui.collect_finished(TUNE)
     if finished is not None and finished.status == "done":
         st.session_state["tune_strip"] = finished.result
-    entries = age.list_vectors()
+    entries = ui.vector_library().entries()
     for entry in entries:
         if entry.vector is None:
             st.warning(f"`{entry.name}` cannot be read: {entry.problem}")
@@ -154,7 +154,7 @@ def tune_section(model: pipeline.LoadedModel) -> None:
     if save:
         with ui.shown_errors("saving the defaults"):
             age.resolve_layers(layers, vector.num_ws)
-            age.update_vector(name, strength=float(strength), layers=layers.strip() or "all",
+            ui.vector_library().update(name, strength=float(strength), layers=layers.strip() or "all",
                               species=species.strip(), notes=notes)
             st.success(f"Saved the defaults of {name!r}.")
     if preview and latent is not None:

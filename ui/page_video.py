@@ -93,7 +93,7 @@ def _draw_box(display: np.ndarray, box: images.CropBox, scale: float) -> np.ndar
 
 def vector_section(model: pipeline.LoadedModel) -> Optional[dict[str, Any]]:
     """Choice of library vector, strength and layers: {'vector', 'strength', 'layers', 'force'} or None."""
-    entries = age.list_vectors()
+    entries = ui.vector_library().entries()
     damaged = [e for e in entries if e.vector is None]
     usable = [e for e in entries if e.vector is not None]
     if damaged:

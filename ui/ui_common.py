@@ -127,6 +127,14 @@ def shown_errors(what: str = "") -> Iterator[None]:
         st.error(ui_jobs.BUG_MESSAGE)
 
 
+def vector_library():
+    """The age-vector library of this server's home directory (read from the environment here, at the edge)."""
+    from timemachine import age
+    from timemachine.env import Environment
+
+    return age.VectorLibrary(Environment.from_environ().paths)
+
+
 def run_page(body: Callable[[], None]) -> None:
     """Run a page's body with :func:`shown_errors` around it."""
     with shown_errors("showing the page"):

@@ -31,7 +31,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from timemachine import age, images, pipeline, render
+from timemachine import age, images, pipeline, render, vector_builds
 from timemachine.cache import ProjectionCache, projection_key
 from timemachine.errors import TimemachineError
 from timemachine.latents import LatentFile, load_latent
@@ -350,8 +350,8 @@ def _safe_file_name(name: str) -> str:
 
 
 def check_build(req: BuildRequest) -> None:
-    """Refuse a build that cannot succeed, before it is queued (see :func:`age.check_build_request`)."""
-    age.check_build_request(req.name, req.model, len(req.puppies), len(req.adults), req.method, species=req.species,
+    """Refuse a build that cannot succeed, before it is queued (see :func:`vector_builds.check_build_request`)."""
+    vector_builds.check_build_request(req.name, req.model, len(req.puppies), len(req.adults), req.method, species=req.species,
                             notes=req.notes, default_strength=req.default_strength,
                             default_layers=req.default_layers)
 
@@ -372,7 +372,7 @@ def build_vector(req: BuildRequest, ctx) -> BuildResult:
                 names[str(path)] = example.name
         ctx.report("Reading the photos", 0.02)
         try:
-            inputs = age.prepare_inputs(req.model, paths["puppy"], paths["adult"])
+            inputs = vector_builds.prepare_inputs(req.model, paths["puppy"], paths["adult"])
         except TimemachineError as exc:
             raise _with_upload_names(exc, names) from None
         photos = sum(1 for item in inputs if item.kind == "photo")
@@ -382,12 +382,12 @@ def build_vector(req: BuildRequest, ctx) -> BuildResult:
                        0.05 + 0.9 * event.step / event.total,
                        **({"preview": event.preview[0]} if event.preview is not None else {}))
 
-        age.project_inputs(req.model, inputs, req.projection, req.perceptual,
+        vector_builds.project_inputs(req.model, inputs, req.projection, req.perceptual,
                            cache=ProjectionCache(pipeline.cache_root()), callback=on_step)
         for item in inputs:
             item.path = names.get(item.path, item.path)
         ctx.report("Building the vector", 0.97)
-        vector = age.build_vector_from_inputs(req.name, req.model, inputs, req.method, settings=req.projection,
+        vector = vector_builds.build_vector_from_inputs(req.name, req.model, inputs, req.method, settings=req.projection,
                                               species=req.species, notes=req.notes,
                                               default_strength=req.default_strength,
                                               default_layers=req.default_layers)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 
 from timemachine.cli import EXIT_OK, common
-from timemachine.errors import AgeVectorError
+from timemachine.errors import AgeVectorError, printable
 
 HELP = "build, tune and manage age vectors (the puppy direction of a breed)"
 DESCRIPTION = """\
@@ -110,7 +111,18 @@ def register(subparsers, formatter) -> None:
                    help="default layers: all, coarse, middle, fine, or indices like 0-3,8")
     p.add_argument("--species", default=argparse.SUPPRESS, help="dog, cat, wild or any short text")
     p.add_argument("--notes", default=argparse.SUPPRESS, help="free text kept with the vector")
+    p.add_argument("--default", action="store_true",
+                   help="make NAME the default vector of its model ('run' uses it when no --age-vector is given)")
     p.set_defaults(handler=run_set)
+
+    p = commands.add_parser("copy", help="copy a vector (e.g. a built-in) into the library to tune it",
+                            formatter_class=formatter,
+                            description="Copy a built-in or library vector into the library under a new name; "
+                                        "built-ins are read-only, their copies can be tuned with 'set'.")
+    p.add_argument("source", metavar="SOURCE", help="built-in or library name")
+    p.add_argument("new", metavar="NEW", help="library name of the copy")
+    p.add_argument("--force", action="store_true", help="replace an existing vector called NEW")
+    p.set_defaults(handler=run_copy)
 
     p = commands.add_parser("rename", help="rename a vector", formatter_class=formatter,
                             description="Rename a library vector.")
@@ -169,7 +181,8 @@ _ZOO_SPECIES = {"afhqdog": "dog", "afhqcat": "cat", "afhqwild": "wild"}
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from timemachine import age, pipeline
+    from timemachine import age, pipeline, vector_builds
+    from timemachine.errors import AlreadyExists
 
     # Everything that can be refused is refused before the model loads and long before anything is projected.
     name = age.check_vector_name(args.name)
@@ -184,35 +197,36 @@ def run_build(args: argparse.Namespace) -> int:
         age.check_species(species)
     if args.batch_size < 1:
         raise AgeVectorError("--batch-size must be at least 1")
-    if age.library_path(name).exists() and not args.force:
-        raise AgeVectorError(f"an age vector named {name!r} already exists (use --force to replace it)")
+    library = common.vector_library()
+    if library.path(name).exists() and not args.force:
+        raise AlreadyExists(f"an age vector named {name!r} already exists")
     if args.pti:
         raise AgeVectorError("pivotal tuning changes the generator, not the latent, so it cannot improve an age "
                              "vector; leave out --pti")
     for path in args.puppy + args.adult:
         if not os.path.isfile(path):
             raise AgeVectorError(f"no such file: {path}")
-    others = [age.load_vector(spec) for spec in orthogonal_to]
+    others = [library.load(spec) for spec in orthogonal_to]
     settings, _ = common.projection_settings(args)
 
     model = common.load_model(args)
     if species is None:
         species = _ZOO_SPECIES.get(str(args.model), "")
-    age.check_build_request(name, model, len(args.puppy), len(args.adult), method, species=species,
+    vector_builds.check_build_request(name, model, len(args.puppy), len(args.adult), method, species=species,
                             notes=notes, default_strength=args.strength, default_layers=args.layers)
     for other in others:
-        other.check_model(model.fingerprint, model.spec)
-    inputs = age.prepare_inputs(model, args.puppy, args.adult)     # reads every photo and latent file
+        other.check_model(model.fingerprint, model.spec, zoo=model.zoo)
+    inputs = vector_builds.prepare_inputs(model, args.puppy, args.adult)     # reads every photo and latent file
     num_photos = sum(item.kind == "photo" for item in inputs)
     if num_photos:
         perceptual = common.load_perceptual(args, model.device)
         cache = None if args.no_cache else pipeline.ProjectionCache(pipeline.cache_root())
         with common.projection_progress(settings, None, min(num_photos, args.batch_size)) as callback:
-            age.project_inputs(model, inputs, settings, perceptual, cache=cache, callback=callback,
+            vector_builds.project_inputs(model, inputs, settings, perceptual, cache=cache, callback=callback,
                                batch_size=args.batch_size)
-    vector = age.build_vector_from_inputs(name, model, inputs, method, settings=settings, species=species,
-                                          notes=notes, default_strength=args.strength,
-                                          default_layers=args.layers)
+    vector = vector_builds.build_vector_from_inputs(name, model, inputs, method, settings=settings,
+                                                    species=species, notes=notes, default_strength=args.strength,
+                                                    default_layers=args.layers)
     if others:
         vector = vector.orthogonalized(others)
     for item in inputs:
@@ -222,57 +236,151 @@ def run_build(args: argparse.Namespace) -> int:
             print(f"{item.role:5}  {item.path}: LPIPS {m['lpips']:.4f}, PSNR {m['psnr']:.2f} dB{note}")
         else:
             print(f"{item.role:5}  {item.path}: latent file")
-    path = age.save_to_library(vector, force=args.force)
+    path = library.save(vector, force=args.force)
     print(f"saved age vector {vector.name!r}: {_summary(vector)} -> {path}")
     return EXIT_OK
 
 
+def _number(value, spec: str, missing: str = "?") -> str:
+    """``value`` formatted with ``spec`` when it is a finite number (details come from files: anything goes)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return format(value, spec)
+    return missing
+
+
 def _summary(vector) -> str:
     fit = vector.details.get("classifier")
-    fit_text = f", classifier accuracy {fit['training_accuracy']:.2f}" if fit else ""
+    fit_text = ""
+    if isinstance(fit, dict) and "training_accuracy" in fit:
+        fit_text = f", classifier accuracy {_number(fit['training_accuracy'], '.2f')}"
+    discovery = vector.details.get("discovery")
+    if isinstance(discovery, dict) and "heldout_accuracy" in discovery:
+        fit_text += f", held-out accuracy {_number(discovery['heldout_accuracy'], '.2f')}"
     return (f"{vector.method} of {vector.num_puppies} puppies and {vector.num_adults} adults, "
             f"{'W' if vector.space == 'w' else 'W+'} space, norm {vector.norm:.2f}{fit_text}")
 
 
-def run_list(args: argparse.Namespace) -> int:
-    from timemachine import age
+def _model_text(vector) -> str:
+    if vector.model_zoo and not vector.model_fingerprint:
+        return f"{printable(vector.model_zoo)} (zoo)"
+    return printable(os.path.basename(vector.model_name), 40) or vector.model_fingerprint
 
-    entries = age.list_vectors()
-    if not entries:
-        print(f"no age vectors in {age.vectors_dir()}; build one with 'timemachine age-vector build'")
-        return EXIT_OK
-    rows = [("NAME", "SPECIES", "METHOD", "PUPPIES", "ADULTS", "SPACE", "STRENGTH", "LAYERS", "MODEL", "CREATED")]
+
+def run_list(args: argparse.Namespace) -> int:
+    library = common.vector_library()
+    entries = library.entries(builtins=True)
+    defaults = library.default_names()
+    rows = [("NAME", "SPECIES", "METHOD", "PUPPIES", "ADULTS", "SPACE", "STRENGTH", "LAYERS", "MODEL", "CREATED",
+             "SOURCE")]
     problems = []
     for entry in entries:
         v = entry.vector
         if v is None:
-            problems.append(f"{entry.name}: damaged: {entry.problem}")
+            where = "built-in" if entry.builtin else "damaged"
+            problems.append(f"{printable(entry.name)}: {where}: {printable(entry.problem, 400)}")
             continue
-        rows.append((v.name, v.species or "-", v.method, str(v.num_puppies), str(v.num_adults),
+        if entry.shadowed:
+            problems.append(f"{entry.name}: the built-in vector of this name is hidden by your library's")
+            continue
+        source = "built-in" if entry.builtin else "library"
+        if entry.name in defaults:
+            source += ", default"
+        rows.append((v.name, printable(v.species, 20) or "-", v.method, str(v.num_puppies), str(v.num_adults),
                      "W" if v.space == "w" else "W+", f"{v.default_strength:g}", v.default_layers,
-                     os.path.basename(v.model_name) or v.model_fingerprint, v.created[:10]))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+                     _model_text(v), printable(v.created[:10]), source))
+    if len(rows) == 1:
+        print(f"no age vectors in {printable(library.root)}; build one with 'timemachine age-vector build' or "
+              "'timemachine age-vector discover'")
+    else:
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     for line in problems:
         print(line)
     return EXIT_OK
 
 
+def _binding_lines(vector) -> list[str]:
+    lines = []
+    if vector.model_fingerprint:
+        lines.append(f"model:     {printable(vector.model_name) or '-'} (fingerprint {vector.model_fingerprint})")
+    if vector.model_zoo:
+        zoo = printable(vector.model_zoo)
+        lines.append(f"model:     the zoo model {zoo}: applies to a generator loaded as '--model {zoo}' whose file "
+                     "matches the zoo's SHA-256 (published, or recorded at its first download: trust on first use)")
+        lines.append(f"           {_zoo_record(vector.model_zoo)}")
+    return lines
+
+
+def _zoo_record(zoo: str) -> str:
+    """What this machine's zoo knows of the file a zoo-bound vector applies to."""
+    from timemachine import weights
+    from timemachine.errors import TimemachineError
+
+    try:
+        entry = weights.load_manifest().get(zoo)
+        if entry is None:
+            return f"this timemachine's zoo has no model {printable(zoo)}: the vector applies to no model"
+        if entry.sha256:
+            return f"the zoo publishes its SHA-256: {entry.sha256}"
+        record = weights.checksum_record(weights.zoo_path(entry))
+    except (TimemachineError, OSError) as exc:
+        return f"the zoo's records cannot be read ({printable(exc)})"
+    if record and isinstance(record.get("sha256"), str):
+        return (f"SHA-256 recorded at its first download here: {printable(record['sha256'], 64)} "
+                f"({printable(record.get('recorded_at', '?'), 40)})")
+    return "not downloaded here yet: its SHA-256 is recorded at the first download"
+
+
+def _show_details(vector) -> None:
+    details = vector.details
+    against = details.get("orthogonalized_against")
+    if isinstance(against, list) and against:
+        print(f"orthogonal to: {printable(', '.join(map(str, against)), 400)}")
+    copied = details.get("copied_from")
+    if isinstance(copied, dict):
+        print(f"copied from: {printable(copied.get('name', '?'))}{' (built-in)' if copied.get('builtin') else ''}")
+    discovery = details.get("discovery")
+    if isinstance(discovery, dict):
+        print(f"discovered: {printable(discovery.get('samples', '?'))} samples (seed "
+              f"{printable(discovery.get('seed', '?'))}, truncation {printable(discovery.get('truncation_psi', '?'))}"
+              f", rendered at {printable(discovery.get('resolution', '?'))} px), labelled by "
+              f"{printable(discovery.get('labeller', '?'), 80)}; {printable(discovery.get('young', '?'))} young and "
+              f"{printable(discovery.get('adult', '?'))} adult kept; held-out accuracy "
+              f"{_number(discovery.get('heldout_accuracy'), '.2f')}")
+        prompts = discovery.get("prompts")
+        if isinstance(prompts, dict):
+            for side in ("young", "adult"):
+                if isinstance(prompts.get(side), list):
+                    print(f"  {side} prompts: {printable('; '.join(map(str, prompts[side])), 400)}")
+    sources = details.get("sources")
+    for source in sources if isinstance(sources, list) else []:
+        if not isinstance(source, dict):
+            continue
+        quality = f": LPIPS {_number(source['lpips'], '.4f')}" if "lpips" in source else ""
+        print(f"  {printable(source.get('role', '?'), 10):5}  {printable(source.get('file', '?'))} "
+              f"({printable(source.get('kind', '?'), 10)}){quality}")
+
+
 def run_show(args: argparse.Namespace) -> int:
     from timemachine import age
 
-    vector = age.load_vector(args.vector)
+    library = common.vector_library()
+    vector = library.load(args.vector)
+    builtin = library.is_builtin(args.vector)
     if args.json:
-        json.dump(vector.metadata(), sys.stdout, indent=2, sort_keys=True)
+        json.dump({**vector.metadata(), "builtin": builtin}, sys.stdout, indent=2, sort_keys=True)
         print()
         return EXIT_OK
-    print(f"name:      {vector.name}")
-    print(f"species:   {vector.species or '-'}")
+    print(f"name:      {printable(vector.name)}{' (built-in, read-only: copy it to tune it)' if builtin else ''}")
+    print(f"species:   {printable(vector.species) or '-'}")
     print(f"method:    {_summary(vector)}")
-    print(f"model:     {vector.model_name or '-'} (fingerprint {vector.model_fingerprint})")
-    print(f"created:   {vector.created}")
+    for line in _binding_lines(vector):
+        print(line)
+    print(f"created:   {printable(vector.created)}")
     print(f"defaults:  strength {vector.default_strength:g}, layers {vector.default_layers}")
+    if vector.name in library.default_names() and (builtin or not library.is_builtin(vector.name)):
+        print("default:   the default vector of its model")
     print(f"shape:     [{vector.num_ws}, {vector.w_dim}]")
     try:
         groups = age.layer_groups(vector.num_ws)
@@ -282,69 +390,74 @@ def run_show(args: argparse.Namespace) -> int:
         if rows:
             norm = float(vector.direction[rows].double().norm())
             print(f"  {group:7} layers {age.format_indices(rows):6} norm {norm:.2f}")
-    if vector.details.get("orthogonalized_against"):
-        print(f"orthogonal to: {', '.join(vector.details['orthogonalized_against'])}")
-    for source in vector.details.get("sources", []):
-        quality = f": LPIPS {source['lpips']:.4f}" if "lpips" in source else ""
-        print(f"  {source.get('role', '?'):5}  {source.get('file', '?')} ({source.get('kind', '?')}){quality}")
+    _show_details(vector)
     if vector.notes:
-        print(f"notes:     {vector.notes}")
+        print(f"notes:     {printable(vector.notes, 2000)}")
     return EXIT_OK
 
 
 def run_set(args: argparse.Namespace) -> int:
-    from timemachine import age
+    library = common.vector_library()
+    changes = {k: getattr(args, k, None) for k in ("strength", "layers", "species", "notes")}
+    if not any(v is not None for v in changes.values()) and not args.default:
+        raise AgeVectorError("nothing to change: give --strength, --layers, --species, --notes or --default")
+    if any(v is not None for v in changes.values()):
+        vector = library.update(args.name, **changes)
+        print(f"{vector.name}: strength {vector.default_strength:g}, layers {vector.default_layers}, "
+              f"species {printable(vector.species) or '-'}")
+    if args.default:
+        vector = library.set_default(args.name)
+        model = f"the zoo model {vector.model_zoo}" if vector.model_zoo else \
+            f"model {printable(vector.model_name) or '-'} ({vector.model_fingerprint})"
+        print(f"{vector.name} is now the default age vector of {model}")
+    return EXIT_OK
 
-    vector = age.update_vector(args.name, strength=getattr(args, "strength", None),
-                               layers=getattr(args, "layers", None), species=getattr(args, "species", None),
-                               notes=getattr(args, "notes", None))
-    print(f"{vector.name}: strength {vector.default_strength:g}, layers {vector.default_layers}, "
-          f"species {vector.species or '-'}")
+
+def run_copy(args: argparse.Namespace) -> int:
+    library = common.vector_library()
+    vector = library.copy(args.source, args.new, force=args.force)
+    print(f"copied {args.source!r} to {vector.name!r} -> {library.path(vector.name)}; tune it with "
+          f"'timemachine age-vector set {vector.name} --strength ...'")
     return EXIT_OK
 
 
 def run_rename(args: argparse.Namespace) -> int:
-    from timemachine import age
-
-    path = age.rename_vector(args.old, args.new, force=args.force)
+    path = common.vector_library().rename(args.old, args.new, force=args.force)
     print(f"renamed {args.old!r} to {args.new!r} -> {path}")
     return EXIT_OK
 
 
 def run_delete(args: argparse.Namespace) -> int:
-    from timemachine import age
-
-    path = age.delete_vector(args.name)
+    path = common.vector_library().delete(args.name)
     print(f"deleted {args.name!r} ({path})")
     return EXIT_OK
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from timemachine import age
-
-    path = age.export_vector(args.name, args.file, force=args.force)
+    path = common.vector_library().export(args.name, args.file, force=args.force)
     print(f"exported {args.name!r} -> {path}")
     return EXIT_OK
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from timemachine import age
-
-    vector = age.import_vector(args.file, name=getattr(args, "name", None), force=args.force)
-    print(f"imported {vector.name!r}: {_summary(vector)} -> {age.library_path(vector.name)}")
+    library = common.vector_library()
+    vector = library.import_file(args.file, name=getattr(args, "name", None), force=args.force)
+    print(f"imported {vector.name!r}: {_summary(vector)} -> {library.path(vector.name)}")
     return EXIT_OK
 
 
 def run_orthogonalize(args: argparse.Namespace) -> int:
     from timemachine import age
+    from timemachine.errors import AlreadyExists
 
-    vector = age.load_vector(age.check_vector_name(args.name))
+    library = common.vector_library()
+    vector = library.load(age.check_vector_name(args.name))
     new_name = age.check_vector_name(getattr(args, "new_name", vector.name))
-    if new_name != vector.name and age.library_path(new_name).exists() and not args.force:
-        raise AgeVectorError(f"an age vector named {new_name!r} already exists (use --force to replace it)")
-    others = [age.load_vector(spec) for spec in args.against]
+    if new_name != vector.name and library.path(new_name).exists() and not args.force:
+        raise AlreadyExists(f"an age vector named {new_name!r} already exists")
+    others = [library.load(spec) for spec in args.against]
     result = dataclasses.replace(vector.orthogonalized(others), name=new_name)
-    path = age.save_to_library(result, force=True)
+    path = library.save(result, force=True)
     kept = result.norm / vector.norm
     print(f"{new_name}: orthogonal to {', '.join(o.name for o in others)}; {kept:.0%} of the norm kept -> {path}")
     return EXIT_OK

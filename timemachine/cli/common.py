@@ -99,6 +99,14 @@ def projection_progress(settings, pti_settings, num_photos: int) -> Iterator:
             bar.close()
 
 
+def vector_library():
+    """The age-vector library of ``$TIMEMACHINE_HOME`` (the environment is read here, at the edge)."""
+    from timemachine import age
+    from timemachine.env import Environment
+
+    return age.VectorLibrary(Environment.from_environ().paths)
+
+
 def add_age_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("age vector")
     group.add_argument("--age-vector", required=True, metavar="NAME|FILE",

@@ -32,12 +32,12 @@ def register(subparsers, formatter) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from timemachine import age, images, latents, pipeline
+    from timemachine import images, latents, pipeline
 
     out = Path(args.out)
     common.check_out_dir(out)
     crop = images.parse_crop(args.crop) if args.crop else None
-    vector = age.load_vector(args.age_vector)
+    vector = common.vector_library().load(args.age_vector)
     settings = common.render_settings(args, vector)
     model = common.load_model(args)
     latent = latents.load_latent(args.latent, num_ws=model.G.num_ws, w_dim=model.G.w_dim)

@@ -39,13 +39,13 @@ def register(subparsers, formatter) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from timemachine import age, images, pipeline
+    from timemachine import images, pipeline
 
     out = Path(args.out)
     common.check_out_dir(out)
     crop = images.parse_crop(args.crop) if args.crop else None
     projection_settings, pti_settings = common.projection_settings(args)
-    vector = age.load_vector(args.age_vector)
+    vector = common.vector_library().load(args.age_vector)
     render_settings = common.render_settings(args, vector)
 
     # Everything that can fail on bad input happens before anything is written.
