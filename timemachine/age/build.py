@@ -188,12 +188,13 @@ def build_vector(name: str, puppies: Latents,
                  adults: Latents, method: str = "mean", *,
                  model_fingerprint: str, model_name: str = "", species: str = "", notes: str = "",
                  default_strength: float = 1.0, default_layers: str = "all",
-                 details: Optional[dict[str, Any]] = None) -> AgeVector:
+                 details: Optional[dict[str, Any]] = None, model_zoo: str = "") -> AgeVector:
     """An :class:`AgeVector` from latents ([N, num_ws, w_dim] or lists of [num_ws, w_dim]); see
-    :func:`compute_direction` for the methods."""
+    :func:`compute_direction` for the methods.  The vector is bound to ``model_fingerprint`` and/or
+    ``model_zoo`` (see :mod:`timemachine.age.vector`)."""
     check_vector_name(name)
     direction, fit = compute_direction(puppies, adults, method)
     return AgeVector(name=name, direction=direction, method=method, model_fingerprint=model_fingerprint,
                      model_name=model_name, species=species, num_puppies=len(puppies), num_adults=len(adults),
                      default_strength=default_strength, default_layers=default_layers, notes=notes,
-                     details={**(details or {}), **fit})
+                     details={**(details or {}), **fit}, model_zoo=model_zoo)
