@@ -523,8 +523,10 @@ def test_library_save_list_load_rename_export_import_delete(tmp_path):
     assert library().load("yorkie").name == "yorkie"          # the stored name follows the file
     with pytest.raises(AlreadyExists, match="already exists"):
         library().rename("yorkie", "labrador")
-    with pytest.raises(AgeVectorError, match="no age vector named 'yorkshire'"):
-        library().load("yorkshire")
+    assert not library().path("yorkshire").exists()
+    assert library().load("yorkshire").model_zoo == "afhqdog"   # the built-in of that name shows through again
+    with pytest.raises(AgeVectorError, match="no age vector named 'labradoodle'"):
+        library().load("labradoodle")
 
     exported = library().export("yorkie", tmp_path / "shared.safetensors")
     assert library().load(str(exported)).name == "yorkie"    # a path loads the file
