@@ -46,7 +46,7 @@ import torch
 from timemachine import fs
 from timemachine.age import AgeVector, build_vector, check_notes, check_species, check_vector_name, heldout_accuracy
 from timemachine.age import check_strength, normalize_layers, resolve_layers
-from timemachine.errors import AgeVectorError, printable
+from timemachine.errors import LOWER_BATCH, AgeVectorError, OutOfMemory, printable
 from timemachine.settings import DiscoverySettings
 
 if TYPE_CHECKING:
@@ -102,8 +102,17 @@ def render(G: "Generator", w: torch.Tensor, resolution: int, batch_size: int) ->
     out = []
     for start in range(0, len(w), batch_size):
         ws = w[start:start + batch_size].to(device)[:, None, :].expand(-1, G.num_ws, -1)
-        img = G.synthesis(ws, noise_mode="const",
-                          resolution=None if resolution == G.img_resolution else resolution)
+        try:
+            img = G.synthesis(ws, noise_mode="const",
+                              resolution=None if resolution == G.img_resolution else resolution)
+        except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+            raise OutOfMemory(f"out of memory rendering {len(ws)} samples at once at {resolution} px",
+                              remedy=LOWER_BATCH) from exc
+        except RuntimeError as exc:
+            if "can't allocate memory" in str(exc) or "out of memory" in str(exc):
+                raise OutOfMemory(f"out of memory rendering {len(ws)} samples at once at {resolution} px",
+                                  remedy=LOWER_BATCH) from None
+            raise
         out.append(from_tensor(img))
     return np.concatenate(out)
 

@@ -82,6 +82,26 @@ def load_perceptual(device: Union[str, torch.device, None] = None, vgg_weights: 
     return PerceptualDistance(vgg_weights, offline=offline, progress=progress).to(prepare_device(device))
 
 
+def load_clip_labeller(species: str, *, young: Optional[Sequence[str]] = None,
+                       adult: Optional[Sequence[str]] = None, breed: Optional[str] = None,
+                       clip_weights: Optional[str] = None, offline: Optional[bool] = None,
+                       progress: Optional[DownloadProgress] = None,
+                       device: Union[str, torch.device, None] = None):
+    """The zero-shot CLIP labeller (:class:`timemachine.clip_labeller.ClipLabeller`) on ``device``.
+
+    Prompts and breed are checked before the weights are looked for; ``clip_weights`` is a path, 'random'
+    (tests only, asked for by name), or None = the zoo's CLIP weights (verified; downloaded when allowed).
+    """
+    from timemachine import clip_labeller
+
+    clip_labeller.check_prompts(young, "young", species)
+    clip_labeller.check_prompts(adult, "adult", species)
+    clip_labeller.resolve_breed(species, breed)
+    path = clip_labeller.resolve_clip_weights(clip_weights, offline=offline, progress=progress)
+    return clip_labeller.ClipLabeller(path, species=species, young=young, adult=adult, breed=breed,
+                                      device=prepare_device(device))
+
+
 def perceptual_id(perceptual: PerceptualDistance) -> str:
     """What the perceptual network's identity is for cache keys: 'random' or the VGG16 file's name."""
     return RANDOM if perceptual.vgg_source == RANDOM else os.path.basename(perceptual.vgg_source)

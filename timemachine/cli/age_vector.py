@@ -50,6 +50,19 @@ Interrupted?  Run the same command again: photos projected so far come from the 
 """
 
 
+DISCOVER_DESCRIPTION = """\
+Find the model's age direction without any photos: sample latents from the generator, render them, ask a
+zero-shot CLIP classifier whether each animal is young or adult (prompt ensembles per species: puppy / adult
+dog, kitten / adult cat, cub / adult animal), keep the confident samples, and fit the 'linear' classifier on
+their latents.  The vector is saved as NAME, method 'discovered', with the prompts, counts and the
+classifier's held-out accuracy.
+
+Samples and labels are cached per model, seed and sample: interrupted?  Run the same command again.  Other
+prompts or another breed label the cached samples again without rendering them.  AFHQ-dog holds few
+puppies: expect a few percent of the samples to be confidently young, and ask for enough samples.
+"""
+
+
 def _layers_text(value: str) -> str:
     from timemachine import age
 
@@ -86,6 +99,41 @@ def register(subparsers, formatter) -> None:
     common.add_model_arguments(p)
     common.add_projection_arguments(p)
     p.set_defaults(handler=run_build)
+
+    from timemachine.settings import DiscoverySettings
+
+    defaults = DiscoverySettings()
+    p = commands.add_parser("discover", help="find a model's age direction from its own samples (no photos)",
+                            description=DISCOVER_DESCRIPTION, formatter_class=formatter)
+    p.add_argument("name", metavar="NAME", help="library name of the new vector, e.g. the breed")
+    p.add_argument("--species", choices=["dog", "cat", "wild"], default=None,
+                   help="prompts and breeds to use (default: from the zoo model's name)")
+    p.add_argument("--breed", default=None, metavar="BREED",
+                   help="keep only samples CLIP takes for this breed (e.g. 'shiba inu'); 'wild' takes an animal")
+    p.add_argument("--young", nargs="+", default=None, metavar="PROMPT", help="prompts describing a young animal")
+    p.add_argument("--adult", nargs="+", default=None, metavar="PROMPT", help="prompts describing an adult")
+    p.add_argument("--samples", type=int, default=defaults.samples, help="samples to render and label")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="seed of the samples")
+    p.add_argument("--truncation", type=float, default=defaults.truncation_psi, metavar="PSI",
+                   help="truncation of the samples (1 = none; lower = more typical animals)")
+    p.add_argument("--resolution", type=int, default=defaults.resolution,
+                   help="render at most this many pixels (skip generators stop early: faster)")
+    p.add_argument("--confidence", type=float, default=defaults.confidence,
+                   help="keep samples with P(young) >= this (young) or <= 1 - this (adult)")
+    p.add_argument("--min-confident", type=int, default=defaults.min_confident,
+                   help="fewest confident samples needed on each side")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="samples rendered together")
+    p.add_argument("--clip-weights", default=None, metavar="PATH|random",
+                   help="CLIP weights (.safetensors; default: $TIMEMACHINE_CLIP_WEIGHTS, else the zoo's "
+                        "clip-vit-b-32, downloaded once; 'random' is for tests and benchmarks only)")
+    p.add_argument("--strength", type=float, default=1.0, help="default strength when rendering")
+    p.add_argument("--layers", type=_layers_text, default="all",
+                   help="default layers when rendering: all, coarse, middle, fine, or indices like 0-3,8")
+    p.add_argument("--notes", default="", help="free text kept with the vector")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the cache of samples and labels")
+    p.add_argument("--force", action="store_true", help="replace an existing vector of the same name")
+    common.add_model_arguments(p)
+    p.set_defaults(handler=run_discover)
 
     p = commands.add_parser("list", help="the vectors in the library", formatter_class=formatter,
                             description="List the library's age vectors: species, method, examples, defaults, "
@@ -238,6 +286,81 @@ def run_build(args: argparse.Namespace) -> int:
             print(f"{item.role:5}  {item.path}: latent file")
     path = library.save(vector, force=args.force)
     print(f"saved age vector {vector.name!r}: {_summary(vector)} -> {path}")
+    return EXIT_OK
+
+
+def run_discover(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from timemachine import age, clip_labeller, discover, pipeline
+    from timemachine.cli import Terminated
+    from timemachine.cli.weights import download_progress, licence_notice
+    from timemachine.env import Environment
+    from timemachine.errors import AlreadyExists
+    from timemachine.settings import DiscoverySettings
+
+    # Everything that can be refused is refused before the model and CLIP load and long before any sample.
+    env = Environment.from_environ()
+    library = age.VectorLibrary(env.paths)
+    name = age.check_vector_name(args.name)
+    if library.path(name).exists() and not args.force:
+        raise AlreadyExists(f"an age vector named {name!r} already exists")
+    settings = DiscoverySettings(samples=args.samples, seed=args.seed, truncation_psi=args.truncation,
+                                 resolution=args.resolution, batch_size=args.batch_size,
+                                 confidence=args.confidence, min_confident=args.min_confident)
+    settings.validate()
+    age.check_strength(args.strength)
+    age.check_notes(args.notes)
+    species = args.species or _ZOO_SPECIES.get(str(args.model))
+    if species is None:
+        raise AgeVectorError("which animals does this model make? give --species dog, cat or wild")
+    breed = clip_labeller.resolve_breed(species, args.breed)
+    young = clip_labeller.check_prompts(args.young, "young", species) if args.young is not None else None
+    adult = clip_labeller.check_prompts(args.adult, "adult", species) if args.adult is not None else None
+    offline = True if args.offline else env.offline
+    clip_weights = args.clip_weights or env.clip_weights
+    if clip_weights is None:        # the zoo's: a licence notice before it is downloaded
+        from timemachine import weights
+
+        entry = weights.zoo_entry(clip_labeller.ZOO_NAME)
+        if not offline and not weights.zoo_path(entry).is_file():
+            licence_notice(entry)
+    with download_progress("CLIP") as progress:
+        clip_path = clip_labeller.resolve_clip_weights(clip_weights, offline=offline, progress=progress)
+
+    model = common.load_model(args)
+    age.resolve_layers(args.layers, model.G.num_ws)
+    labeller = pipeline.load_clip_labeller(species, young=young, adult=adult, breed=breed, clip_weights=clip_path,
+                                           offline=offline, device=model.device)
+    cache_dir = None if args.no_cache else env.paths.discovery
+    done = [0]
+    bar = tqdm(total=settings.samples, desc="discovering", unit="sample", file=sys.stderr, disable=None,
+               dynamic_ncols=True)
+
+    def progress_bar(finished: int, total: int) -> None:
+        done[0] = finished
+        bar.update(finished - bar.n)
+
+    try:
+        vector = discover.discover_vector(model, labeller, samples=settings.samples, name=name, settings=settings,
+                                          cache_dir=cache_dir, progress=progress_bar, species=species,
+                                          notes=args.notes, default_strength=args.strength,
+                                          default_layers=args.layers)
+    except (KeyboardInterrupt, Terminated) as exc:
+        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated"
+        if cache_dir is not None:
+            exc.args = (f"{what} after {done[0]} of {settings.samples} samples; they are cached: run the same "
+                        "command again to continue",)
+        raise
+    finally:
+        bar.close()
+    info = vector.details["discovery"]
+    path = library.save(vector, force=args.force)
+    reused = settings.samples - info["rendered_now"]
+    print(f"saved age vector {vector.name!r}: {info['young']} young and {info['adult']} adult of "
+          f"{settings.samples} samples (rendered at {info['resolution']} px, {reused} from the cache), held-out "
+          f"accuracy {info['heldout_accuracy']:.2f}, norm {vector.norm:.2f} -> {path}")
+    print(f"make it the model's default with 'timemachine age-vector set {vector.name} --default'")
     return EXIT_OK
 
 
