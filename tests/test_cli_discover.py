@@ -211,3 +211,17 @@ def test_the_clip_labeller_prompts_breeds_and_cache_key():
     assert np.allclose(plain(images[:1]), q[:1], atol=1e-6)        # independent of the batch
     with pytest.raises(ValueError):
         plain(images.astype(np.float32))
+
+
+def test_the_clip_weights_are_a_zoo_entry_of_kind_clip():
+    from timemachine import clip_labeller, weights
+
+    entry = weights.load_manifest()[clip_labeller.ZOO_NAME]
+    assert entry.kind == weights.CLIP == "clip"
+    assert entry.url.startswith("https://huggingface.co/laion/CLIP-ViT-B-32-laion2B-s34B-b79K/")
+    assert entry.filename.endswith(".safetensors") and entry.licence.name.startswith("MIT")
+    assert entry.sha256 is None and "trust on first use" in entry.source     # nothing unverified is written down
+    from timemachine.errors import WeightsError
+
+    with pytest.raises(WeightsError, match="is not a generator"):
+        weights.resolve_model(clip_labeller.ZOO_NAME)
