@@ -705,8 +705,9 @@ def test_early_stopping_projects_photos_one_at_a_time(small_model, pet_photos, r
 
     settings = ProjectorSettings(space="w", steps=2, w_avg_samples=500, early_stop_patience=5)
     events = []
-    vector_builds.build_vector_from_files("photos", small_model, pet_photos["puppies"], pet_photos["adults"][:1], "mean",
-                                settings=settings, perceptual=random_lpips, callback=events.append, batch_size=3)
+    vector_builds.build_vector_from_files("photos", small_model, pet_photos["puppies"], pet_photos["adults"][:1],
+                                          "mean", settings=settings, perceptual=random_lpips,
+                                          callback=events.append, batch_size=3)
     assert [(e.step, e.lpips.shape[0]) for e in events] == [(1, 1), (2, 1)] * 3
 
 
@@ -747,8 +748,8 @@ def test_a_bad_photo_is_refused_before_projecting(small_model, pet_photos, rando
     events = []
     with pytest.raises(ImageError):
         vector_builds.build_vector_from_files("v", small_model, pet_photos["puppies"], [bad], "mean",
-                                    settings=ProjectorSettings(steps=2), perceptual=random_lpips,
-                                    callback=events.append)
+                                              settings=ProjectorSettings(steps=2), perceptual=random_lpips,
+                                              callback=events.append)
     assert events == []
 
 

@@ -133,7 +133,8 @@ def test_missing_clip_weights_offline_is_one_line_naming_the_url_and_the_place(t
     assert main(["age-vector", "discover", "v", "--model", str(tiny_pkl), "--species", "dog"]) == 2
     (line,) = _errors(capsys.readouterr().err)
     assert "clip-vit-b-32 is not available offline" in line
-    assert "https://huggingface.co/laion/CLIP-ViT-B-32-laion2B-s34B-b79K/resolve/main/open_clip_model.safetensors" in line
+    url = "https://huggingface.co/laion/CLIP-ViT-B-32-laion2B-s34B-b79K/resolve/main/open_clip_model.safetensors"
+    assert url in line
     assert str(_paths().models / "clip-vit-b-32-laion2b-s34b-b79k.safetensors") in line
     assert _nothing_written() and not _paths().discovery.exists()
 

@@ -290,8 +290,9 @@ class ClipLabeller:
             else:
                 stat = os.stat(self.weights)
                 weights_id = f"{os.path.basename(self.weights)}:{stat.st_size}:{stat.st_mtime_ns}"
-        self.details: dict[str, Any] = {"clip_model": f"{architecture} ({'random weights' if self.weights == RANDOM else os.path.basename(self.weights)})",
-                                        "prompts": self.prompts, "species": species, "breed": self.breed}
+        source = "random weights" if self.weights == RANDOM else os.path.basename(self.weights)
+        self.details: dict[str, Any] = {"clip_model": f"{architecture} ({source})", "prompts": self.prompts,
+                                        "species": species, "breed": self.breed}
         self.description = f"CLIP {architecture} zero-shot" + (f", breed {self.breed}" if self.breed else "")
         self.cache_key = hashlib.sha256(json.dumps({"architecture": architecture, "weights": weights_id,
                                                     "prompts": self.prompts, "breed": self.breed,

@@ -287,9 +287,9 @@ def age_direction(model: LoadedModel, vector, layers: Optional[str] = None, forc
     checking that it belongs to ``model`` (:class:`AgeVectorError` otherwise, unless ``force_model``)."""
     vector.check_model(model.fingerprint, model_name=model.spec, force=force_model, zoo=model.zoo)
     if vector.num_ws != model.G.num_ws or vector.w_dim != model.G.w_dim:
-        from timemachine.errors import AgeVectorError
+        from timemachine.errors import AgeVectorError, quoted
 
-        raise AgeVectorError(f"age vector {vector.name!r} has shape [{vector.num_ws}, {vector.w_dim}], the model "
+        raise AgeVectorError(f"age vector {quoted(vector.name)} has shape [{vector.num_ws}, {vector.w_dim}], the model "
                              f"needs [{model.G.num_ws}, {model.G.w_dim}]")
     return vector.masked_direction(layers)
 
