@@ -1097,3 +1097,25 @@ def test_fuzzed_metadata_and_directions_never_stop_the_library(capsys):
             assert len(_error_lines(err)) == 1
 
     check()
+
+
+def test_the_age_package_imports_nothing_above_the_library():
+    """Issue 16: the age package is library code; building from photos (the pipeline) lives outside it."""
+    import ast
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    above = ("timemachine.pipeline", "timemachine.vector_builds", "timemachine.cli", "timemachine.ui",
+             "timemachine.weights", "timemachine.worker")
+    for path in sorted((REPO_ROOT / "timemachine" / "age").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not [n for n in names if n.startswith(above)], (path.name, names)
+            if isinstance(node, ast.Attribute) and node.attr == "environ":
+                raise AssertionError(f"{path.name} reads the environment")
+    probe = ("import sys, timemachine.age; print(sorted(m for m in sys.modules if m.startswith(%r)))" % (above,))
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"
