@@ -20,7 +20,8 @@ import torch
 from timemachine import age
 from timemachine.checkpoint import model_fingerprint, save_generator
 from timemachine.cli import main
-from timemachine.errors import AgeVectorError
+from timemachine.env import Environment
+from timemachine.errors import AgeVectorError, AlreadyExists
 from timemachine.latents import load_latent, save_latent
 
 from conftest import LATENTS_DIR, make_small_generator, mutate_bytes, require_shared
@@ -36,6 +37,11 @@ def _home(tmp_path, monkeypatch):
     monkeypatch.setenv("TIMEMACHINE_OFFLINE", "1")
     monkeypatch.delenv("TIMEMACHINE_MODEL", raising=False)
     monkeypatch.delenv("TIMEMACHINE_VGG_WEIGHTS", raising=False)
+
+
+def library() -> age.VectorLibrary:
+    """The library of the current TIMEMACHINE_HOME, opened as the faces open it."""
+    return age.VectorLibrary(Environment.from_environ().paths)
 
 
 @pytest.fixture(scope="module")
@@ -241,8 +247,9 @@ def test_apply_changes_only_the_selected_layers():
     torch.testing.assert_close(tuned.apply(ws), vector.apply(ws, 0.5, "middle"))
     with pytest.raises(AgeVectorError, match=r"fits latents \[N, 16, 8\]"):
         vector.apply(torch.zeros(2, 18, 8))
-    with pytest.raises(AgeVectorError, match="finite"):
-        vector.apply(ws, float("inf"))
+    for absurd in (float("inf"), float("nan"), 1e308, -11.0, 10 ** 400):       # never a NaN or black frame
+        with pytest.raises(AgeVectorError, match="strength must be a number between -10 and 10"):
+            vector.apply(ws, absurd)
 
 
 def test_another_models_latents_are_refused_unless_forced():
@@ -304,7 +311,7 @@ def test_file_round_trip_keeps_everything(tmp_path):
     loaded = age.load_vector_file(path)
     assert torch.equal(loaded.direction, vector.direction)
     assert loaded.metadata() == vector.metadata()
-    with pytest.raises(AgeVectorError, match="already exists"):
+    with pytest.raises(AlreadyExists, match="already exists"):
         age.save_vector_file(vector, path)
     age.save_vector_file(vector, path, force=True)
     with pytest.raises(AgeVectorError, match="does not exist"):
@@ -352,6 +359,13 @@ def _header(meta=None, **changes) -> dict:
 GOOD_DIRECTION = make_vector().direction.numpy()
 
 
+def _nested(depth: int):
+    value: object = 1
+    for _ in range(depth):
+        value = {"a": [value]}
+    return value
+
+
 @pytest.mark.parametrize("case, message", [
     ("empty", "not a readable"),
     ("truncated", "not a readable"),
@@ -384,6 +398,23 @@ GOOD_DIRECTION = make_vector().direction.numpy()
     ("bad_count", "must be a count"),
     ("bad_date", "invalid creation time"),
     ("bad_details", "details must be a JSON object"),
+    # issue 14: malformed or deeply nested details, huge numbers, absurd magnitudes
+    ("details_nested_deeply", "not valid JSON"),
+    ("details_nested", "nested too deeply"),
+    ("details_huge_int", "not valid JSON"),
+    ("details_big_int", "integer out of range"),
+    ("details_infinity", "no NaN or infinity"),
+    ("details_too_many", "too many values"),
+    ("count_huge", "must be a count"),
+    ("strength_huge_int", "strength must be a number"),
+    ("strength_1e308", "strength must be a number"),
+    ("direction_3e38", "magnitude 3e\\+38"),
+    ("direction_1e4", "far beyond any latent's scale"),
+    ("layers_huge_index", "invalid layer selection"),
+    ("layers_too_long", "at most 1000 characters"),
+    ("layers_not_text", "default layers must be text"),
+    ("zoo_binding_bad", "invalid model zoo name"),
+    ("no_binding", "invalid model fingerprint"),
 ])
 def test_hostile_or_damaged_vector_files_are_refused(tmp_path, case, message):
     marker = tmp_path / "pwned"
@@ -421,6 +452,26 @@ def test_hostile_or_damaged_vector_files_are_refused(tmp_path, case, message):
         "bad_count": lambda: _raw_file({"direction": good}, _header(_good_meta(num_puppies=-1))),
         "bad_date": lambda: _raw_file({"direction": good}, _header(_good_meta(created="yesterday"))),
         "bad_details": lambda: _raw_file({"direction": good}, _header(_good_meta(details=[1]))),
+        "details_nested_deeply": lambda: _raw_file({"direction": good}, _header(
+            vector=json.dumps(_good_meta(details={})).replace('"details": {}', '"details": ' + "[" * 100_000
+                                                              + "]" * 100_000))),
+        "details_nested": lambda: _raw_file({"direction": good}, _header(_good_meta(details=_nested(30)))),
+        "details_huge_int": lambda: _raw_file({"direction": good}, _header(
+            vector=json.dumps(_good_meta(details={"n": 0})).replace('"n": 0', '"n": 1' + "0" * 5000))),
+        "details_big_int": lambda: _raw_file({"direction": good}, _header(_good_meta(details={"n": 10 ** 40}))),
+        "details_infinity": lambda: _raw_file({"direction": good}, _header(
+            vector=json.dumps(_good_meta(details={"x": 0})).replace('"x": 0', '"x": 1e999'))),
+        "details_too_many": lambda: _raw_file({"direction": good}, _header(_good_meta(details={"x": [0] * 30_000}))),
+        "count_huge": lambda: _raw_file({"direction": good}, _header(_good_meta(num_adults=10 ** 4000))),
+        "strength_huge_int": lambda: _raw_file({"direction": good}, _header(_good_meta(default_strength=10 ** 400))),
+        "strength_1e308": lambda: _raw_file({"direction": good}, _header(_good_meta(default_strength=1e308))),
+        "direction_3e38": lambda: _raw_file({"direction": np.full_like(good, 3e38)}, _header()),
+        "direction_1e4": lambda: _raw_file({"direction": good * 1e4}, _header()),
+        "layers_huge_index": lambda: _raw_file({"direction": good}, _header(_good_meta(default_layers="9" * 50))),
+        "layers_too_long": lambda: _raw_file({"direction": good}, _header(_good_meta(default_layers="0," * 3000))),
+        "layers_not_text": lambda: _raw_file({"direction": good}, _header(_good_meta(default_layers=[[[]]]))),
+        "zoo_binding_bad": lambda: _raw_file({"direction": good}, _header(_good_meta(model_zoo="../afhq\x1b"))),
+        "no_binding": lambda: _raw_file({"direction": good}, _header(_good_meta(model_fingerprint=""))),
     }
     path = tmp_path / "hostile.safetensors"
     path.write_bytes(files[case]())
@@ -430,16 +481,16 @@ def test_hostile_or_damaged_vector_files_are_refused(tmp_path, case, message):
     assert not marker.exists()
     # the library refuses to import it and stays empty
     with pytest.raises(AgeVectorError):
-        age.import_vector(path, name="imported")
-    assert age.list_vectors() == []
+        library().import_file(path, name="imported")
+    assert library().entries() == []
 
 
 def test_a_hand_written_good_file_loads():
     """The hostile-file builder writes valid files when nothing is wrong (so the cases above test one flaw)."""
-    path = age.vectors_dir()
+    path = library().root
     path.mkdir(parents=True)
     (path / "breed.safetensors").write_bytes(_raw_file({"direction": GOOD_DIRECTION}, _header()))
-    assert torch.equal(age.load_vector("breed").direction, torch.from_numpy(GOOD_DIRECTION))
+    assert torch.equal(library().load("breed").direction, torch.from_numpy(GOOD_DIRECTION))
 
 
 def test_oversized_files_are_refused_before_reading(tmp_path):
@@ -455,56 +506,58 @@ def test_oversized_files_are_refused_before_reading(tmp_path):
 
 
 def test_library_save_list_load_rename_export_import_delete(tmp_path):
-    assert age.list_vectors() == []
-    path = age.save_to_library(make_vector("yorkshire"))
-    assert path == age.vectors_dir() / "yorkshire.safetensors"
-    assert age.vectors_dir() == tmp_path / "home" / "vectors"
-    age.save_to_library(make_vector("labrador", seed=5, species="dog"))
-    assert [e.name for e in age.list_vectors()] == ["labrador", "yorkshire"]
-    with pytest.raises(AgeVectorError, match="already exists"):
-        age.save_to_library(make_vector("yorkshire", seed=9))
-    assert torch.equal(age.load_vector("yorkshire").direction, make_vector(seed=0).direction)
-    age.save_to_library(make_vector("yorkshire", seed=9), force=True)
-    assert torch.equal(age.load_vector("yorkshire").direction, make_vector(seed=9).direction)
+    assert library().entries() == []
+    path = library().save(make_vector("yorkshire"))
+    assert path == library().root / "yorkshire.safetensors"
+    assert library().root == tmp_path / "home" / "vectors"
+    library().save(make_vector("labrador", seed=5, species="dog"))
+    assert [e.name for e in library().entries()] == ["labrador", "yorkshire"]
+    with pytest.raises(AlreadyExists, match="already exists"):
+        library().save(make_vector("yorkshire", seed=9))
+    assert torch.equal(library().load("yorkshire").direction, make_vector(seed=0).direction)
+    library().save(make_vector("yorkshire", seed=9), force=True)
+    assert torch.equal(library().load("yorkshire").direction, make_vector(seed=9).direction)
 
-    new_path = age.rename_vector("yorkshire", "yorkie")
+    new_path = library().rename("yorkshire", "yorkie")
     assert not path.exists() and new_path.is_file()
-    assert age.load_vector("yorkie").name == "yorkie"          # the stored name follows the file
-    with pytest.raises(AgeVectorError, match="already exists"):
-        age.rename_vector("yorkie", "labrador")
-    with pytest.raises(AgeVectorError, match="no age vector named 'yorkshire'"):
-        age.load_vector("yorkshire")
+    assert library().load("yorkie").name == "yorkie"          # the stored name follows the file
+    with pytest.raises(AlreadyExists, match="already exists"):
+        library().rename("yorkie", "labrador")
+    assert not library().path("yorkshire").exists()
+    assert library().load("yorkshire").model_zoo == "afhqdog"   # the built-in of that name shows through again
+    with pytest.raises(AgeVectorError, match="no age vector named 'labradoodle'"):
+        library().load("labradoodle")
 
-    exported = age.export_vector("yorkie", tmp_path / "shared.safetensors")
-    assert age.load_vector(str(exported)).name == "yorkie"    # a path loads the file
-    with pytest.raises(AgeVectorError, match="already exists"):
-        age.export_vector("yorkie", exported)
-    imported = age.import_vector(exported, name="yorkie-2")
-    assert imported.name == "yorkie-2" and torch.equal(imported.direction, age.load_vector("yorkie").direction)
-    with pytest.raises(AgeVectorError, match="already exists"):
-        age.import_vector(exported)
+    exported = library().export("yorkie", tmp_path / "shared.safetensors")
+    assert library().load(str(exported)).name == "yorkie"    # a path loads the file
+    with pytest.raises(AlreadyExists, match="already exists"):
+        library().export("yorkie", exported)
+    imported = library().import_file(exported, name="yorkie-2")
+    assert imported.name == "yorkie-2" and torch.equal(imported.direction, library().load("yorkie").direction)
+    with pytest.raises(AlreadyExists, match="already exists"):
+        library().import_file(exported)
 
-    age.delete_vector("yorkie")
-    assert [e.name for e in age.list_vectors()] == ["labrador", "yorkie-2"]
+    library().delete("yorkie")
+    assert [e.name for e in library().entries()] == ["labrador", "yorkie-2"]
     with pytest.raises(AgeVectorError, match="no age vector named"):
-        age.delete_vector("yorkie")
+        library().delete("yorkie")
 
 
 def test_tuning_defaults_keeps_the_direction():
-    age.save_to_library(make_vector("breed", num_ws=16, w_dim=8))
-    before = age.load_vector("breed")
-    after = age.update_vector("breed", strength=0.8, layers="coarse,middle", notes="best at 0.8", species="cat")
+    library().save(make_vector("breed", num_ws=16, w_dim=8))
+    before = library().load("breed")
+    after = library().update("breed", strength=0.8, layers="coarse,middle", notes="best at 0.8", species="cat")
     assert (after.default_strength, after.default_layers, after.notes, after.species) == \
         (0.8, "coarse,middle", "best at 0.8", "cat")
-    reloaded = age.load_vector("breed")
+    reloaded = library().load("breed")
     assert reloaded.metadata() == after.metadata() and torch.equal(reloaded.direction, before.direction)
     assert reloaded.created == before.created
     for kwargs, message in [(dict(strength=float("nan")), "strength"), (dict(strength=11), "strength"),
                             (dict(layers="0-16"), "does not exist"), (dict(layers="nope"), "invalid layer"),
                             (dict(species="a\nb"), "one line"), ({}, "nothing to change")]:
         with pytest.raises(AgeVectorError, match=message):
-            age.update_vector("breed", **kwargs)
-    assert age.load_vector("breed").metadata() == after.metadata()
+            library().update("breed", **kwargs)
+    assert library().load("breed").metadata() == after.metadata()
 
 
 @pytest.mark.parametrize("name", ["", "../evil", "a/b", "a\\b", ".hidden", "-x", "x" * 65, "new.safetensors",
@@ -513,13 +566,13 @@ def test_unsafe_names_are_refused(name):
     with pytest.raises(AgeVectorError, match="invalid age vector name"):
         age.check_vector_name(name)
     with pytest.raises(AgeVectorError, match="invalid age vector name"):
-        age.library_path(name)
+        library().path(name)
     with pytest.raises(AgeVectorError, match="invalid age vector name"):
         make_vector(name=name)
-    age.save_to_library(make_vector("ok"))
+    library().save(make_vector("ok"))
     with pytest.raises(AgeVectorError, match="invalid age vector name"):
-        age.rename_vector("ok", name)
-    assert [p.name for p in age.vectors_dir().iterdir()] == ["ok.safetensors"]
+        library().rename("ok", name)
+    assert [p.name for p in library().root.iterdir()] == ["ok.safetensors"]
 
 
 def test_valid_names():
@@ -528,47 +581,47 @@ def test_valid_names():
 
 
 def test_a_failed_write_leaves_the_old_vector_and_no_temporary_file(monkeypatch):
-    age.save_to_library(make_vector("breed", seed=1))
-    before = age.library_path("breed").read_bytes()
+    library().save(make_vector("breed", seed=1))
+    before = library().path("breed").read_bytes()
 
     def failing_replace(src, dst):
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(age.os, "replace", failing_replace)
+        patch.setattr(os, "replace", failing_replace)
         with pytest.raises(AgeVectorError, match="No space left on device"):
-            age.save_to_library(make_vector("breed", seed=2), force=True)
+            library().save(make_vector("breed", seed=2), force=True)
         with pytest.raises(AgeVectorError, match="No space left on device"):
-            age.update_vector("breed", strength=0.5)
+            library().update("breed", strength=0.5)
         with pytest.raises(AgeVectorError, match="No space left on device"):
-            age.rename_vector("breed", "renamed")
-    assert age.library_path("breed").read_bytes() == before
-    assert sorted(p.name for p in age.vectors_dir().iterdir()) == ["breed.safetensors"]
+            library().rename("breed", "renamed")
+    assert library().path("breed").read_bytes() == before
+    assert sorted(p.name for p in library().root.iterdir()) == ["breed.safetensors"]
 
 
 def test_damaged_library_files_are_listed_not_fatal():
-    age.save_to_library(make_vector("good"))
-    (age.vectors_dir() / "broken.safetensors").write_bytes(b"\x00" * 40)
-    (age.vectors_dir() / ".tmp-leftover.safetensors").write_bytes(b"junk")     # not a library name: ignored
-    entries = {e.name: e for e in age.list_vectors()}
+    library().save(make_vector("good"))
+    (library().root / "broken.safetensors").write_bytes(b"\x00" * 40)
+    (library().root / ".tmp-leftover.safetensors").write_bytes(b"junk")     # not a library name: ignored
+    entries = {e.name: e for e in library().entries()}
     assert set(entries) == {"good", "broken"}
     assert entries["good"].vector is not None and entries["broken"].vector is None
     assert "not a readable age vector file" in entries["broken"].problem
 
 
 def test_load_vector_resolves_names_and_paths(tmp_path, monkeypatch):
-    age.save_to_library(make_vector("breed"))
+    library().save(make_vector("breed"))
     monkeypatch.chdir(tmp_path)
     age.save_vector_file(make_vector("other", seed=3), tmp_path / "other.safetensors")
-    assert age.load_vector("breed").name == "breed"
-    assert age.load_vector("other.safetensors").name == "other"              # ends in .safetensors: a path
-    assert age.load_vector(tmp_path / "other.safetensors").name == "other"
+    assert library().load("breed").name == "breed"
+    assert library().load("other.safetensors").name == "other"              # ends in .safetensors: a path
+    assert library().load(tmp_path / "other.safetensors").name == "other"
     with pytest.raises(AgeVectorError, match="no age vector named 'other'"):
-        age.load_vector("other")
+        library().load("other")
     with pytest.raises(AgeVectorError, match="no age vector file"):
-        age.load_vector("./missing.safetensors")
+        library().load("./missing.safetensors")
     with pytest.raises(AgeVectorError, match="neither an age vector name"):
-        age.load_vector("bad name")
+        library().load("bad name")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -616,9 +669,24 @@ def _latent_files(small_model, tmp_path, fingerprint=None):
     return paths
 
 
+def _build(small_model, name, puppies, adults, method, settings=None, perceptual=None, progress=None):
+    """Build (without saving) through the pipeline's vector job; returns (vector, examples)."""
+    from timemachine.env import Environment
+    from timemachine.pipeline import Pipeline, ProjectionRequest, VectorBuildRequest, VectorExample
+    from timemachine.settings import ProjectorSettings, VectorSettings
+
+    pipe = Pipeline(Environment.from_environ(), small_model, perceptual=perceptual)
+    examples = [VectorExample(role, str(p), path=p) for role, paths in (("puppy", puppies), ("adult", adults))
+                for p in paths]
+    request = VectorBuildRequest(name=name, examples=examples, settings=VectorSettings(method=method), save=False,
+                                 projection=ProjectionRequest(photos=[], settings=settings or ProjectorSettings()))
+    result = pipe.build_vector(request, progress=progress)
+    return result.vector, result.examples
+
+
 def test_build_from_latent_files(small_model, tmp_path):
     paths = _latent_files(small_model, tmp_path, fingerprint=small_model.fingerprint)
-    vector, inputs = age.build_vector_from_files("from-files", small_model, paths[:2], paths[2:], "mean")
+    vector, inputs = _build(small_model, "from-files", paths[:2], paths[2:], "mean")
     ws = torch.stack([load_latent(p).ws for p in paths])
     torch.testing.assert_close(vector.direction, ws[:2].mean(0) - ws[2:].mean(0))
     assert vector.model_fingerprint == small_model.fingerprint and vector.model_name == "small"
@@ -627,22 +695,22 @@ def test_build_from_latent_files(small_model, tmp_path):
     # official files record no model: accepted, marked unverified
     (tmp_path / "official").mkdir()
     official = _latent_files(small_model, tmp_path / "official", fingerprint=None)
-    vector, _ = age.build_vector_from_files("official", small_model, official[:1], official[1:2], "pair")
+    vector, _ = _build(small_model, "official", official[:1], official[1:2], "pair")
     assert all(s.get("model_unverified") for s in vector.details["sources"])
 
 
 def test_build_from_latent_files_refuses_other_models_and_shapes(small_model, tmp_path):
     paths = _latent_files(small_model, tmp_path, fingerprint=OTHER_FP)
     with pytest.raises(AgeVectorError, match="another model"):
-        age.build_vector_from_files("v", small_model, paths[:1], paths[1:2], "pair")
+        _build(small_model, "v", paths[:1], paths[1:2], "pair")
     wrong = tmp_path / "wrong.npz"
     save_latent(wrong, torch.zeros(small_model.G.num_ws, small_model.G.w_dim + 1))
     from timemachine.errors import LatentError
 
     with pytest.raises(LatentError, match="does not fit this model"):
-        age.build_vector_from_files("v", small_model, [wrong], paths[1:2], "pair")
+        _build(small_model, "v", [wrong], paths[1:2], "pair")
     with pytest.raises(AgeVectorError, match="exactly one puppy"):
-        age.build_vector_from_files("v", small_model, paths[:2], paths[2:3], "pair")
+        _build(small_model, "v", paths[:2], paths[2:3], "pair")
 
 
 def test_early_stopping_projects_photos_one_at_a_time(small_model, pet_photos, random_lpips):
@@ -650,26 +718,23 @@ def test_early_stopping_projects_photos_one_at_a_time(small_model, pet_photos, r
     caches does not depend on which photos came together."""
     from timemachine.projector import ProjectorSettings
 
-    settings = ProjectorSettings(space="w", steps=2, w_avg_samples=500, early_stop_patience=5)
+    settings = ProjectorSettings(space="w", steps=2, w_avg_samples=500, early_stop_patience=5, batch_size=3)
     events = []
-    age.build_vector_from_files("photos", small_model, pet_photos["puppies"], pet_photos["adults"][:1], "mean",
-                                settings=settings, perceptual=random_lpips, callback=events.append, batch_size=3)
-    assert [(e.step, e.lpips.shape[0]) for e in events] == [(1, 1), (2, 1)] * 3
+    _build(small_model, "photos", pet_photos["puppies"], pet_photos["adults"][:1], "mean", settings=settings,
+           perceptual=random_lpips, progress=events.append)
+    assert [e.done for e in events if e.stage == "project"] == [1, 2] * 3
 
 
 def test_build_from_photos_projects_once_then_uses_the_cache(small_model, pet_photos, random_lpips):
-    from timemachine.pipeline import ProjectionCache, cache_root
     from timemachine.projector import ProjectorSettings
 
-    settings = ProjectorSettings(space="w", steps=2, w_avg_samples=500)
-    cache = ProjectionCache(cache_root())
+    settings = ProjectorSettings(space="w", steps=2, w_avg_samples=500, batch_size=2)
     events = []
     puppies, adults = pet_photos["puppies"], pet_photos["adults"][:1]
-    vector, inputs = age.build_vector_from_files(
-        "photos", small_model, puppies, adults, "mean", settings=settings, perceptual=random_lpips, cache=cache,
-        callback=events.append, batch_size=2)
-    assert {e.stage for e in events} == {"project"}
-    assert [(e.step, e.lpips.shape[0]) for e in events] == [(1, 2), (2, 2), (1, 1), (2, 1)]   # batches of 2, 1
+    vector, inputs = _build(small_model, "photos", puppies, adults, "mean", settings=settings,
+                            perceptual=random_lpips, progress=events.append)
+    assert {e.stage for e in events} == {"project", "build"}
+    assert [e.done for e in events if e.stage == "project"] == [1, 2, 1, 2]              # batches of 2, 1
     assert vector.space == "w" and vector.direction.shape == (small_model.G.num_ws, small_model.G.w_dim)
     assert vector.details["projection"] == {"space": "w", "steps": 2, "seed": 303}
     assert [s["file"] for s in vector.details["sources"]] == ["puppy0.png", "puppy1.png", "adult0.png"]
@@ -678,10 +743,9 @@ def test_build_from_photos_projects_once_then_uses_the_cache(small_model, pet_ph
     torch.testing.assert_close(vector.direction, ws[:2].mean(0) - ws[2])
 
     again_events = []
-    again, inputs = age.build_vector_from_files(
-        "photos", small_model, puppies, adults, "mean", settings=settings, perceptual=random_lpips, cache=cache,
-        callback=again_events.append)
-    assert again_events == [] and all(i.metrics["cached"] for i in inputs)
+    again, inputs = _build(small_model, "photos", puppies, adults, "mean", settings=settings,
+                           perceptual=random_lpips, progress=again_events.append)
+    assert [e.stage for e in again_events] == ["build", "build"] and all(i.metrics["cached"] for i in inputs)
     assert torch.equal(again.direction, vector.direction)
 
 
@@ -693,9 +757,8 @@ def test_a_bad_photo_is_refused_before_projecting(small_model, pet_photos, rando
     bad.write_bytes(b"not a jpeg at all")
     events = []
     with pytest.raises(ImageError):
-        age.build_vector_from_files("v", small_model, pet_photos["puppies"], [bad], "mean",
-                                    settings=ProjectorSettings(steps=2), perceptual=random_lpips,
-                                    callback=events.append)
+        _build(small_model, "v", pet_photos["puppies"], [bad], "mean", settings=ProjectorSettings(steps=2),
+               perceptual=random_lpips, progress=events.append)
     assert events == []
 
 
@@ -714,7 +777,8 @@ def _projection_args(model_file) -> list[str]:
 def test_cli_build_list_show_set_rename_export_import_delete(model_file, small_model, pet_photos, tmp_path,
                                                             capsys):
     assert main(["age-vector", "list"]) == 0
-    assert "no age vectors" in capsys.readouterr().out
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == 2 and listed[1].split()[0] == "yorkshire" and "built-in" in listed[1]   # nothing of ours
 
     assert main(["age-vector", "build", "yorkie", "--puppy", str(pet_photos["puppies"][0]), "--adult",
                  str(pet_photos["adults"][0]), "--species", "dog", "--strength", "0.9", "--layers", "coarse",
@@ -722,7 +786,7 @@ def test_cli_build_list_show_set_rename_export_import_delete(model_file, small_m
     out, err = capsys.readouterr()
     assert "saved age vector 'yorkie': pair of 1 puppies and 1 adults, W space" in out     # auto: pair for 1+1
     assert out.count("LPIPS") == 2 and _error_lines(err) == []
-    vector = age.load_vector("yorkie")
+    vector = library().load("yorkie")
     assert (vector.default_strength, vector.default_layers, vector.species) == (0.9, "coarse", "dog")
     assert vector.model_fingerprint == small_model.fingerprint
 
@@ -732,11 +796,11 @@ def test_cli_build_list_show_set_rename_export_import_delete(model_file, small_m
                     *map(str, latents[2:]), "--model", str(model_file), "--notes", "from latents"]
     assert main(from_latents) == 2
     assert _error_lines(capsys.readouterr().err) == [
-        "timemachine: error: an age vector named 'yorkie' already exists (use --force to replace it)"]
+        "timemachine: error: an age vector named 'yorkie' already exists; pass --force to replace it"]
     assert main([*from_latents, "--force"]) == 0
     out = capsys.readouterr().out
     assert out.count(": latent file") == 4 and "mean of 2 puppies and 2 adults" in out   # auto: mean for 2+2
-    assert age.load_vector("yorkie").notes == "from latents"
+    assert library().load("yorkie").notes == "from latents"
 
     assert main(["age-vector", "list"]) == 0
     out = capsys.readouterr().out
@@ -749,7 +813,7 @@ def test_cli_build_list_show_set_rename_export_import_delete(model_file, small_m
 
     assert main(["age-vector", "set", "yorkie", "--strength", "-0.5", "--layers", "middle,0"]) == 0
     capsys.readouterr()
-    assert (age.load_vector("yorkie").default_strength, age.load_vector("yorkie").default_layers) == (-0.5, "middle,0")
+    assert (library().load("yorkie").default_strength, library().load("yorkie").default_layers) == (-0.5, "middle,0")
     assert main(["age-vector", "rename", "yorkie", "yorkshire"]) == 0
     assert main(["age-vector", "export", "yorkshire", str(tmp_path / "y.safetensors")]) == 0
     assert main(["age-vector", "import", str(tmp_path / "y.safetensors"), "--name", "copy"]) == 0
@@ -759,13 +823,13 @@ def test_cli_build_list_show_set_rename_export_import_delete(model_file, small_m
     assert main(["age-vector", "build", "other", "--puppy", str(pet_photos["puppies"][1]), "--adult",
                  str(pet_photos["adults"][1]), *_projection_args(model_file)]) == 0
     assert main(["age-vector", "orthogonalize", "yorkshire", "--against", "other", "--as", "yorkshire-o"]) == 0
-    other = age.load_vector("other")
+    other = library().load("other")
     for name in ("yorkshire-o",):
-        edit = age.load_vector(name).masked_direction()
+        edit = library().load(name).masked_direction()
         assert abs(float(edit.flatten() @ other.direction.flatten())) < 1e-4 * float(edit.norm() * other.direction.norm())
     assert main(["age-vector", "build", "yorkie-o", "--puppy", str(pet_photos["puppies"][0]), "--adult",
                  str(pet_photos["adults"][0]), "--orthogonal-to", "other", *_projection_args(model_file)]) == 0
-    built = age.load_vector("yorkie-o")
+    built = library().load("yorkie-o")
     assert built.details["orthogonalized_against"] == ["other"]
     assert abs(float(built.masked_direction().flatten() @ other.direction.flatten())) < \
         1e-4 * float(built.masked_direction().norm() * other.direction.norm())
@@ -774,7 +838,7 @@ def test_cli_build_list_show_set_rename_export_import_delete(model_file, small_m
         assert main(["age-vector", "delete", name]) == 0
     assert main(["age-vector", "delete", "copy"]) == 0
     capsys.readouterr()
-    assert [e.name for e in age.list_vectors()] == ["yorkshire"]
+    assert [e.name for e in library().entries()] == ["yorkshire"]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -801,7 +865,7 @@ def test_cli_bad_input_exits_2_with_one_line(argv, message, tmp_path, monkeypatc
     lines = _error_lines(err)
     assert len(lines) == 1 and message in lines[0], err
     assert "Traceback" not in err
-    assert not age.vectors_dir().exists() or list(age.vectors_dir().iterdir()) == []
+    assert not library().root.exists() or list(library().root.iterdir()) == []
     assert not (tmp_path / "out.safetensors").exists()
 
 
@@ -825,17 +889,17 @@ def test_cli_build_failures_write_nothing(model_file, pet_photos, tmp_path, monk
     assert main(["age-vector", "build", "v", "--puppy", *puppies, "--adult", *puppies, "--model",
                  str(tmp_path / "nomodel.pkl")]) == 2
     assert len(_error_lines(capsys.readouterr().err)) == 1
-    assert not age.vectors_dir().exists() or list(age.vectors_dir().iterdir()) == []
+    assert not library().root.exists() or list(library().root.iterdir()) == []
     assert vgg_loads == []                       # every input was refused before the VGG16 was loaded
     # a hostile file given to import leaves the library as it was
-    age.save_to_library(make_vector("keep"))
+    library().save(make_vector("keep"))
     hostile = tmp_path / "hostile.safetensors"
     hostile.write_bytes(pickle.dumps({"direction": _Payload(str(tmp_path / "pwned"))}))
     assert main(["age-vector", "import", str(hostile), "--name", "keep", "--force"]) == 2
     assert len(_error_lines(capsys.readouterr().err)) == 1
     assert not (tmp_path / "pwned").exists()
-    assert [e.name for e in age.list_vectors()] == ["keep"]
-    assert torch.equal(age.load_vector("keep").direction, make_vector().direction)
+    assert [e.name for e in library().entries()] == ["keep"]
+    assert torch.equal(library().load("keep").direction, make_vector().direction)
 
 
 def test_cli_help_explains_age_vectors(capsys):
@@ -924,3 +988,143 @@ def test_fuzzed_vector_headers_load_or_raise_age_vector_error(tmp_path, valid_ve
         _load_or_refuse(path)
 
     check()
+
+
+def _library_file(name: str, content: bytes) -> None:
+    library().root.mkdir(parents=True, exist_ok=True)
+    (library().root / f"{name}.safetensors").write_bytes(content)
+
+
+def test_one_bad_file_never_stops_the_listing_and_nothing_raw_reaches_the_terminal(capsys):
+    """Issue 14: malformed details, huge numbers, absurd directions, terminal escapes in a shared library."""
+    library().save(make_vector("good"))
+    escape = "\x1b]0;pwned\x07\x1b[2J"
+    library().save(make_vector("escapes", species="dog" + escape, model_name="m" + escape, notes="n" + escape,
+                               details={"sources": [{"role": escape, "file": escape, "kind": "photo",
+                                                     "lpips": "not a number"}, "not a dict"],
+                                        "classifier": {"training_accuracy": [1]}}))
+    deep = json.dumps(_good_meta(details={})).replace('"details": {}', '"details": ' + "[" * 50_000 + "]" * 50_000)
+    _library_file("deep", _raw_file({"direction": GOOD_DIRECTION}, _header(vector=deep)))
+    _library_file("huge", _raw_file({"direction": np.full_like(GOOD_DIRECTION, 3e38)}, _header()))
+    _library_file("nan", _raw_file({"direction": GOOD_DIRECTION}, _header(vector=json.dumps(_good_meta()).replace(
+        '"default_strength": 1.0', '"default_strength": NaN'))))
+    _library_file("named" + "x", _raw_file({"direction": GOOD_DIRECTION}, _header(_good_meta(name=escape))))
+    _library_file("empty", b"")
+    entries = {e.name: e for e in library().entries()}
+    assert set(entries) == {"good", "escapes", "deep", "huge", "nan", "namedx", "empty"}
+    assert entries["good"].vector is not None and entries["escapes"].vector is not None
+    for name in ("deep", "huge", "nan", "namedx", "empty"):
+        assert entries[name].vector is None and "\n" not in entries[name].problem, name
+        assert "\x1b" not in entries[name].problem
+    assert main(["age-vector", "list"]) == 0
+    out, err = capsys.readouterr()
+    assert "good" in out and "escapes" in out and out.count(": damaged:") == 5
+    assert "\x1b" not in out + err and "\x07" not in out + err
+    assert main(["age-vector", "show", "escapes"]) == 0
+    out, err = capsys.readouterr()
+    assert "\x1b" not in out + err and "\\x1b" in out and "LPIPS ?" in out
+    for name in ("deep", "huge", "namedx"):
+        assert main(["age-vector", "show", name]) == 2
+        out, err = capsys.readouterr()
+        assert len(_error_lines(err)) == 1 and "\x1b" not in err and "Traceback" not in err
+
+
+def test_strength_and_direction_bounds_keep_every_frame_finite(small_G):
+    """The largest direction an age vector may hold, at the largest strength, still synthesises finite images."""
+    from timemachine.errors import RenderError
+    from timemachine.settings import MAX_STRENGTH, RenderSettings
+
+    for absurd in (1e308, float("inf"), -10.5, 10 ** 400):
+        with pytest.raises(RenderError, match="strength must be a number from -10 to 10"):
+            RenderSettings(strength=absurd).validate()
+    RenderSettings(strength=-MAX_STRENGTH).validate()
+    with pytest.raises(AgeVectorError, match="far beyond"):
+        age.AgeVector(
+            name="big", direction=torch.full((small_G.num_ws, small_G.w_dim), 2 * age.MAX_DIRECTION_ABS),
+            method="mean", model_fingerprint=FP)
+    extreme = age.AgeVector(name="extreme", direction=torch.full((small_G.num_ws, small_G.w_dim),
+                                                                 age.MAX_DIRECTION_ABS), method="mean",
+                            model_fingerprint=FP)
+    ws = small_G.mapping(torch.randn(2, small_G.z_dim, generator=torch.Generator().manual_seed(0)), None)
+    with torch.no_grad():
+        for strength in (MAX_STRENGTH, -MAX_STRENGTH):
+            img = small_G.synthesis(extreme.apply(ws, strength), noise_mode="const")
+            assert torch.isfinite(img).all()
+
+
+@pytest.mark.timeout(300)
+def test_fuzzed_metadata_and_directions_never_stop_the_library(capsys):
+    """Structure-aware fuzzing of the vector header's JSON (every field replaced by arbitrary JSON, nesting,
+    huge numbers) and of the direction's scale: loading refuses in one line, listing and showing never crash."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    good_meta = _good_meta()
+    leaves = (st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.floats(allow_nan=True)
+              | st.text(max_size=12))
+    json_values = st.recursive(leaves, lambda inner: st.lists(inner, max_size=4)
+                               | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=12)
+
+    def raw_text(meta: dict, field: str, fragment: str) -> str:
+        marker = "\"__fuzz__\""
+        return json.dumps({**meta, field: "__fuzz__"}).replace(marker, fragment)
+
+    fragments = st.sampled_from(["[" * 5000 + "]" * 5000, "1" + "0" * 5000, "1e999", "-1e999", "NaN", "{\"a\":" * 300
+                                 + "1" + "}" * 300, "\"\\u001b[2J\"", "0." + "0" * 400 + "1", "[]", "{}"])
+
+    @settings(max_examples=120, derandomize=True, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(data=st.data())
+    def check(data):
+        meta = dict(good_meta)
+        field = data.draw(st.sampled_from(sorted(age.store.METADATA_KEYS | {"model_zoo", "details"})))
+        how = data.draw(st.sampled_from(["value", "raw", "details-value"]))
+        if how == "value":
+            meta[field] = data.draw(json_values)
+            text = json.dumps(meta, allow_nan=True)
+        elif how == "details-value":
+            meta["details"] = {"fuzz": data.draw(json_values)}
+            text = json.dumps(meta, allow_nan=True)
+        else:
+            text = raw_text(meta, field, data.draw(fragments))
+        scale = data.draw(st.sampled_from([1.0, 100.0, 1e3, 1e4, 3e38, 1e-45, -1.0]))
+        _library_file("fuzz", _raw_file({"direction": (GOOD_DIRECTION * scale).astype(np.float32)},
+                                        _header(vector=text)))
+        (entry,) = [e for e in library().entries() if e.name == "fuzz"]
+        if entry.vector is None:
+            assert "\n" not in entry.problem and "\x1b" not in entry.problem
+        else:
+            d = entry.vector.direction
+            assert torch.isfinite(d).all() and float(d.abs().max()) <= age.MAX_DIRECTION_ABS
+            age.check_details(entry.vector.details)
+        assert main(["age-vector", "list"]) == 0
+        code = main(["age-vector", "show", "fuzz"])
+        out, err = capsys.readouterr()
+        assert code == (0 if entry.vector is not None else 2)
+        assert "Traceback" not in err and "\x1b" not in out + err
+        if code == 2:
+            assert len(_error_lines(err)) == 1
+
+    check()
+
+
+def test_the_age_package_imports_nothing_above_the_library():
+    """Issue 16: the age package is library code; building from photos (the pipeline) lives outside it."""
+    import ast
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    above = ("timemachine.pipeline", "timemachine.cli", "timemachine.ui",
+             "timemachine.weights", "timemachine.worker")
+    for path in sorted((REPO_ROOT / "timemachine" / "age").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not [n for n in names if n.startswith(above)], (path.name, names)
+            if isinstance(node, ast.Attribute) and node.attr == "environ":
+                raise AssertionError(f"{path.name} reads the environment")
+    probe = ("import sys, timemachine.age; print(sorted(m for m in sys.modules if m.startswith(%r)))" % (above,))
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"

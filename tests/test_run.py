@@ -11,6 +11,7 @@ from PIL import Image
 from timemachine import age
 from timemachine.checkpoint import model_fingerprint, save_generator
 from timemachine.cli import main
+from timemachine.env import Environment
 from timemachine.latents import load_latent
 
 RUN_JSON_KEYS = {"created", "versions", "photo", "model", "age_vector", "projection", "render", "timings", "files"}
@@ -26,7 +27,7 @@ def env(tmp_path, monkeypatch, small_G):
     gen = torch.Generator().manual_seed(3)
     ws = small_G.mapping(torch.randn(2, small_G.z_dim, generator=gen), None)
     vector = age.build_vector("pups", ws[:1], ws[1:], method="pair", model_fingerprint=model_fingerprint(small_G))
-    age.save_to_library(vector)
+    age.VectorLibrary(Environment.from_environ().paths).save(vector)
     photo = tmp_path / "dog.jpg"
     Image.fromarray((np.random.RandomState(2).rand(80, 100, 3) * 255).astype(np.uint8)).save(photo, quality=95)
     return {"model": str(model), "photo": str(photo), "tmp": tmp_path, "vector": vector}
@@ -87,7 +88,7 @@ def test_render_command_walks_an_existing_latent(env):
 def test_vector_of_another_model_is_refused_before_any_work(env, capsys):
     other = age.build_vector("other", torch.zeros(1, 8, 32), torch.ones(1, 8, 32), method="pair",
                              model_fingerprint="0123456789abcdef")
-    age.save_to_library(other)
+    age.VectorLibrary(Environment.from_environ().paths).save(other)
     out = env["tmp"] / "never"
     rc = main(run_args(env, out)[:5] + ["other"] + run_args(env, out)[6:])
     err = capsys.readouterr().err.strip().splitlines()

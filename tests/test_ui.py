@@ -27,12 +27,18 @@ from PIL import Image
 
 from conftest import REPO_ROOT
 from timemachine import age
+from timemachine.env import Environment
 from timemachine.checkpoint import model_fingerprint, save_generator
 from timemachine.cli import main
 from timemachine.pipeline import STRIP_TIMES
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
+
+
+def library() -> age.VectorLibrary:
+    """The age-vector library of the current TIMEMACHINE_HOME (as the UI opens it)."""
+    return age.VectorLibrary(Environment.from_environ().paths)
 
 UI_DIR = REPO_ROOT / "ui"
 APP = UI_DIR / "app.py"
@@ -66,7 +72,7 @@ def env(tmp_path, monkeypatch, small_G):
     ws = small_G.mapping(torch.randn(2, small_G.z_dim, generator=gen), None)
     vector = age.build_vector("pups", ws[:1], ws[1:], method="pair", model_fingerprint=model_fingerprint(small_G),
                               species="dog", notes="test vector")
-    age.save_to_library(vector)
+    library().save(vector)
     return {"tmp": tmp_path, "model": model, "vector": vector, "home": tmp_path / "home"}
 
 
@@ -231,7 +237,7 @@ def test_a_corrupt_photo_is_a_plain_error(env):
 def test_a_vector_of_another_model_is_refused_in_plain_words(env):
     other = age.build_vector("foreign", torch.zeros(1, 8, 32), torch.ones(1, 8, 32), method="pair",
                              model_fingerprint="0123456789abcdef", model_name="afhqcat")
-    age.save_to_library(other)
+    library().save(other)
     at = new_app()
     upload_photo(at)
     fast_settings(at)
@@ -281,7 +287,7 @@ def test_errors_inside_a_job_are_shown_plainly_and_bugs_are_logged(env, monkeypa
 
 
 def test_an_empty_library_says_where_to_build_a_vector(env):
-    age.delete_vector("pups")
+    library().delete("pups")
     at = new_app()
     upload_photo(at)
     assert not at.exception
@@ -460,10 +466,10 @@ def test_build_save_and_tune_an_age_vector(env):
     vector = job.result.vector
     assert (vector.num_puppies, vector.num_adults, vector.default_layers) == (2, 2, "coarse")
     assert [e.name for e in job.result.examples] == ["pup0.jpg", "pup1.jpg", "adult0.png", "adult1.png"]
-    assert "beagle" not in [e.name for e in age.list_vectors()]                # built, not saved yet
+    assert "beagle" not in [e.name for e in library().entries()]                # built, not saved yet
     button(at, "build_save").click().run()
     assert not at.exception
-    saved = age.load_vector("beagle")
+    saved = library().load("beagle")
     assert torch.equal(saved.direction, vector.direction) and saved.species == "dog"
     assert [s["file"] for s in saved.details["sources"]] == ["pup0.jpg", "pup1.jpg", "adult0.png", "adult1.png"]
 
@@ -474,7 +480,7 @@ def test_build_save_and_tune_an_age_vector(env):
     at.text_area(key="tune_notes_beagle").set_value("tuned in the UI")
     at.button[[b.label for b in at.button].index("Save the defaults")].click().run()
     assert not at.exception and not at.error
-    tuned = age.load_vector("beagle")
+    tuned = library().load("beagle")
     assert (tuned.default_strength, tuned.default_layers, tuned.notes) == (0.7, "middle", "tuned in the UI")
     assert torch.equal(tuned.direction, vector.direction)
 
@@ -483,7 +489,7 @@ def test_build_save_and_tune_an_age_vector(env):
     at.button[[b.label for b in at.button].index("Save the defaults")].click().run()
     assert not at.exception
     assert any("no fine layers" in e for e in texts(at.error))
-    assert age.load_vector("beagle").default_layers == "middle"
+    assert library().load("beagle").default_layers == "middle"
 
 
 def test_build_refuses_bad_requests_before_any_work(env):

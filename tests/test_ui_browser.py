@@ -51,6 +51,7 @@ def server(tmp_path_factory):
     """`timemachine ui` on a free port, with a small model and an age vector 'pups' in a fresh home."""
     from timemachine import age
     from timemachine.checkpoint import model_fingerprint, save_generator
+    from timemachine.env import Environment
 
     tmp = tmp_path_factory.mktemp("ui-browser")
     G = make_small_generator()
@@ -67,8 +68,8 @@ def server(tmp_path_factory):
     try:
         gen = torch.Generator().manual_seed(3)
         ws = G.mapping(torch.randn(2, G.z_dim, generator=gen), None)
-        age.save_to_library(age.build_vector("pups", ws[:1], ws[1:], method="pair",
-                                             model_fingerprint=model_fingerprint(G), species="dog"))
+        age.VectorLibrary(Environment.from_environ().paths).save(age.build_vector(
+            "pups", ws[:1], ws[1:], method="pair", model_fingerprint=model_fingerprint(G), species="dog"))
     finally:
         if old_home is None:
             os.environ.pop("TIMEMACHINE_HOME")

@@ -303,6 +303,7 @@ def test_built_wheel_carries_the_manifest_and_finds_it(tmp_path):
     import zipfile
 
     assert "timemachine/zoo/manifest.json" in zipfile.ZipFile(wheel).namelist()
+    assert "timemachine/age/builtin/yorkshire.safetensors" in zipfile.ZipFile(wheel).namelist()   # built-in vectors
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
                    check=True, capture_output=True)
     probe = ("from timemachine.zoo import manifest as m; print(m.installed_manifest()); "
@@ -312,7 +313,7 @@ def test_built_wheel_carries_the_manifest_and_finds_it(tmp_path):
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, check=True,
                          capture_output=True, text=True).stdout.splitlines()
     assert Path(out[0]).is_relative_to(site)
-    assert out[1] == "afhqcat,afhqdog,afhqwild,vgg16"
+    assert out[1] == "afhqcat,afhqdog,afhqwild,clip-vit-b-32,vgg16"
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -546,9 +546,17 @@ class SynthesisNetwork(torch.nn.Module):
             names += [f"b{res}.{layer}" for layer in block.layer_names() if getattr(block, layer).use_noise]
         return names
 
+    def can_stop_at(self, resolution: int) -> bool:
+        """True when :meth:`forward` can return the image at ``resolution`` (see its ``resolution``)."""
+        if resolution == self.img_resolution:
+            return True
+        first = getattr(self, f"b{self.block_resolutions[0]}")
+        return resolution in self.block_resolutions and first.architecture == "skip"
+
     def forward(self, ws: torch.Tensor, noise_mode: str = "random", force_fp32: Optional[bool] = None,
                 fused_modconv: Optional[bool] = None, noise: Optional[dict] = None,
-                channels_last: Optional[bool] = None, **layer_kwargs) -> torch.Tensor:
+                channels_last: Optional[bool] = None, resolution: Optional[int] = None,
+                **layer_kwargs) -> torch.Tensor:
         """Synthesise images.
 
         Args:
@@ -560,12 +568,27 @@ class SynthesisNetwork(torch.nn.Module):
             noise:         optional {'b{res}.conv{k}': [N or 1, 1, res, res]} overriding noise_mode per layer.
             channels_last: lay out the activations channels-last (NHWC); None = :func:`default_channels_last`.
                            Changes speed, not the result (beyond float rounding).
+            resolution:    stop after the block of this resolution and return the image so far; None = the
+                           full resolution.  Only 'skip' generators (the official config-f and AFHQ ones) have
+                           an image at every block: the running sum of every block's RGB output, each
+                           upsampled, to which the finer blocks add detail (:meth:`can_stop_at`).  ``ws`` may
+                           then hold only the rows those blocks read.
 
         Returns:
-            img [N, img_channels, img_resolution, img_resolution] float32.
+            img [N, img_channels, resolution, resolution] float32.
         """
-        if ws.ndim != 3 or ws.shape[1] != self.num_ws or ws.shape[2] != self.w_dim:
+        if resolution is not None and resolution != self.img_resolution:
+            if not self.can_stop_at(resolution):
+                raise ValueError(f"cannot stop at {resolution} px: only 'skip' generators have an image at every "
+                                 f"block ({', '.join(map(str, self.block_resolutions))} px)")
+            blocks = self.block_resolutions[:self.block_resolutions.index(resolution) + 1]
+            rows = sum(getattr(self, f"b{res}").num_conv for res in blocks) + 1
+            if ws.ndim != 3 or ws.shape[1] < rows or ws.shape[2] != self.w_dim:
+                raise ValueError(f"ws must have shape [N, >= {rows}, {self.w_dim}], got {tuple(ws.shape)}")
+        elif ws.ndim != 3 or ws.shape[1] != self.num_ws or ws.shape[2] != self.w_dim:
             raise ValueError(f"ws must have shape [N, {self.num_ws}, {self.w_dim}], got {tuple(ws.shape)}")
+        else:
+            blocks = self.block_resolutions
         ws = ws.to(torch.float32)
         block_noise: dict = {}
         for name, tensor in (noise or {}).items():
@@ -574,7 +597,7 @@ class SynthesisNetwork(torch.nn.Module):
 
         x = img = None
         w_idx = 0
-        for res in self.block_resolutions:
+        for res in blocks:
             block = getattr(self, f"b{res}")
             block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
             w_idx += block.num_conv

@@ -15,15 +15,12 @@ from typing import Any, Optional
 
 import numpy as np
 
-from timemachine.errors import ProjectionError, RenderError
+from timemachine.errors import AgeVectorError, ProjectionError, RenderError, printable
 
 #: Largest seed accepted (NumPy's and PyTorch's generators both take it).
 MAX_SEED = 2**32 - 1
 #: Largest batch (photos projected, frames synthesised together) accepted; memory is the real bound.
 MAX_BATCH = 1024
-#: Largest magnitude of a walk's strength (1 = the full separation the vector was built from; beyond a few,
-#: images leave the generator's range and turn to noise or black).
-MAX_STRENGTH = 10.0
 #: Speed profiles of a latent walk (formulas in :mod:`timemachine.render`).
 EASINGS = ("linear", "smoothstep", "cosine")
 #: Most walk frames accepted (an hour at 24 fps is 86,400).
@@ -33,6 +30,10 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 #: Constant rate factors accepted: 0 would be lossless, which needs the High 4:4:4 profile that browsers
 #: and QuickTime do not play, so the range starts at 1.  18 is visually near-lossless, 23 is x264's default.
 CRF_RANGE = (1, 51)
+#: Largest strength magnitude of an age edit (default strengths and rendering alike): far beyond any useful
+#: edit, and small enough that ``w + strength * direction`` stays finite for every direction an age vector
+#: may hold (see :data:`timemachine.age.vector.MAX_DIRECTION_ABS`), so frames are never NaN.
+MAX_STRENGTH = 10.0
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -192,7 +193,7 @@ class RenderSettings:
         check_int("hold_end", self.hold_end, 0, MAX_FRAMES)
         check_int("the batch size", self.batch_size, 1, MAX_BATCH)
         if isinstance(self.strength, bool) or not isinstance(self.strength, (int, float, np.integer, np.floating)) \
-                or not math.isfinite(self.strength) or abs(self.strength) > MAX_STRENGTH:
+                or abs(self.strength) > MAX_STRENGTH or not math.isfinite(self.strength):
             raise RenderError(f"the strength must be a number from -{MAX_STRENGTH:g} to {MAX_STRENGTH:g}, "
                               f"got {self.strength!r}")
         check_easing(self.easing)
@@ -274,10 +275,118 @@ class VectorSettings:
         return "linear" if min(num_puppies, num_adults) >= 5 else "mean"
 
     def validate(self) -> None:
-        from timemachine.errors import AgeVectorError
-
         if self.method not in VECTOR_METHODS:
             raise AgeVectorError(f"unknown method {self.method!r}: use one of {', '.join(VECTOR_METHODS)}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Discovery and scores
+
+#: Most samples a discovery may render (10**5 samples at 256 px are about 20 GB of cached images).
+MAX_DISCOVERY_SAMPLES = 100_000
+
+
+@dataclasses.dataclass
+class DiscoverySettings:
+    """How to discover an age direction from a generator's own samples (:mod:`timemachine.discover`).
+
+    Attributes:
+        samples:          latents sampled, rendered and labelled.
+        seed:             seeds the latents: sample ``i`` is the same for every run with this seed (so runs
+                          with more samples reuse the first ones, and interrupted runs resume).
+        truncation_psi:   truncation of the sampled latents towards the average (1 = none; lower = more
+                          typical animals, less variety).
+        resolution:       render at most this many pixels per side: skip generators stop at that block
+                          (much cheaper), other generators render at full resolution.  CLIP sees 224 px.
+        batch_size:       samples rendered and labelled together.
+        confidence:       a sample counts as young when P(young) >= confidence, as adult when P(young) <=
+                          1 - confidence; the others are left out.
+        min_confident:    fewest confident samples needed on each side.
+        heldout_fraction: share of each side's confident samples kept out of the classifier's training to
+                          measure its held-out accuracy (the vector itself is fitted on all of them).
+    """
+
+    samples: int = 400
+    seed: int = 0
+    truncation_psi: float = 0.7
+    resolution: int = 256
+    batch_size: int = 8
+    confidence: float = 0.7
+    min_confident: int = 10
+    heldout_fraction: float = 0.2
+
+    def validate(self) -> None:
+        """Raise :class:`AgeVectorError` (one sentence) for settings that cannot work."""
+        def whole(what: str, value: Any, low: int, high: int) -> None:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+                shown = printable(value, 40) if not isinstance(value, int) or abs(value) < 10 ** 30 else "too large"
+                raise AgeVectorError(f"{what} must be a whole number from {low} to {high}, got {shown}")
+
+        whole("the number of samples", self.samples, 1, MAX_DISCOVERY_SAMPLES)
+        whole("the seed", self.seed, 0, 2 ** 63 - 1)
+        whole("the batch size", self.batch_size, 1, 1024)
+        whole("the fewest confident samples per side", self.min_confident, 5, MAX_DISCOVERY_SAMPLES)
+        whole("the resolution", self.resolution, 4, 8192)
+        if self.resolution & (self.resolution - 1):
+            raise AgeVectorError(f"the resolution must be a power of two (4, 8, ..., 1024), got {self.resolution}")
+        for what, value, low, high, low_open in (("the truncation", self.truncation_psi, 0.0, 1.0, True),
+                                                 ("the confidence", self.confidence, 0.5, 1.0, True),
+                                                 ("the held-out fraction", self.heldout_fraction, 0.05, 0.5, False)):
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                    or not (low < value <= high if low_open else low <= value <= high):
+                raise AgeVectorError(f"{what} must be a number {'above' if low_open else 'from'} {low:g} "
+                                     f"{'and at most' if low_open else 'to'} {high:g}")
+        if self.samples < 2 * self.min_confident:
+            raise AgeVectorError(f"{self.samples} samples cannot give {self.min_confident} confident samples of "
+                                 "each side: ask for more samples")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class ScoreSettings:
+    """How a video is scored and how ``strength auto`` chooses (:mod:`timemachine.scores`).
+
+    Attributes:
+        young_threshold:  P(young) the last frame must reach for ``strength auto``.
+        max_delta_e:      largest coat-colour change (CIEDE2000) accepted by ``strength auto``; above it the
+                          scores carry a warning.
+        central_fraction: side of the central square whose mean colour is the coat colour, as a fraction of
+                          the image side.
+        strength_range:   (lowest, highest) strength ``strength auto`` tries.
+        grid:             strengths tried first, spread evenly over the range; then bisection.
+        tolerance:        bisection stops when the bracket is narrower than this.
+    """
+
+    young_threshold: float = 0.8
+    max_delta_e: float = 10.0
+    central_fraction: float = 0.5
+    strength_range: tuple[float, float] = (0.1, 3.0)
+    grid: int = 6
+    tolerance: float = 0.05
+
+    def validate(self) -> None:
+        """Raise :class:`RenderError` (one sentence) for settings that cannot work."""
+        def number(value: Any) -> bool:
+            return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating)) \
+                and math.isfinite(value)
+
+        if not number(self.young_threshold) or not 0 < self.young_threshold < 1:
+            raise RenderError("the P(young) to reach must be a number between 0 and 1")
+        if not number(self.max_delta_e) or not 0 < self.max_delta_e <= 100:
+            raise RenderError("the largest coat-colour change must be a number above 0 and at most 100")
+        if not number(self.central_fraction) or not 0 < self.central_fraction <= 1:
+            raise RenderError("the central fraction must be a number above 0 and at most 1")
+        low, high = self.strength_range
+        if not (number(low) and number(high)) or not 0 < low < high <= MAX_STRENGTH:
+            raise RenderError(f"the strength range must be 0 < lowest < highest <= {MAX_STRENGTH:g}")
+        check_int("the strength grid", self.grid, 2, 64)
+        if not number(self.tolerance) or not 0 < self.tolerance < high - low:
+            raise RenderError("the strength tolerance must be positive and smaller than the range")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ def _show_build_result(result: pipeline.VectorBuildResult) -> None:
     replace = st.checkbox(f"Replace the library's {vector.name!r} if there is one", key="build_replace")
     if st.button("Save to the library", key="build_save"):
         with ui.shown_errors("saving the vector"):
-            path = pipeline.save_vector(ui.environment(), vector, replace=replace)
+            path = ui.vector_library().save(vector, force=replace)
             st.session_state.pop("build_result", None)
             st.session_state["saved_message"] = f"Saved {vector.name!r} to the library ({path})."
             st.rerun()
@@ -122,7 +122,7 @@ def tune_section(model: pipeline.LoadedModel) -> None:
     finished = ui.collect_finished(TUNE)
     if finished is not None and finished.status == "done":
         st.session_state["tune_strip"] = finished.result
-    entries = pipeline.list_vectors(ui.environment())
+    entries = ui.vector_library().entries(builtins=True)
     for entry in entries:
         if entry.vector is None:
             st.warning(f"`{entry.name}` cannot be read: {entry.problem}")
@@ -159,8 +159,8 @@ def tune_section(model: pipeline.LoadedModel) -> None:
     if save:
         with ui.shown_errors("saving the defaults"):
             pipeline.resolve_layers(layers, vector.num_ws)
-            pipeline.update_vector(ui.environment(), name, strength=float(strength), layers=layers.strip() or "all",
-                                   species=species.strip(), notes=notes)
+            ui.vector_library().update(name, strength=float(strength), layers=layers.strip() or "all",
+                                       species=species.strip(), notes=notes)
             st.success(f"Saved the defaults of {name!r}.")
     if preview and latent is not None:
         submitted = False

@@ -94,7 +94,7 @@ def _draw_box(display: np.ndarray, box: pipeline.CropBox, scale: float) -> np.nd
 
 def vector_section(model: pipeline.LoadedModel) -> Optional[dict[str, Any]]:
     """Choice of library vector, strength and layers: {'vector', 'strength', 'layers', 'force'} or None."""
-    entries = pipeline.list_vectors(ui.environment())
+    entries = ui.vector_library().entries(builtins=True)
     damaged = [e for e in entries if e.vector is None]
     usable = [e for e in entries if e.vector is not None]
     if damaged:
@@ -125,7 +125,7 @@ def vector_section(model: pipeline.LoadedModel) -> Optional[dict[str, Any]]:
     if vector.model_fingerprint != model.fingerprint:
         force_key = f"force_{name}"
         try:
-            vector.check_model(model.fingerprint, model_name=model.spec)
+            vector.check_model(model.fingerprint, model_name=model.spec, zoo=model.zoo)
         except AgeVectorError as exc:
             if st.session_state.get(force_key):
                 st.warning(f"{exc}. You chose to apply it anyway.")

@@ -120,6 +120,11 @@ def shown_errors(what: str = "") -> Iterator[None]:
         st.error(ui_jobs.BUG_MESSAGE)
 
 
+def vector_library() -> pipeline.VectorLibrary:
+    """The age-vector library of this server's home directory (with the built-in vectors)."""
+    return pipeline.vector_library(environment())
+
+
 def run_page(body: Callable[[], None]) -> None:
     """Run a page's body with :func:`shown_errors` around it."""
     with shown_errors("showing the page"):

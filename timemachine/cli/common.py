@@ -100,15 +100,19 @@ def load_pipeline(args: argparse.Namespace):
         raise TimemachineError(f"no model given: pass --model NAME|PATH|URL or set {ENV_MODEL}")
     licence_notice_if_downloading(spec, env=env)
     with download_progress(spec) as progress:
-        return Pipeline.load(spec, env, device=args.device, progress=progress)
+        pipe = Pipeline.load(spec, env, device=args.device, progress=progress)
+    pipe.downloads = download_progress
+    return pipe
 
 
 def load_perceptual(pipe) -> None:
-    """Load the pipeline's LPIPS network now, with a download bar (so it is not fetched mid-job)."""
-    from timemachine.cli.weights import download_progress
+    """Load the pipeline's LPIPS network now (with a download bar), so that a missing one is refused before
+    anything is written."""
+    pipe.perceptual()
 
-    with download_progress("vgg16") as progress:
-        pipe.perceptual(progress)
+
+#: The unit of each stage's bar.
+UNITS = {"render": "frame", "sample": "sample", "project": "step", "pti": "step"}
 
 
 class ProgressBars:
@@ -133,8 +137,7 @@ class ProgressBars:
             if bar is not None:
                 bar.close()
             bar = tqdm(total=event.total, initial=max(0, event.done - 1), desc=label,
-                       unit="frame" if event.stage == "render" else "step", file=sys.stderr, disable=None,
-                       dynamic_ncols=True)
+                       unit=UNITS.get(event.stage, "step"), file=sys.stderr, disable=None, dynamic_ncols=True)
             self.bars[event.stage] = bar
         if "lpips" in event.extras:
             bar.set_postfix(loss=f"{event.extras['loss']:.4f}", lpips=f"{event.extras['lpips']:.4f}", refresh=False)
@@ -143,6 +146,12 @@ class ProgressBars:
     def close(self) -> None:
         for bar in self.bars.values():
             bar.close()
+
+    def __enter__(self) -> "ProgressBars":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 @contextlib.contextmanager
@@ -171,6 +180,13 @@ def resumable(checkpoint: Optional[str]) -> Iterator[None]:
             exc.args = (f"{'interrupted' if isinstance(exc, KeyboardInterrupt) else 'terminated'}; run the "
                         "same command with --resume to continue from the last checkpoint",)
         raise
+
+
+def vector_library(args: Optional[argparse.Namespace] = None):
+    """The age-vector library of ``$TIMEMACHINE_HOME`` (the environment is read at the edge, once per command)."""
+    from timemachine.pipeline import vector_library as library
+
+    return library(environment(args) if args is not None else Environment.from_environ())
 
 
 def add_age_arguments(parser: argparse.ArgumentParser) -> None:

@@ -24,27 +24,30 @@ from timemachine.images import DEFAULT_MAX_BYTES as MAX_PHOTO_BYTES
 from timemachine.images import MIN_SIDE as MIN_PHOTO_SIDE
 from timemachine.images import CropBox, parse_crop
 from timemachine.perceptual import RandomWeightsWarning
-from timemachine.pipeline.components import (LoadedModel, Pipeline, load_model, load_perceptual, open_zoo,
-                                             perceptual_id)
+from timemachine.pipeline.components import (LoadedModel, Pipeline, load_clip_labeller, load_model, load_perceptual,
+                                             open_zoo, perceptual_id)
 from timemachine.pipeline.progress import VIDEO_STAGES, Progress, ProgressCallback, overall_fraction
 from timemachine.pipeline.projection import PhotoProjection, load_photo, prepare_photo, write_projection
-from timemachine.pipeline.requests import (AgeEdit, AgeVideoRequest, Photo, ProjectionRequest, RenderRequest,
-                                           VectorBuildRequest, VectorExample, VideoOutputs)
-from timemachine.age import MAX_STRENGTH, describe_layer_groups, format_indices, layer_groups, resolve_layers
-from timemachine.pipeline.vectors import (BuiltExample, VectorBuildResult, list_vectors, load_vector, save_vector,
-                                          update_vector)
+from timemachine.pipeline.discovery import ZOO_SPECIES, DiscoverResult
+from timemachine.pipeline.discovery import precheck as check_discovery
+from timemachine.pipeline.requests import (AgeEdit, AgeVideoRequest, DiscoverRequest, Photo, ProjectionRequest,
+                                           RenderRequest, VectorBuildRequest, VectorExample, VideoOutputs)
+from timemachine.age import (MAX_STRENGTH, check_vector_name, describe_layer_groups, format_indices, layer_groups,
+                             normalize_layers, resolve_layers)
+from timemachine.age import AgeVector, VectorLibrary
+from timemachine.pipeline.vectors import BuiltExample, VectorBuildResult, load_vector, vector_library
 from timemachine.pipeline.vectors import precheck as check_vector_build
-from timemachine.pipeline.videos import STRIP_TIMES, AgeVideoResult
+from timemachine.pipeline.videos import STRIP_TIMES, AgeVideoResult, vector_direction
 from timemachine.zoo import ProgressCallback as DownloadProgress
 from timemachine.zoo import Zoo, ZooEntry, human_bytes
 
 __all__ = [
-    "Environment", "LoadedModel", "Pipeline", "load_model", "load_perceptual", "perceptual_id",
+    "Environment", "LoadedModel", "Pipeline", "load_model", "load_perceptual", "load_clip_labeller", "perceptual_id",
     "Progress", "ProgressCallback", "VIDEO_STAGES", "overall_fraction",
     "Photo", "ProjectionRequest", "AgeEdit", "VideoOutputs", "AgeVideoRequest", "RenderRequest", "VectorExample",
     "VectorBuildRequest", "PhotoProjection", "AgeVideoResult", "VectorBuildResult", "BuiltExample", "STRIP_TIMES",
     "write_projection", "CropBox", "parse_crop", "load_vector", "check_vector_build", "MAX_PHOTO_BYTES",
-    "MIN_PHOTO_SIDE", "RandomWeightsWarning", "load_photo", "prepare_photo", "human_bytes", "list_vectors",
-    "save_vector", "update_vector", "MAX_STRENGTH", "describe_layer_groups", "format_indices", "layer_groups",
-    "resolve_layers", "open_zoo", "Zoo", "ZooEntry", "DownloadProgress",
+    "MIN_PHOTO_SIDE", "RandomWeightsWarning", "load_photo", "prepare_photo", "human_bytes", "vector_library",
+    "AgeVector", "VectorLibrary", "MAX_STRENGTH", "DiscoverRequest", "DiscoverResult", "check_discovery", "ZOO_SPECIES", "vector_direction", "describe_layer_groups", "format_indices", "layer_groups",
+    "resolve_layers", "normalize_layers", "check_vector_name", "open_zoo", "Zoo", "ZooEntry", "DownloadProgress",
 ]

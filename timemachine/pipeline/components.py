@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from typing import Iterator, Optional, Union
+from typing import Callable, ContextManager, Iterator, Optional, Sequence, Union
 
 import torch
 
@@ -24,6 +24,8 @@ from timemachine.networks import Generator
 from timemachine.perceptual import RANDOM, PerceptualDistance
 from timemachine.zoo import Zoo
 
+#: Species of the zoo's generators (recorded with their vectors; the prompt ensembles of discovery).
+ZOO_SPECIES = {"afhqdog": "dog", "afhqcat": "cat", "afhqwild": "wild"}
 #: Finished videos kept in the video store (the least recently used ones are removed first).
 MAX_STORED_VIDEOS = 64
 
@@ -58,12 +60,16 @@ class LoadedModel:
         fingerprint: :func:`timemachine.checkpoint.model_fingerprint` of G (16 hex digits).
         spec:        what the user named it by (a zoo name, an imported name, a path, 'uploaded file x').
         path:        the file it was loaded from.
+        zoo:         the zoo name it was loaded under when its file is that zoo generator's file, checked against
+                     the zoo's SHA-256 (published, or recorded at the first download); None for any other file.
+                     Vectors bound to a zoo name (the built-ins) apply to it (:meth:`AgeVector.check_model`).
     """
 
     G: Generator
     fingerprint: str
     spec: str
     path: str
+    zoo: Optional[str] = None
 
     @property
     def device(self) -> torch.device:
@@ -82,9 +88,20 @@ def load_model(spec: Union[str, os.PathLike], env: Environment, *, device: Union
     from timemachine.checkpoint import load_generator
 
     device = prepare_device(device if device is not None else env.device, malloc_tuning=env.malloc_tuning)
-    path = open_zoo(env, offline).resolve(spec, progress=progress)
+    zoo = open_zoo(env, offline)
+    path = zoo.resolve(spec, progress=progress)
     G = load_generator(path, device=device)
-    return LoadedModel(G=G, fingerprint=model_fingerprint(G), spec=str(spec), path=str(path))
+    return LoadedModel(G=G, fingerprint=model_fingerprint(G), spec=str(spec), path=str(path),
+                       zoo=_zoo_name(zoo, spec, path))
+
+
+def _zoo_name(zoo: Zoo, spec: Union[str, os.PathLike], path) -> Optional[str]:
+    """The zoo name ``spec`` is, when it resolved to that zoo generator's file (which resolution verified)."""
+    name = os.fspath(spec)
+    generators = zoo.generators()
+    if name not in generators:
+        return None
+    return name if os.path.abspath(path) == os.path.abspath(zoo.zoo_path(generators[name])) else None
 
 
 def load_perceptual(env: Environment, device: Union[str, torch.device, None] = None,
@@ -94,6 +111,27 @@ def load_perceptual(env: Environment, device: Union[str, torch.device, None] = N
     weights."""
     source = env.vgg_weights or open_zoo(env).vgg16_path(progress=progress)
     return PerceptualDistance(source).to(prepare_device(device, malloc_tuning=env.malloc_tuning))
+
+
+def load_clip_labeller(env: Environment, species: str, *, young: Optional[Sequence[str]] = None,
+                       adult: Optional[Sequence[str]] = None, breed: Optional[str] = None,
+                       clip_weights: Optional[str] = None, device: Union[str, torch.device, None] = None,
+                       progress=None):
+    """The zero-shot CLIP labeller (:class:`timemachine.clip_labeller.ClipLabeller`) on ``device``.
+
+    Prompts and breed are checked before the weights are looked for; the weights are ``clip_weights`` or the
+    environment's choice (a path, or 'random' asked for by name: it warns), else the zoo's CLIP weights
+    (verified; downloaded when allowed).  Never falls back to random weights.
+    """
+    from timemachine import clip_labeller
+
+    clip_labeller.check_prompts(young, "young", species)
+    clip_labeller.check_prompts(adult, "adult", species)
+    clip_labeller.resolve_breed(species, breed)
+    path = clip_labeller.resolve_clip_weights(clip_weights or env.clip_weights, open_zoo(env), progress=progress)
+    return clip_labeller.ClipLabeller(path, species=species, young=young, adult=adult, breed=breed,
+                                      device=prepare_device(device if device is not None else env.device,
+                                                            malloc_tuning=env.malloc_tuning))
 
 
 def perceptual_id(perceptual: PerceptualDistance) -> str:
@@ -113,7 +151,11 @@ class Pipeline:
     def __init__(self, env: Environment, model: LoadedModel, perceptual: Optional[PerceptualDistance] = None):
         self.env = env
         self.model = model
+        #: ``downloads(label)`` -> a context manager yielding a ``progress(done, total)`` callback, for networks
+        #: the pipeline loads on first need (VGG16, CLIP); a face sets it to show their downloads.
+        self.downloads: Optional[Callable[[str], ContextManager]] = None
         self._perceptual = perceptual
+        self._labellers: dict[tuple, object] = {}
         self.projections = ProjectionCache(env.paths.projections)
         self.videos = ContentStore(env.paths.ui_videos, max_entries=MAX_STORED_VIDEOS)
 
@@ -131,15 +173,32 @@ class Pipeline:
     def resolution(self) -> int:
         return int(self.model.G.img_resolution)
 
+    def _download_progress(self, label: str, progress) -> ContextManager:
+        if progress is not None or self.downloads is None:
+            return contextlib.nullcontext(progress)
+        return self.downloads(label)
+
     def perceptual(self, progress=None) -> PerceptualDistance:
-        """The LPIPS network on the model's device, loaded on first use (``progress`` sees its download)."""
+        """The LPIPS network on the model's device, loaded on first use (``progress``, else :attr:`downloads`,
+        sees its download)."""
         if self._perceptual is None:
-            self._perceptual = load_perceptual(self.env, self.model.device, progress=progress)
+            with self._download_progress("VGG16", progress) as bar:
+                self._perceptual = load_perceptual(self.env, self.model.device, progress=bar)
         return self._perceptual
 
     @property
     def perceptual_loaded(self) -> bool:
         return self._perceptual is not None
+
+    def labeller(self, species: str, *, young=None, adult=None, breed: Optional[str] = None, progress=None):
+        """The zero-shot CLIP labeller for ``species`` (prompts, breed) on the model's device, loaded once per
+        set of prompts (``progress`` sees the weights' download)."""
+        key = (species, tuple(young or ()), tuple(adult or ()), breed)
+        if key not in self._labellers:
+            with self._download_progress("CLIP", progress) as bar:
+                self._labellers[key] = load_clip_labeller(self.env, species, young=young, adult=adult, breed=breed,
+                                                          device=self.model.device, progress=bar)
+        return self._labellers[key]
 
     # The jobs live in their own modules; these methods are the pipeline's one typed call per job.
     def check(self, request) -> None:
@@ -154,6 +213,10 @@ class Pipeline:
             vectors.check(self, request)
         elif isinstance(request, requests.RenderRequest):
             videos.check_render(self, request)
+        elif isinstance(request, requests.DiscoverRequest):
+            from timemachine.pipeline import discovery
+
+            discovery.precheck(self.env, request, self.model.spec)
         else:
             raise TypeError(f"not a pipeline request: {type(request).__name__}")
 
@@ -193,6 +256,11 @@ class Pipeline:
         from timemachine.pipeline import vectors
 
         return vectors.build_vector(self, request, progress)
+
+    def discover(self, request, progress=None):
+        from timemachine.pipeline import discovery
+
+        return discovery.discover(self, request, progress)
 
     def load_vector(self, spec: str):
         from timemachine.pipeline import vectors

@@ -15,7 +15,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from timemachine.settings import ProjectorSettings, PTISettings, RenderSettings, VectorSettings
+from timemachine.settings import DiscoverySettings, ProjectorSettings, PTISettings, RenderSettings, VectorSettings
 
 PathLike = Union[str, os.PathLike]
 
@@ -166,5 +166,35 @@ class VectorBuildRequest:
     species: Optional[str] = None
     notes: str = ""
     orthogonal_to: list[str] = dataclasses.field(default_factory=list)
+    replace: bool = False
+    save: bool = True
+
+
+@dataclasses.dataclass
+class DiscoverRequest:
+    """Discover a model's age direction from its own samples, labelled young/adult by CLIP.
+
+    Attributes:
+        name:       the library name of the new vector.
+        settings:   samples, seed, truncation, resolution, confidence (:class:`~timemachine.settings.DiscoverySettings`).
+        species:    'dog', 'cat' or 'wild' (the prompt ensembles); None = the zoo model's species.
+        breed:      keep only the samples CLIP assigns to this breed; None = every sample.
+        young, adult: prompts replacing the species' ensembles; None = the ensembles.
+        notes:      stored with the vector.
+        vector:     the stored defaults (strength, layers; its method is ignored: discovery fits 'linear').
+        use_cache:  read and write the discovery cache (samples and labels; resumable).
+        replace:    replace a library vector of the same name.
+        save:       store the vector in the library (False: return it only).
+    """
+
+    name: str
+    settings: DiscoverySettings = dataclasses.field(default_factory=DiscoverySettings)
+    species: Optional[str] = None
+    breed: Optional[str] = None
+    young: Optional[list[str]] = None
+    adult: Optional[list[str]] = None
+    notes: str = ""
+    vector: VectorSettings = dataclasses.field(default_factory=VectorSettings)
+    use_cache: bool = True
     replace: bool = False
     save: bool = True

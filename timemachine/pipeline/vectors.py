@@ -25,13 +25,17 @@ from timemachine.pipeline.requests import Photo, VectorBuildRequest, VectorExamp
 if TYPE_CHECKING:
     from timemachine.pipeline.components import Pipeline
 
-#: Species of the zoo's models, recorded with vectors built for them.
-ZOO_SPECIES = {"afhqdog": "dog", "afhqcat": "cat", "afhqwild": "wild"}
+from timemachine.pipeline.components import ZOO_SPECIES
 
 
-def load_vector(env: Environment, spec: str):
-    """An age vector by library name or ``.safetensors`` file (see :func:`timemachine.age.load_vector`)."""
-    return age.load_vector(spec)
+def vector_library(env: Environment) -> age.VectorLibrary:
+    """The age-vector library of the environment's home (with the built-in vectors)."""
+    return age.VectorLibrary(env.paths)
+
+
+def load_vector(env: Environment, spec: str) -> age.AgeVector:
+    """An age vector by library or built-in name, or a ``.safetensors`` file (:meth:`VectorLibrary.load`)."""
+    return vector_library(env).load(spec)
 
 
 @dataclasses.dataclass
@@ -84,7 +88,7 @@ def precheck(env: Environment, request: VectorBuildRequest) -> str:
         age.check_species(request.species)
     age.check_notes(request.notes)
     request.projection.settings.validate()
-    if request.save and age.library_path(request.name).exists() and not request.replace:
+    if request.save and vector_library(env).path(request.name).exists() and not request.replace:
         raise AlreadyExists(f"an age vector named {request.name!r} already exists")
     for example in request.examples:
         if example.data is None and not (example.path is not None and os.path.isfile(example.path)):
@@ -161,7 +165,7 @@ def build_vector(pipe: "Pipeline", request: VectorBuildRequest,
     method = check(pipe, request)
     others = [load_vector(pipe.env, spec) for spec in request.orthogonal_to]
     for other in others:
-        other.check_model(pipe.model.fingerprint, pipe.model.spec)
+        other.check_model(pipe.model.fingerprint, pipe.model.spec, zoo=pipe.model.zoo)
     examples = [_read_example(pipe, example) for example in request.examples]
     _project(pipe, request, examples, progress)
     report(progress, "build", 0, 1, "building the vector")
@@ -175,27 +179,8 @@ def build_vector(pipe: "Pipeline", request: VectorBuildRequest,
         details=_details(request, examples))
     if others:
         vector = vector.orthogonalized(others)
-    path = age.save_to_library(vector, force=request.replace) if request.save else None
+    path = vector_library(pipe.env).save(vector, force=request.replace) if request.save else None
     report(progress, "build", 1, 1, "vector built")
     for item in examples:
         item.image = None
     return VectorBuildResult(vector=vector, examples=examples, path=path)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The library, for the faces
-
-
-def list_vectors(env: Environment) -> list:
-    """Every vector of the library (damaged files listed with their problem); see :func:`timemachine.age.list_vectors`."""
-    return age.list_vectors()
-
-
-def save_vector(env: Environment, vector, replace: bool = False) -> Path:
-    """Store ``vector`` in the library under its name (:class:`AlreadyExists` unless ``replace``)."""
-    return age.save_to_library(vector, force=replace)
-
-
-def update_vector(env: Environment, name: str, **changes):
-    """Tune a library vector's defaults: ``strength``, ``layers``, ``species``, ``notes``."""
-    return age.update_vector(name, **changes)

@@ -34,7 +34,7 @@ from timemachine.settings import RenderSettings
 from timemachine.pipeline.components import memory_errors
 
 if TYPE_CHECKING:
-    from timemachine.pipeline.components import Pipeline
+    from timemachine.pipeline.components import LoadedModel, Pipeline
 
 #: Times t of the preview strip shown before the full render.
 STRIP_TIMES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -75,19 +75,28 @@ class AgeVideoResult:
 # Checks
 
 
+def vector_direction(model: "LoadedModel", vector, layers: Optional[str] = None,
+                     force_model: bool = False) -> torch.Tensor:
+    """The vector's direction [num_ws, w_dim] on the selected layers (None: the vector's own), after checking
+    that it belongs to ``model`` (:class:`AgeVectorError` with remedy FORCE_MODEL otherwise, unless forced) and
+    fits its shape."""
+    from timemachine.errors import AgeVectorError, quoted
+
+    vector.check_model(model.fingerprint, model_name=model.spec, force=force_model, zoo=model.zoo)
+    G = model.G
+    if vector.num_ws != G.num_ws or vector.w_dim != G.w_dim:
+        raise AgeVectorError(f"age vector {quoted(vector.name)} has shape [{vector.num_ws}, {vector.w_dim}], the model "
+                             f"needs [{G.num_ws}, {G.w_dim}]")
+    return vector.masked_direction(layers)
+
+
 def edit_direction(pipe: "Pipeline", edit: AgeEdit) -> tuple[Any, torch.Tensor]:
-    """(the edit's AgeVector, its direction [num_ws, w_dim] on the chosen layers), after checking that the
-    vector belongs to the model (:class:`AgeVectorError` with remedy FORCE_MODEL otherwise, unless forced)."""
-    from timemachine.errors import AgeVectorError
+    """(the edit's AgeVector, its direction on the chosen layers): :func:`vector_direction` of the vector the
+    edit names."""
     from timemachine.pipeline.vectors import load_vector
 
     vector = load_vector(pipe.env, edit.vector)
-    vector.check_model(pipe.model.fingerprint, model_name=pipe.model.spec, force=edit.force_model)
-    G = pipe.G
-    if vector.num_ws != G.num_ws or vector.w_dim != G.w_dim:
-        raise AgeVectorError(f"age vector {vector.name!r} has shape [{vector.num_ws}, {vector.w_dim}], the model "
-                             f"needs [{G.num_ws}, {G.w_dim}]")
-    return vector, vector.masked_direction(edit.layers)
+    return vector, vector_direction(pipe.model, vector, edit.layers, edit.force_model)
 
 
 def resolved_render(edit: AgeEdit, vector, settings: RenderSettings) -> RenderSettings:
