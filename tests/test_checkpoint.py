@@ -23,6 +23,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import address_space_limit
 from official_pickle import (LOAD_FROM_BYTES, ORDERED_DICT, REBUILD_PARAMETER, RECONSTRUCT_PERSISTENT_OBJ, Call,
                              EasyDict, GlobalRef, OFFICIAL_GLOBALS, Raw, SetItem, binbytes_payload_spans, dumps,
                              dumps_snapshot, legacy_torch_save, make_generator, persistent, pickle_globals,
@@ -704,31 +705,6 @@ def test_unreadable_file(tmp_path, small_pickle_bytes):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Huge claims: nothing large is allocated for what a file merely says
-
-
-def _vm_size() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmSize")
-
-
-@contextlib.contextmanager
-def address_space_limit(extra_bytes: int):
-    """Cap this process's address space at its current size + extra_bytes, so an oversized allocation fails."""
-    resource = pytest.importorskip("resource")
-    if not os.path.exists("/proc/self/status"):
-        pytest.skip("needs Linux /proc to measure the address space")
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    limit = _vm_size() + extra_bytes
-    if hard != resource.RLIM_INFINITY and hard < limit:
-        pytest.skip("the hard address-space limit is already lower")
-    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 def _with_config(**changes):

@@ -11,7 +11,6 @@ Long operations report through callbacks and never print.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from timemachine import fs
 from timemachine import images as images_module
 from timemachine import projector
 from timemachine.cache import ProjectionCache, projection_key
@@ -194,27 +194,8 @@ def write_projection(out_dir: Union[str, os.PathLike], result: PhotoProjection, 
 
 
 def write_json(path: Union[str, os.PathLike], data: dict[str, Any]) -> None:
-    """Write ``data`` as indented JSON, atomically."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True, default=_json_default)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+    """Write ``data`` as indented JSON, atomically (:func:`timemachine.fs.write_json`)."""
+    fs.write_json(path, data)
 
 
 def cache_root() -> Path:

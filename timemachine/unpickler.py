@@ -275,7 +275,7 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, bac
             and all(type(v) is int and v >= 0 for v in (storage_offset, *size, *stride))):
         raise CheckpointError("a tensor in the file has a malformed size, stride or offset")
     held = storage.values.numel()
-    extent = 0 if 0 in size else 1 + sum((n - 1) * s for n, s in zip(size, stride))
+    extent = 0 if 0 in size else 1 + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
     if storage_offset + extent > held or storage_offset > held:
         raise CheckpointError(f"a tensor in the file points outside its data (elements {storage_offset} to "
                               f"{storage_offset + extent} of {held})")
@@ -542,7 +542,7 @@ class _Walk:
             start[i + 1] += start[i]
         fill = array.array("q", start)
         targets = array.array("q", bytes(8 * len(self.children)))
-        for parent, child in zip(self.parents, self.children):
+        for parent, child in zip(self.parents, self.children, strict=True):
             targets[fill[parent]] = child
             fill[parent] += 1
         depth = array.array("q", bytes(8 * nodes))     # 0: not visited; else 1 + deepest child
