@@ -310,7 +310,7 @@ def test_structure_aware_fuzz_of_the_pickle_loader(frameless_seeds, fuzz_dir):
         path.write_bytes(seed)
         assert isinstance(load_generator(path, device="cpu"), Generator)
 
-    @settings(max_examples=250, deadline=datetime.timedelta(seconds=5), **FUZZ_SETTINGS)
+    @settings(max_examples=150, deadline=datetime.timedelta(seconds=5), **FUZZ_SETTINGS)
     @given(st.data())
     def check(data):
         path = fuzz_dir / "restructured.pkl"

@@ -202,6 +202,19 @@ def test_a_deeply_nested_pickle_is_refused_without_crashing(tmp_path):
     assert_refused_within_bounds(report, r"nests its data more than 100 levels deep")
 
 
+def test_the_cli_refuses_a_hostile_file_in_one_line_with_exit_2(tmp_path):
+    """End to end: the deep pickle above, given to ``timemachine weights convert``, the way a user would."""
+    path = write(tmp_path / "deep.pkl", b"\x80\x04}" + b"N" + b"\x85" * 500_000 + b"N" + b"s.")
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), CUDA_VISIBLE_DEVICES="", TIMEMACHINE_HOME=str(tmp_path / "home"))
+    result = subprocess.run([sys.executable, "-m", "timemachine", "weights", "convert", str(path),
+                             str(tmp_path / "out.safetensors"), "--offline"], capture_output=True, text=True,
+                            timeout=300, env=env, cwd=REPO_ROOT)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nests its data more than 100 levels deep" in lines[0], result.stderr[-2000:]
+    assert not (tmp_path / "out.safetensors").exists()
+
+
 def _chained_after_the_fact(n: int) -> bytes:
     """n + 1 empty lists, memoised; then list i gets list i + 1 appended (each already held by the memo): the
     nesting only exists once the last APPEND ran."""

@@ -26,7 +26,7 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
-from timemachine.errors import WeightsError
+from timemachine.errors import WeightsError, first_line, printable
 
 ENV_VGG_WEIGHTS = "TIMEMACHINE_VGG_WEIGHTS"
 RANDOM = "random"
@@ -129,9 +129,9 @@ def _load_vgg16_into(vgg: torch.nn.Module, path: str) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged or foreign file: torch raises many kinds
-        raise WeightsError(f"cannot read VGG16 weights from {path}: {str(exc).strip().splitlines()[0]}") from None
+        raise WeightsError(f"cannot read VGG16 weights from {printable(path)}: {first_line(exc)}") from None
     if not isinstance(state, dict):
-        raise WeightsError(f"{path} is not a VGG16 state dict")
+        raise WeightsError(f"{printable(path)} is not a VGG16 state dict")
     mapped = {}
     for k, indices in enumerate(_SLICES, start=1):
         for i in indices:
@@ -142,4 +142,4 @@ def _load_vgg16_into(vgg: torch.nn.Module, path: str) -> None:
     try:
         vgg.load_state_dict(mapped, strict=True)
     except RuntimeError as exc:
-        raise WeightsError(f"{path} does not hold torchvision VGG16 weights: {str(exc).splitlines()[0]}") from None
+        raise WeightsError(f"{printable(path)} does not hold torchvision VGG16 weights: {first_line(exc)}") from None

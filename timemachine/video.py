@@ -550,8 +550,9 @@ class PngSequenceWriter(FrameWriter):
         old = None
         try:
             if os.path.lexists(self.path):
-                old = _aside_name(self.path)
-                os.rename(self.path, old)    # fails, rather than following it, if a link was planted there
+                aside = _aside_name(self.path)
+                os.rename(self.path, aside)  # fails, rather than following it, if a link was planted there
+                old = aside
             self._pending_file().commit()
         except OSError as exc:
             if old is not None and not os.path.lexists(self.path):
