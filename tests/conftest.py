@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 
@@ -114,3 +115,28 @@ def mutate_bytes(content: bytes, data, max_edits: int = 8) -> bytes:
         else:
             content[pos:pos] = data.draw(st.binary(min_size=1, max_size=16))
     return bytes(content)
+
+
+def _vm_size() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmSize")
+
+
+@contextlib.contextmanager
+def address_space_limit(extra_bytes: int):
+    """Cap this process's address space at its current size + extra_bytes, so an oversized allocation fails."""
+    resource = pytest.importorskip("resource")
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("needs Linux /proc to measure the address space")
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = _vm_size() + extra_bytes
+    if hard != resource.RLIM_INFINITY and hard < limit:
+        pytest.skip("the hard address-space limit is already lower")
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))

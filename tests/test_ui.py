@@ -47,7 +47,6 @@ if str(UI_DIR) not in sys.path:       # the app imports its helpers by plain nam
 
 import ui_common  # noqa: E402  (imported before any test patches the limits it reads)
 import ui_jobs  # noqa: E402
-import ui_work  # noqa: E402
 
 JOB_TIMEOUT = 120
 

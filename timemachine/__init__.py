@@ -4,7 +4,8 @@ A photo is projected into the latent space of a StyleGAN2-ADA generator (NVIDIA'
 along a per-breed "age vector", and rendered as a video.  Modules, one concept each:
 
     networks    the generator (official StyleGAN2-ADA semantics and call signatures)
-    checkpoint  loading official network pickles safely; the project's safetensors format
+    unpickler   the restricted, bounded unpickler for official network pickles (nothing from a file runs)
+    checkpoint  generators from official snapshots and the project's safetensors format; the fingerprint
     zoo         the model zoo (a package): manifest, verified downloads, imports, conversion (--model specs)
     device      choosing the device; the CPU allocator tuning
     images      opening, validating, orienting, cropping and resizing photos

@@ -34,7 +34,6 @@ import dataclasses
 import io
 import os
 import re
-import secrets
 import struct
 import warnings
 from typing import TYPE_CHECKING, BinaryIO, Optional, Sequence, Union
@@ -42,7 +41,8 @@ from typing import TYPE_CHECKING, BinaryIO, Optional, Sequence, Union
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from timemachine.errors import ImageError
+from timemachine import fs
+from timemachine.errors import ImageError, first_line, printable
 
 if TYPE_CHECKING:
     import torch
@@ -205,55 +205,38 @@ def from_tensor(x: "torch.Tensor") -> np.ndarray:
 
 
 def save_png(img: np.ndarray, path: PathLike) -> None:
-    """Write uint8 [H, W, 3] to ``path`` as PNG, atomically: a temporary file in the same directory is
-    written, flushed to disk, then renamed over ``path``, so readers never see a half-written file.
+    """Write uint8 [H, W, 3] to ``path`` as PNG, atomically (:class:`timemachine.fs.PendingFile`: a random
+    temporary name beside ``path`` that no planted link can redirect, flushed to disk, renamed over ``path``),
+    so readers never see a half-written file.
 
     Raises ImageError when the file cannot be written (missing directory, no permission, disk full).
     """
     _check_rgb_array(img)
     path = os.fspath(path)
-    directory, base = os.path.split(os.path.abspath(path))
-    temp = os.path.join(directory, f".{base}.{secrets.token_hex(4)}.tmp")
     try:
-        # os.open (not tempfile) so the file gets the usual permissions (0o666 minus the umask), not 0o600.
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        try:
-            with os.fdopen(fd, "wb") as f:
+        with fs.PendingFile(path) as pending:
+            with pending.open("wb") as f:
                 Image.fromarray(np.ascontiguousarray(img)).save(f, format="PNG")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temp, path)
-        except BaseException:
-            try:
-                os.unlink(temp)
-            except OSError:
-                pass
-            raise
     except OSError as exc:
-        raise ImageError(f"cannot write {_display(path)}: {exc.strerror or exc}") from exc
+        raise ImageError(f"cannot write {printable(path)}: {exc.strerror or exc}") from exc
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Reading
 
 
-def _display(name: str) -> str:
-    """A file name safe to put in a one-line message (control characters escaped)."""
-    return name if name.isprintable() else repr(name)[1:-1]
-
-
 def _read_source(source: ImageSource, name: Optional[str], max_bytes: int) -> tuple[bytes, str]:
     """The source's bytes (at most ``max_bytes``) and the name messages use for it."""
     limit = f"the limit of {_megabytes(max_bytes)}"
     if isinstance(source, (bytes, bytearray, memoryview)):
-        name = _display(name or "the image")
+        name = printable(name or "the image")
         data = bytes(source)
     elif isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
-        name = _display(name or str(path))
+        name = printable(name or str(path))
         data = _read_path(path, name, max_bytes)
     elif hasattr(source, "read"):
-        name = _display(name or str(getattr(source, "name", "") or "the image"))
+        name = printable(name or str(getattr(source, "name", "") or "the image"))
         try:
             data = source.read(max_bytes + 1)
         except OSError as exc:
@@ -346,7 +329,7 @@ def _decode(data: bytes, name: str, max_pixels: int) -> Image.Image:
     except UnidentifiedImageError:
         raise ImageError(_unidentified_message(data, name)) from None
     except _DECODE_ERRORS as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        detail = first_line(exc)
         raise ImageError(f"{name} is truncated or damaged and cannot be decoded ({detail})") from None
     return image
 

@@ -26,20 +26,24 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import io
 import math
 import os
 import time
+import zipfile
 from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from timemachine.errors import ProjectionError
+from timemachine import fs
+from timemachine.errors import ProjectionError, first_line, printable
 from timemachine.latents import LatentFile
 from timemachine.networks import Generator
 from timemachine.perceptual import PerceptualDistance
 from timemachine.settings import ProjectorSettings, PTISettings
+from timemachine.unpickler import Limits, check_opcodes
 
 CHECKPOINT_FORMAT = "timemachine-projection-checkpoint"
 CHECKPOINT_VERSION = 2
@@ -192,24 +196,55 @@ def _preview(G: Generator, ws: torch.Tensor, noise: dict[str, torch.Tensor]) -> 
 
 
 def _save_checkpoint(path: str, state: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with fs.PendingFile(path) as pending:
+        with pending.open("wb") as f:
+            torch.save(state, f)
 
 
-def _load_checkpoint(path: str) -> dict:
+#: What the pickle inside a resume checkpoint may make the unpickler do (a batch of 64 photos: ~500 calls).
+_CHECKPOINT_LIMITS = Limits(max_opcodes=200_000, max_calls=10_000, max_depth=16)
+_MAX_CHECKPOINT_PICKLE_BYTES = 16 << 20
+
+
+def _check_checkpoint_pickle(path: str) -> None:
+    """The pickle inside a ``torch.save`` zip walked before torch unpickles it (:mod:`timemachine.unpickler`:
+    opcodes, calls, nesting depth bounded, no cycles)."""
+    with zipfile.ZipFile(path) as archive:
+        pickles = [info for info in archive.infolist() if info.filename.endswith("/data.pkl")]
+        if len(pickles) != 1 or pickles[0].file_size > _MAX_CHECKPOINT_PICKLE_BYTES:
+            raise ProjectionError("it does not hold exactly one pickle of a checkpoint's size")
+        with archive.open(pickles[0]) as member:
+            data = member.read(_MAX_CHECKPOINT_PICKLE_BYTES + 1)
+    check_opcodes(io.BytesIO(data), "the checkpoint", persistent_ids=True, limits=_CHECKPOINT_LIMITS)
+
+
+def _load_checkpoint(path: str, identity: dict, w_opt: torch.Tensor, noise: dict[str, torch.Tensor],
+                     steps: int) -> dict:
+    """A resume checkpoint of the run ``identity`` (targets, model, settings), checked against the fresh state
+    it replaces (``w_opt``, ``noise``: shapes) and the planned ``steps``; every tensor finite.  Raises
+    ProjectionError (one sentence) for anything else."""
+    shown = printable(path)
     try:
+        if os.path.getsize(path) == 0:
+            raise ProjectionError(f"cannot resume: the checkpoint {shown} is empty")
+        _check_checkpoint_pickle(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # damaged file: torch raises many kinds
-        raise ProjectionError(f"cannot resume: the checkpoint {path} is damaged ({str(exc).splitlines()[0]})") from None
+    except ProjectionError as exc:
+        raise ProjectionError(str(exc) if str(exc).startswith("cannot resume") else
+                              f"cannot resume: the checkpoint {shown} is damaged ({exc})") from None
+    except Exception as exc:  # damaged file: zipfile, the opcode walk and torch raise many kinds
+        raise ProjectionError(f"cannot resume: the checkpoint {shown} is damaged ({first_line(exc)})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ProjectionError(f"cannot resume: {path} is not a timemachine projection checkpoint")
+        raise ProjectionError(f"cannot resume: {shown} is not a timemachine projection checkpoint")
     if state.get("version") != CHECKPOINT_VERSION:
-        raise ProjectionError(f"cannot resume: checkpoint version {state.get('version')} is not supported")
+        raise ProjectionError(f"cannot resume: checkpoint version {printable(state.get('version'), 20)} is not "
+                              "supported")
+    for key, what in (("targets", "photos"), ("model", "model"), ("settings", "settings")):
+        if state.get(key) != identity[key]:
+            raise ProjectionError(f"cannot resume: the checkpoint was made with other {what}")
+    problem = _checkpoint_problem(state, w_opt, noise, steps)
+    if problem:
+        raise ProjectionError(f"cannot resume: the checkpoint {shown} is damaged ({problem})")
     return state
 
 
@@ -217,6 +252,39 @@ def _required_perceptual(perceptual: Optional[PerceptualDistance]) -> Perceptual
     if perceptual is None:   # the weights are the caller's choice (see timemachine.perceptual)
         raise TypeError("a PerceptualDistance is required (timemachine.pipeline.load_perceptual builds one)")
     return perceptual
+
+
+def _checkpoint_problem(state: dict, w_opt: torch.Tensor, noise: dict[str, torch.Tensor], steps: int) -> str:
+    """What is wrong with a loaded checkpoint's values ('' if nothing): shapes, types, NaN or infinite values."""
+    def bad(value: Any, like: Optional[torch.Tensor] = None) -> bool:
+        return (not isinstance(value, torch.Tensor) or (like is not None and value.shape != like.shape)
+                or (value.is_floating_point() and not bool(torch.isfinite(value).all())))
+
+    if bad(state.get("w_opt"), w_opt):
+        return "its latents have the wrong shape or NaN or infinite values"
+    saved_noise = state.get("noise")
+    if not isinstance(saved_noise, dict) or set(saved_noise) != set(noise) or \
+            any(bad(saved_noise[name], noise[name]) for name in noise):
+        return "its noise maps do not fit or have NaN or infinite values"
+    step = state.get("step")
+    if type(step) is not int or not 0 <= step <= steps:
+        return "its step count is out of range"
+    if any(bad(state.get(key)) or state[key].shape[:1] != (step,) for key in ("loss_curve", "lpips_curve")):
+        return "its loss curves are malformed"
+    rng = state.get("rng")
+    if not isinstance(rng, list) or len(rng) != w_opt.shape[0] or \
+            any(bad(r) or r.dtype != torch.uint8 or r.ndim != 1 for r in rng):
+        return "its random states are malformed"
+    optimizer = state.get("optimizer")
+    per_parameter = optimizer.get("state") if isinstance(optimizer, dict) else None
+    if not isinstance(per_parameter, dict) or not all(
+            isinstance(s, dict) and not any(bad(v) for v in s.values()) for s in per_parameter.values()):
+        return "its optimizer state is malformed or has NaN or infinite values"
+    if not (isinstance(state.get("best_loss"), float) and not math.isnan(state["best_loss"])
+            and type(state.get("since_best")) is int and state["since_best"] >= 0
+            and isinstance(state.get("finished"), bool)):
+        return "its early-stopping state is malformed"
+    return ""
 
 
 def project(
@@ -275,10 +343,7 @@ def project(
     best_loss, since_best, finished = math.inf, 0, False    # early-stop state; finished: nothing left to do
 
     if resume and checkpoint_path and os.path.exists(checkpoint_path):
-        state = _load_checkpoint(checkpoint_path)
-        for key, what in (("targets", "photos"), ("model", "model"), ("settings", "settings")):
-            if state.get(key) != identity[key]:
-                raise ProjectionError(f"cannot resume: the checkpoint was made with other {what}")
+        state = _load_checkpoint(checkpoint_path, identity, w_opt, noise, settings.steps)
         start_step = int(state["step"])
         w_opt = state["w_opt"].to(device)
         noise = {name: tensor.to(device) for name, tensor in state["noise"].items()}

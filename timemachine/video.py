@@ -7,12 +7,15 @@ flat however long the video.  Every writer has the same life cycle::
     for frame in frames:
         writer.append(frame)                      # into a temporary file in the target directory
     writer.finish()                               # the temporary file is complete (encoder done, flushed)
-    writer.commit()                               # renamed to its final name (os.replace)
+    writer.commit()                               # flushed to disk, renamed to its final name
     # on any error or KeyboardInterrupt before commit(): writer.abort() removes the temporary file
 
-so a final name never holds a half-written file.  Temporary names are hidden and say what they are:
-``.video.mp4.<random>.tmp``.  :func:`commit_all` / :func:`abort_all` drive several writers at once (as
-:func:`timemachine.render.render_video` does: all outputs are finished before any is renamed).
+so a final name never holds a half-written file.  Temporary files are :class:`timemachine.fs.PendingFile`
+objects: hidden, random names created exclusively without following links (``.video.gif.<random>.tmp``);
+ffmpeg, which must be given a path, and the PNG sequence directory are written inside a private temporary
+directory (mode 0700) beside the target, where nothing can be planted.  :func:`commit_all` / :func:`abort_all`
+drive several writers at once (as :func:`timemachine.render.render_video` does: all outputs are finished before
+any is renamed).
 
 What each format does with frames:
 
@@ -48,7 +51,8 @@ from typing import Optional, Sequence, Union
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from timemachine.errors import RenderError
+from timemachine import fs
+from timemachine.errors import RenderError, printable
 from timemachine.settings import CRF_RANGE, X264_PRESETS, check_fps
 
 PathLike = Union[str, os.PathLike]
@@ -67,39 +71,51 @@ def _check_frame(frame: np.ndarray) -> None:
         raise ValueError(f"frames must be uint8 [H, W, 3] arrays, got {description}")
 
 
-def _temp_name(path: str) -> str:
+def _aside_name(path: str) -> str:
+    """A hidden random name beside ``path`` to move an old output to while the new one replaces it."""
     directory, base = os.path.split(os.path.abspath(path))
-    return os.path.join(directory, f".{base}.{secrets.token_hex(4)}.tmp")
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return os.path.join(directory, f".{base[:80]}.{secrets.token_hex(8)}.old")
 
 
 class FrameWriter:
-    """Base class: a file written under a temporary name, renamed into place by :meth:`commit`.
+    """Base class: a file written under a temporary name (a :class:`timemachine.fs.PendingFile`), renamed into
+    place by :meth:`commit`.
 
     Subclasses implement :meth:`_append`, :meth:`_finish` (complete the temporary file) and :meth:`_cleanup`
-    (release processes and handles; called on abort).  ``path`` is the final name; its directory must exist.
+    (release processes and handles; called on abort); they write to :meth:`_open_temp` or, when another
+    program needs a path (``private_temp``), to :attr:`temp_path`.  ``path`` is the final name; its directory
+    must exist.  Nothing is created on disk before the first frame.
     """
 
     #: True for writers whose output is a directory (:class:`PngSequenceWriter`).
     writes_directory = False
+    #: True for writers that hand :attr:`temp_path` to another program: it then lies in a private directory.
+    private_temp = False
 
     def __init__(self, path: PathLike):
         self.path = os.path.abspath(os.fspath(path))
         if not os.path.isdir(os.path.dirname(self.path)):
-            raise RenderError(f"cannot write {self.path}: its directory does not exist")
+            raise RenderError(f"cannot write {printable(self.path)}: its directory does not exist")
         if os.path.isdir(self.path) and not self.writes_directory:
-            raise RenderError(f"cannot write {self.path}: it is a directory")
-        self.temp_path = _temp_name(self.path)
+            raise RenderError(f"cannot write {printable(self.path)}: it is a directory")
+        self._temp: Optional[fs.PendingFile] = None
         self.frames_written = 0
         self._finished = False
         self._done = False
+
+    def _pending_file(self) -> fs.PendingFile:
+        if self._temp is None:
+            self._temp = fs.PendingFile(self.path, private=self.private_temp)
+        return self._temp
+
+    @property
+    def temp_path(self) -> str:
+        """The temporary output's path (its private directory, if any, is created on first use)."""
+        return self._pending_file().path
+
+    def _open_temp(self):
+        """The temporary file, created exclusively, never through a link; binary, for writing."""
+        return self._pending_file().open("wb")
 
     def append(self, frame: np.ndarray) -> None:
         """Add one frame, uint8 [H, W, 3]; all frames must have the same size."""
@@ -114,18 +130,18 @@ class FrameWriter:
         if self._finished:
             return
         if self.frames_written == 0:
-            raise RenderError(f"no frames were given for {self.path}")
+            raise RenderError(f"no frames were given for {printable(self.path)}")
         self._finish()
         self._finished = True
 
     def commit(self) -> str:
-        """Rename the finished temporary file to the final name; returns the final path."""
+        """Flush the finished temporary file to disk and rename it to the final name; returns the final path."""
         if not self._finished:
             self.finish()
         try:
-            os.replace(self.temp_path, self.path)
+            self._pending_file().commit()
         except OSError as exc:
-            raise RenderError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+            raise RenderError(f"cannot write {printable(self.path)}: {exc.strerror or exc}") from exc
         self._done = True
         return self.path
 
@@ -138,7 +154,8 @@ class FrameWriter:
         try:
             self._cleanup()
         finally:
-            _remove_quietly(self.temp_path)
+            if self._temp is not None:
+                self._temp.abort()
 
     # -- for subclasses
     def _append(self, frame: np.ndarray) -> None:
@@ -229,9 +246,12 @@ class Mp4Writer(FrameWriter):
         crf:    constant rate factor, :data:`CRF_RANGE`; lower = better and larger. 18 is near-lossless.
         preset: one of :data:`X264_PRESETS` (speed against file size at the same quality).
 
-    ffmpeg starts at the first frame, when the size is known.  Its messages are captured, not printed;
-    a failure becomes a :class:`RenderError` naming ffmpeg's last message.
+    ffmpeg starts at the first frame, when the size is known, and writes into a private temporary directory.
+    Its messages are captured, not printed; a failure becomes a :class:`RenderError` naming ffmpeg's last
+    message.
     """
+
+    private_temp = True
 
     def __init__(self, path: PathLike, fps: float = 24.0, crf: int = 18, preset: str = "medium"):
         check_fps(fps)
@@ -287,7 +307,8 @@ class Mp4Writer(FrameWriter):
             self._process.stdin.write(np.ascontiguousarray(frame).data)
         except (BrokenPipeError, OSError):
             self._process.wait()
-            raise RenderError(f"ffmpeg stopped while writing {self.path}: {self._ffmpeg_message()}") from None
+            raise RenderError(f"ffmpeg stopped while writing {printable(self.path)}: {self._ffmpeg_message()}") \
+                from None
 
     def _finish(self) -> None:
         process = self._process
@@ -297,16 +318,16 @@ class Mp4Writer(FrameWriter):
             pass
         returncode = process.wait()
         if returncode != 0:
-            raise RenderError(f"ffmpeg failed to write {self.path} (exit code {returncode}): {self._ffmpeg_message()}")
+            raise RenderError(f"ffmpeg failed to write {printable(self.path)} (exit code {returncode}): "
+                              f"{self._ffmpeg_message()}")
         self._close_stderr()
-        _fsync_file(self.temp_path)
 
     def _ffmpeg_message(self) -> str:
         if self._stderr is None:
             return "no message"
         self._stderr.seek(0)
         lines = [line.strip() for line in self._stderr.read().decode("utf-8", "replace").splitlines() if line.strip()]
-        return lines[-1] if lines else "no message"
+        return printable(lines[-1]) if lines else "no message"
 
     def _close_stderr(self) -> None:
         if self._stderr is not None:
@@ -372,7 +393,7 @@ class GifWriter(FrameWriter):
     def _append(self, frame: np.ndarray) -> None:
         if self._frame_size is None:
             self._frame_size = frame.shape[:2]
-            self._file = open(self.temp_path, "xb")
+            self._file = self._open_temp()
         elif frame.shape[:2] != self._frame_size:
             raise ValueError("all frames of a GIF must have the same size")
         index = self.frames_written
@@ -418,9 +439,7 @@ class GifWriter(FrameWriter):
         self._write(self._pending[0], self._pending[1], self.frames_written)
         self._pending = None
         self._file.write(b";")  # GIF trailer
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        self._file.close()      # flushed to disk by commit()
         self._file = None
 
     def _cleanup(self) -> None:
@@ -479,7 +498,8 @@ def _skip_sub_blocks(data: bytes, position: int) -> int:
 
 
 class PngSequenceWriter(FrameWriter):
-    """A directory of ``frame_00000.png, frame_00001.png, ...``, built under a temporary name.
+    """A directory of ``frame_00000.png, frame_00001.png, ...``, built in a private temporary directory beside
+    it; every frame is flushed to disk before the directory is renamed into place.
 
     ``path`` is the directory.  If it already exists it must hold only such frames (an earlier render's):
     they are replaced as a whole at :meth:`commit`.  A directory holding anything else is refused, so a
@@ -487,6 +507,7 @@ class PngSequenceWriter(FrameWriter):
     """
 
     writes_directory = True
+    private_temp = True
 
     def __init__(self, path: PathLike, compress_level: int = 6):
         super().__init__(path)
@@ -497,22 +518,30 @@ class PngSequenceWriter(FrameWriter):
     def _check_replaceable(self) -> None:
         if os.path.lexists(self.path):
             if not os.path.isdir(self.path) or os.path.islink(self.path):
-                raise RenderError(f"cannot write PNG frames to {self.path}: it exists and is not a directory")
+                raise RenderError(f"cannot write PNG frames to {printable(self.path)}: it exists and is not a "
+                                  "directory")
             others = [name for name in os.listdir(self.path) if not _PNG_FRAME_RE.fullmatch(name)]
             if others:
-                raise RenderError(f"cannot write PNG frames to {self.path}: the directory holds other files "
-                                  f"(e.g. {others[0]}); choose an empty or new directory")
+                raise RenderError(f"cannot write PNG frames to {printable(self.path)}: the directory holds other "
+                                  f"files (e.g. {printable(others[0], 80)}); choose an empty or new directory")
 
     def _append(self, frame: np.ndarray) -> None:
         if not self._created:
-            os.mkdir(self.temp_path)
+            os.mkdir(self.temp_path)     # inside the pending file's private directory
             self._created = True
         name = os.path.join(self.temp_path, PNG_FRAME_PATTERN.format(self.frames_written))
-        with open(name, "xb") as f:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        with os.fdopen(fd, "wb") as f:
             Image.fromarray(np.ascontiguousarray(frame)).save(f, format="PNG", compress_level=self.compress_level)
+            f.flush()
+            os.fsync(f.fileno())
 
     def _finish(self) -> None:
-        pass
+        fd = os.open(self.temp_path, os.O_RDONLY)
+        try:
+            os.fsync(fd)     # the directory's entries
+        finally:
+            os.close(fd)
 
     def commit(self) -> str:
         if not self._finished:
@@ -521,14 +550,15 @@ class PngSequenceWriter(FrameWriter):
         old = None
         try:
             if os.path.lexists(self.path):
-                old = _temp_name(self.path)
-                os.replace(self.path, old)
-            os.replace(self.temp_path, self.path)
+                aside = _aside_name(self.path)
+                os.rename(self.path, aside)  # fails, rather than following it, if a link was planted there
+                old = aside
+            self._pending_file().commit()
         except OSError as exc:
             if old is not None and not os.path.lexists(self.path):
                 os.replace(old, self.path)
                 old = None
-            raise RenderError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+            raise RenderError(f"cannot write {printable(self.path)}: {exc.strerror or exc}") from exc
         finally:
             if old is not None:
                 _remove_quietly(old)
@@ -547,10 +577,8 @@ class PngStillWriter(FrameWriter):
         self._image = np.array(frame, copy=True)
 
     def _finish(self) -> None:
-        with open(self.temp_path, "xb") as f:
+        with self._open_temp() as f:     # flushed to disk by commit()
             Image.fromarray(self._image).save(f, format="PNG")
-            f.flush()
-            os.fsync(f.fileno())
 
     def _cleanup(self) -> None:
         self._image = None
