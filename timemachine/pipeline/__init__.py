@@ -15,8 +15,14 @@ Every job validates its request before any work, reports through one :class:`Pro
 raise to stop it) and never prints.  Library errors (:mod:`timemachine.errors`) carry one sentence and an
 optional remedy for the face to word.
 
+Executors run jobs for the faces, in this process or on queue workers: a face submits a :class:`JobSpec`
+(kind, request, model) to :func:`make_executor`'s executor and reads the returned :class:`JobHandle` (status,
+queue position, progress, cancel, result).
+
 Modules: ``requests`` (the request types), ``components`` (Pipeline, LoadedModel), ``projection``,
-``videos``, ``vectors`` (the jobs), ``progress`` (the event).
+``videos``, ``vectors`` (the jobs), ``progress`` (the event), ``jobs`` (jobs as data, the pipeline cache),
+``executor`` (the interface), ``executor_inprocess``, ``executor_celery`` (the implementations), ``codec``
+(requests and results as JSON for the queue), ``export`` (a stored video copied into a directory).
 """
 
 from timemachine.env import Environment
@@ -27,14 +33,19 @@ from timemachine.perceptual import RandomWeightsWarning
 from timemachine.pipeline.components import LoadedModel, Pipeline, load_model, load_perceptual, perceptual_id
 from timemachine.pipeline.progress import VIDEO_STAGES, Progress, ProgressCallback, overall_fraction
 from timemachine.pipeline.projection import PhotoProjection, load_photo, prepare_photo, write_projection
-from timemachine.pipeline.requests import (AgeEdit, AgeVideoRequest, Photo, ProjectionRequest, RenderRequest,
-                                           VectorBuildRequest, VectorExample, VideoOutputs)
+from timemachine.pipeline.requests import (AgeEdit, AgeVideoRequest, Photo, PreviewStripRequest, ProjectionRequest,
+                                           RenderRequest, VectorBuildRequest, VectorExample, VideoOutputs)
 from timemachine.age import MAX_STRENGTH, describe_layer_groups, format_indices, layer_groups, resolve_layers
 from timemachine.pipeline.vectors import (BuiltExample, VectorBuildResult, list_vectors, load_vector, save_vector,
                                           update_vector)
 from timemachine.pipeline.vectors import precheck as check_vector_build
 from timemachine.pipeline.videos import STRIP_TIMES, AgeVideoResult
 from timemachine.weights import human_bytes
+from timemachine.pipeline.jobs import JOB_KINDS, JobKind, JobSpec, PipelineCache, register_job
+from timemachine.pipeline.executor import (BUG_MESSAGE, CANCELLED, DONE, FAILED, FINISHED, QUEUED, RUNNING, Cancelled,
+                                           Executor, JobCancelled, JobHandle, QueueFull, make_executor)
+from timemachine.pipeline.executor_inprocess import InProcessExecutor
+from timemachine.pipeline.export import export_video
 
 __all__ = [
     "Environment", "LoadedModel", "Pipeline", "load_model", "load_perceptual", "perceptual_id",
@@ -44,5 +55,8 @@ __all__ = [
     "write_projection", "CropBox", "parse_crop", "load_vector", "check_vector_build", "MAX_PHOTO_BYTES",
     "MIN_PHOTO_SIDE", "RandomWeightsWarning", "load_photo", "prepare_photo", "human_bytes", "list_vectors",
     "save_vector", "update_vector", "MAX_STRENGTH", "describe_layer_groups", "format_indices", "layer_groups",
-    "resolve_layers",
+    "resolve_layers", "PreviewStripRequest",
+    "JobSpec", "JobKind", "JOB_KINDS", "register_job", "PipelineCache", "Executor", "JobHandle", "InProcessExecutor",
+    "make_executor", "QueueFull", "Cancelled", "JobCancelled", "BUG_MESSAGE", "QUEUED", "RUNNING", "DONE", "FAILED",
+    "CANCELLED", "FINISHED", "export_video",
 ]
