@@ -157,11 +157,11 @@ class JobQueue:
             return self._jobs.get(job_id)
 
     def jobs_ahead(self, job: Job) -> Optional[int]:
-        """How many jobs will run before ``job`` starts (the running one included); None once it started."""
+        """How many waiting jobs start before ``job`` (0 when it is next); None once it started."""
         with self._cond:
             if job not in self._waiting:
                 return None
-            return self._waiting.index(job) + (1 if self._running is not None else 0)
+            return self._waiting.index(job)
 
     def cancel(self, job: Job) -> None:
         """Cancel ``job``: removed at once if still waiting, stopped at its next report if running."""

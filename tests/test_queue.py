@@ -1,0 +1,259 @@
+"""The job queue for real: a Redis server (Debian's redis-server, started here on a free port) and Celery workers
+(`timemachine worker`, started as processes) on a small generator, next to the in-process executor.
+
+The behaviour a face relies on (submit, progress with images, cancel of a running and of a waiting job, the
+per-visitor limit) is tested on both executors with the same tests.  Then what only the queue has: two workers
+taking jobs from one queue at once, a repeat served from the shared store by another worker, a worker killed
+with SIGKILL mid-job whose job another worker redoes (with nothing half-written visible), the CLI's --broker
+runs writing what a local run writes, and a pickled message that no worker unpickles.
+
+Under CI=1 a missing redis-server fails (.ci/run installs it); elsewhere the Redis tests are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO_ROOT, make_small_generator
+from timemachine import age
+from timemachine.checkpoint import model_fingerprint, save_generator
+from timemachine.env import Environment
+from timemachine.pipeline import (AgeEdit, AgeVideoRequest, InProcessExecutor, JobSpec, Photo, ProjectionRequest,
+                                  QueueFull, VideoOutputs)
+from timemachine.settings import ProjectorSettings, QueueSettings, RenderSettings
+
+REDIS_SERVER = shutil.which("redis-server")
+if REDIS_SERVER is None:
+    _why = "needs Debian's redis-server (apt-get install redis-server)"
+    if os.environ.get("CI"):          # .ci/run installs it: missing there is a failure, not a skip
+        raise RuntimeError(f"CI: {_why}")
+    pytestmark = pytest.mark.skip(reason=_why)
+
+pytest.importorskip("celery")
+
+TIMEOUT = 120
+#: Workers hand a vanished worker's job to another after this many seconds (the kill test waits for it).
+VISIBILITY = 6
+FAST = ProjectorSettings(steps=6, w_avg_samples=200, preview_every=2)
+#: A job that runs until it is cancelled (each step takes a while on 2 cores).
+ENDLESS = ProjectorSettings(steps=100_000, w_avg_samples=200, preview_every=0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def photo(seed: int) -> Photo:
+    image = (np.random.RandomState(seed).rand(32, 32, 3) * 255).astype(np.uint8)
+    return Photo(image=image, info={"name": f"photo{seed}.png", "crop": "centre"})
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """A shared home with the small model and an age vector 'pups'; this process's environment points at it."""
+    root = tmp_path_factory.mktemp("queue")
+    mp = pytest.MonkeyPatch()
+    env = {"TIMEMACHINE_HOME": str(root / "home"), "TIMEMACHINE_OFFLINE": "1", "TIMEMACHINE_VGG_WEIGHTS": "random",
+           "TIMEMACHINE_DEVICE": "cpu"}
+    for key, value in env.items():
+        mp.setenv(key, value)
+    mp.delenv("TIMEMACHINE_BROKER_URL", raising=False)
+    G = make_small_generator()
+    model = root / "small.safetensors"
+    save_generator(G, model)
+    gen = torch.Generator().manual_seed(3)
+    ws = G.mapping(torch.randn(2, G.z_dim, generator=gen), None)
+    age.save_to_library(age.build_vector("pups", ws[:1], ws[1:], method="pair", model_fingerprint=model_fingerprint(G)))
+    yield {"root": root, "home": root / "home", "model": str(model), "env": env}
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def redis_url(home):
+    port = free_port()
+    workdir = home["root"] / "redis"
+    workdir.mkdir()
+    proc = subprocess.Popen([REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
+                             "--save", "", "--appendonly", "no", "--protected-mode", "yes"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    import redis
+
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+    client.close()
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+class Worker:
+    """A `timemachine worker` process (its own process group, so that a kill takes its pool process too)."""
+
+    def __init__(self, name: str, url: str, home: dict):
+        self.name = name
+        self.log = home["root"] / f"worker-{name}.log"
+        env = dict(os.environ, **home["env"], TIMEMACHINE_BROKER_URL=url, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                   PYTHONPATH=str(REPO_ROOT))
+        self.proc = subprocess.Popen([sys.executable, "-m", "timemachine", "worker", "--name", name,
+                                      "--visibility-timeout", str(VISIBILITY)],
+                                     env=env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
+                                     start_new_session=True, cwd=home["root"])
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + 60
+        while "ready." not in self.log.read_text():
+            assert self.proc.poll() is None, self.log.read_text()
+            assert time.monotonic() < deadline, self.log.read_text()
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def workers(redis_url, home):
+    started = {name: Worker(name, redis_url, home) for name in ("w1", "w2")}
+    for worker in started.values():
+        worker.wait_ready()
+    yield started
+    for worker in started.values():
+        worker.stop()
+
+
+@pytest.fixture(params=["inprocess", "celery"])
+def executor(request, home):
+    """Each executor with default limits; the Celery one has two workers behind it."""
+    if request.param == "inprocess":
+        ex = InProcessExecutor(Environment.from_environ())
+        ex.slots = 1
+    else:
+        from timemachine.pipeline.executor_celery import CeleryExecutor
+
+        request.getfixturevalue("workers")
+        ex = CeleryExecutor(Environment.from_environ().replace(broker_url=request.getfixturevalue("redis_url")))
+        ex.slots = 2
+    yield ex
+    ex.close()
+
+
+def job(home, kind: str, request, owner: str = "visitor", label: str = "") -> JobSpec:
+    return JobSpec(kind, request, model=home["model"], owner=owner, label=label or kind)
+
+
+def video_request(seed: int = 1, strength: float = 1.0, steps: int = 6) -> AgeVideoRequest:
+    return AgeVideoRequest(photo=photo(seed), edit=AgeEdit("pups", strength=strength),
+                           projection=ProjectionRequest(photos=[], settings=ProjectorSettings(
+                               steps=steps, w_avg_samples=200, preview_every=2)),
+                           render=RenderSettings(frames=8, hold_start=1, hold_end=1),
+                           outputs=VideoOutputs(directory=None, gif=True))
+
+
+def wait_for(condition, timeout: float = TIMEOUT, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def running(handle) -> bool:
+    event = handle.progress()
+    return handle.status == "running" and event is not None and event.done >= 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Both executors
+
+
+def test_a_job_reports_progress_with_previews_and_returns_its_result(executor, home):
+    handle = executor.submit(job(home, "project", ProjectionRequest(photos=[photo(7)], settings=FAST, use_cache=False)))
+    seen = []
+    while not handle.finished:
+        event = handle.progress()
+        if event is not None and (not seen or event.done != seen[-1].done):
+            seen.append(event)
+        time.sleep(0.02)
+    (result,) = handle.get(TIMEOUT)
+    assert handle.status == "done" and handle.error is None
+    assert result.latent.ws.shape == (8, 32) and result.metrics["steps_run"] == FAST.steps
+    assert result.reconstruction.shape == (32, 32, 3) and result.reconstruction.dtype == np.uint8
+    np.testing.assert_array_equal(result.target, photo(7).image)          # the photo travelled losslessly
+    assert seen and all(e.stage == "project" and e.total == FAST.steps for e in seen)
+    last = handle.progress()
+    assert last.done == FAST.steps and 0 <= last.extras["lpips"] and last.extras["preview"].shape == (32, 32, 3)
+    assert handle.jobs_ahead() is None
+
+
+def test_cancel_stops_a_running_job_and_a_waiting_one_never_starts(executor, home):
+    blockers = [executor.submit(job(home, "project", ProjectionRequest(photos=[photo(20 + i)], settings=ENDLESS),
+                                    owner=f"blocker{i}")) for i in range(executor.slots)]
+    wait_for(lambda: all(running(b) for b in blockers), what="the blockers to run")
+    waiting = executor.submit(job(home, "project", ProjectionRequest(photos=[photo(30)], settings=FAST), owner="late"))
+    assert waiting.status == "queued" and waiting.jobs_ahead() == 0
+    second = executor.submit(job(home, "project", ProjectionRequest(photos=[photo(31)], settings=FAST), owner="later"))
+    assert second.jobs_ahead() == 1
+    waiting.cancel()
+    assert waiting.status == "cancelled" and second.jobs_ahead() == 0
+    second.cancel()
+    for blocker in blockers:
+        steps = blocker.progress().done
+        blocker.cancel()
+        assert blocker.wait(30), "a running job did not stop when cancelled"
+        assert blocker.status == "cancelled" and blocker.progress().done < steps + 50
+    with pytest.raises(Exception, match="cancelled"):
+        waiting.get(5)
+    assert waiting.progress() is None and second.progress() is None   # they never ran
+
+
+def test_a_visitor_may_have_only_so_many_unfinished_jobs(executor, home):
+    executor.settings = QueueSettings(per_visitor=1)
+    if not executor.remote:
+        executor.queue.settings = executor.settings
+    first = executor.submit(job(home, "project", ProjectionRequest(photos=[photo(40)], settings=ENDLESS), owner="greedy"))
+    try:
+        with pytest.raises(QueueFull, match="1 unfinished job"):
+            executor.submit(job(home, "project", ProjectionRequest(photos=[photo(41)], settings=FAST), owner="greedy"))
+    finally:
+        first.cancel()
+    assert first.wait(30) and first.status == "cancelled"
+    other = executor.submit(job(home, "project", ProjectionRequest(photos=[photo(42)], settings=FAST), owner="greedy"))
+    assert other.get(TIMEOUT)[0].metrics["steps_run"] == FAST.steps   # a finished job no longer counts
+
+
+def test_a_job_error_comes_back_as_its_sentence(executor, home):
+    handle = executor.submit(job(home, "age_video", AgeVideoRequest(photo=photo(1), edit=AgeEdit("no-such-vector"))))
+    assert handle.wait(TIMEOUT) and handle.status == "failed"
+    assert "no-such-vector" in handle.error and type(handle.exception).__name__ == "AgeVectorError"
