@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 import signal
 import socket
@@ -257,3 +256,127 @@ def test_a_job_error_comes_back_as_its_sentence(executor, home):
     handle = executor.submit(job(home, "age_video", AgeVideoRequest(photo=photo(1), edit=AgeEdit("no-such-vector"))))
     assert handle.wait(TIMEOUT) and handle.status == "failed"
     assert "no-such-vector" in handle.error and type(handle.exception).__name__ == "AgeVectorError"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# What only the queue has
+
+
+@pytest.fixture()
+def queue(home, redis_url, workers):
+    from timemachine.pipeline.executor_celery import CeleryExecutor
+
+    ex = CeleryExecutor(Environment.from_environ().replace(broker_url=redis_url),
+                        QueueSettings(per_visitor=4, visibility_timeout=VISIBILITY))
+    yield ex
+    ex.close()
+
+
+def entries_complete(home) -> list[Path]:
+    """The video store's entries, each checked to be complete (entry.json names files that all exist)."""
+    from timemachine.fs import ContentStore
+
+    entries = ContentStore(Environment.from_environ().paths.ui_videos).entries()
+    for entry in entries:
+        info = json.loads((entry / "entry.json").read_text())
+        assert all((entry / rel).exists() and (entry / rel).stat().st_size > 0 for rel in info["files"].values())
+    return entries
+
+
+def worker_name(handle) -> str:
+    return handle.worker.split(" ")[0].split("@")[0].removeprefix("timemachine-")
+
+
+def test_two_workers_take_jobs_at_once_and_a_repeat_is_served_from_the_store_by_the_other(queue, home, workers):
+    first, second = (queue.submit(job(home, "age_video", video_request(seed=50 + i, strength=1.0))) for i in range(2))
+    wait_for(lambda: first.status == second.status == "running" or first.finished or second.finished,
+             what="both jobs to start")
+    assert {worker_name(first), worker_name(second)} == {"w1", "w2"}     # one job each, at the same time
+    a, b = first.get(TIMEOUT), second.get(TIMEOUT)
+    assert not a.reused and Path(a.files["video"]).is_file() and a.key != b.key
+    maker = worker_name(first)
+
+    # occupy both workers, then free the one that did *not* make the first video: the repeat goes there
+    blockers = [queue.submit(job(home, "project", ProjectionRequest(photos=[photo(60 + i)], settings=ENDLESS),
+                                 owner=f"blocker{i}")) for i in range(2)]
+    wait_for(lambda: all(running(b) for b in blockers), what="the blockers to run")
+    repeat = queue.submit(job(home, "age_video", video_request(seed=50, strength=1.0)))
+    assert repeat.jobs_ahead() == 0
+    for blocker in blockers:
+        if worker_name(blocker) != maker:
+            blocker.cancel()
+    again = repeat.get(TIMEOUT)
+    assert worker_name(repeat) != maker
+    assert again.reused and again.key == a.key and again.files["video"] == a.files["video"]
+    [b.cancel() for b in blockers]
+    assert all(b.wait(30) for b in blockers)
+
+
+def test_a_worker_killed_mid_job_gives_it_to_another_and_nothing_half_written_shows(queue, home, workers, redis_url):
+    handle = queue.submit(job(home, "age_video", video_request(seed=70, steps=12)))
+    wait_for(lambda: running(handle), what="the job to start")
+    victim = worker_name(handle)
+    workers[victim].kill()                                  # SIGKILL to the worker and its pool process
+    result = handle.get(TIMEOUT)                            # the broker gives it to the other one
+    assert worker_name(handle) != victim and handle.status == "done"
+    assert Path(result.files["video"]).stat().st_size > 0 and not result.reused
+    entries = entries_complete(home)
+    assert Path(result.files["video"]).parent in entries
+    # the killed worker's half-built entry is a hidden temporary, never an entry
+    workers[victim] = Worker(victim, redis_url, home)
+    workers[victim].wait_ready()
+
+
+def test_cli_runs_through_the_workers_write_what_a_local_run_writes(queue, home, tmp_path, capsys):
+    from timemachine.cli import main
+
+    from PIL import Image
+
+    photo_file = tmp_path / "dog.png"
+    Image.fromarray((np.random.RandomState(80).rand(80, 96, 3) * 255).astype(np.uint8)).save(photo_file)
+    common = ["--model", home["model"], "--steps", "5", "--seed", "4"]
+    video = ["--age-vector", "pups", "--frames", "8", "--hold-start", "1", "--hold-end", "1"]
+    assert main(["run", str(photo_file), *common, *video, "--out", str(tmp_path / "remote"),
+                 "--broker", queue.env.broker_url]) == 0
+    assert main(["run", str(photo_file), *common, *video, "--out", str(tmp_path / "local"), "--no-cache"]) == 0
+    assert main(["project", str(photo_file), *common, "--out", str(tmp_path / "remote-p"),
+                 "--broker", queue.env.broker_url]) == 0
+    assert main(["project", str(photo_file), *common, "--out", str(tmp_path / "local-p"), "--no-cache"]) == 0
+    capsys.readouterr()
+
+    def files(d: Path) -> list[str]:
+        return sorted(str(p.relative_to(d)) for p in d.rglob("*"))
+
+    def comparable(data, drop=("timings", "created", "versions", "seconds", "cached", "pti_seconds")):
+        if isinstance(data, dict):
+            return {k: comparable(v) for k, v in data.items() if k not in drop}
+        if isinstance(data, float):
+            return pytest.approx(data, rel=1e-3, abs=1e-4)
+        return [comparable(v) for v in data] if isinstance(data, list) else data
+
+    for remote, local, summary in (("remote", "local", "run.json"), ("remote-p", "local-p", "projection.json")):
+        assert files(tmp_path / remote) == files(tmp_path / local)
+        r, l_ = (json.loads((tmp_path / d / summary).read_text()) for d in (remote, local))
+        assert comparable(r) == comparable(l_)
+    assert (tmp_path / "remote" / "video.mp4").stat().st_size > 0
+
+
+def test_a_pickled_message_is_refused_and_runs_nothing(queue, home, workers, tmp_path):
+    """Redis is inside the trust boundary, but a message in it still cannot run code on a worker."""
+    import kombu
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with kombu.Connection(queue.env.broker_url) as conn:
+        producer = conn.Producer(serializer="pickle")
+        producer.publish({"args": [Exploit()]}, routing_key="timemachine", exchange="timemachine",
+                         headers={"task": "timemachine.run_job", "id": "0" * 32}, declare=[])
+    handle = queue.submit(job(home, "project", ProjectionRequest(photos=[photo(90)], settings=FAST)))
+    assert handle.get(TIMEOUT)[0].metrics["steps_run"] == FAST.steps     # the workers carry on
+    wait_for(lambda: any("untrusted content of type pickle" in w.log.read_text() for w in workers.values()),
+             timeout=30, what="a worker to refuse the message")
+    assert not marker.exists()

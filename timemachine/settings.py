@@ -276,10 +276,9 @@ class QueueSettings:
         per_visitor:        unfinished jobs (waiting or running) one visitor may have at once.
         abandon_after:      seconds a visitor's session may be gone before its in-process job is cancelled (a
                             closed tab does not keep the machine busy).  Jobs on queue workers outlive the tab.
-        visibility_timeout: seconds after which a job taken by a worker that died (no acknowledgement) is handed
-                            to another worker.  It must be longer than the longest job, or a job still running
-                            is started a second time elsewhere (harmless: results are content-addressed, but
-                            wasted work).
+        visibility_timeout: seconds after which a job held by a queue worker that vanished (killed, machine lost)
+                            is handed to another worker.  Live workers renew the jobs they hold every quarter of
+                            it, so it bounds the wait after a crash, not the length of a job.
         job_ttl:            seconds a job's state, progress and result are kept in Redis after it was submitted.
         poll_seconds:       how often a client reads the state of a job on the workers.
     """
@@ -287,7 +286,7 @@ class QueueSettings:
     max_waiting: int = 16
     per_visitor: int = 2
     abandon_after: float = 30.0
-    visibility_timeout: float = 3600.0
+    visibility_timeout: float = 120.0
     job_ttl: float = 86400.0
     poll_seconds: float = 0.2
 

@@ -5,7 +5,7 @@ Faces (UI, CLI) submit a :class:`~timemachine.pipeline.jobs.JobSpec`; it travels
 first free worker.  Each worker runs one job at a time (concurrency 1, prefetch 1) and acknowledges a job only
 once it has finished (``acks_late``), so a job whose worker dies is given to another one: at once when the
 worker's pool process dies (``reject_on_worker_lost``), after the broker's visibility timeout when the whole
-worker vanishes.  Models and VGG16 are loaded once per worker process and reused
+worker vanishes (a live worker renews the jobs it holds, so a long job is never handed out twice).  Models and VGG16 are loaded once per worker process and reused
 (:class:`~timemachine.pipeline.jobs.PipelineCache`).  Results are files in the home directory that faces and
 workers share (the projection and video stores, keyed by content), so a repeated request is served from the
 stores by any worker.
@@ -479,6 +479,40 @@ def _run_task(task, payload: Any) -> dict[str, Any]:
     return finish({"status": DONE, "result": encoded})
 
 
+#: Kombu's Redis transport: the sorted set of unacknowledged messages by delivery time (its default name).
+UNACKED_INDEX = "unacked_index"
+
+
+class _Heartbeat(threading.Thread):
+    """Renews the delivery time of the messages this worker holds, every quarter of the visibility timeout.
+
+    Redis has no acknowledgement deadline of its own: kombu gives a message back to the queue once it has been
+    unacknowledged for the visibility timeout, whether its worker died or is still busy with a long job.  The
+    worker's main process therefore keeps its messages' entries fresh while it lives; when the worker
+    vanishes (SIGKILL, a lost machine) the renewals stop and another worker gets the job after the timeout.
+    """
+
+    def __init__(self, url: str, visibility_timeout: float):
+        super().__init__(name="timemachine-heartbeat", daemon=True)
+        self.url = url
+        self.interval = max(0.5, visibility_timeout / 4)
+
+    def run(self) -> None:
+        import redis
+        from celery.worker import state
+
+        client = _redis(self.url)
+        while True:
+            time.sleep(self.interval)
+            try:
+                requests = list(state.reserved_requests) + list(state.active_requests)
+                tags = {r.message.delivery_tag for r in requests if getattr(r, "message", None) is not None}
+                if tags:
+                    client.zadd(UNACKED_INDEX, {tag: time.time() for tag in tags}, xx=True)
+            except (RuntimeError, redis.RedisError):   # the sets changed meanwhile, Redis away: next time
+                continue
+
+
 def worker_name(name: Optional[str] = None) -> str:
     """The Celery node name of a worker: 'timemachine-<name>@<host>' (default name: the process id)."""
     return f"timemachine-{name or os.getpid()}@{socket.gethostname()}"
@@ -496,6 +530,7 @@ def run_worker(env: Environment, settings: Optional[QueueSettings] = None, *, na
     _CONFIG = _WorkerConfig(env=env, settings=settings, device=device)
     app = celery_app(env.broker_url, settings)
     _check_reachable(env.broker_url)
+    _Heartbeat(env.broker_url, settings.visibility_timeout).start()
     argv = ["worker", f"--hostname={worker_name(name)}", "--concurrency=1", "--prefetch-multiplier=1",
             "--pool=prefork", "--without-gossip", "--without-mingle", f"--loglevel={loglevel}",
             f"--queues={QUEUE_NAME}", "-O", "fair"]
