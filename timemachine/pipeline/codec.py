@@ -94,7 +94,7 @@ def _from_home(relative: Any, home: Path) -> str:
     if not isinstance(relative, str) or len(relative) > 4096:
         raise CodecError("a path in a job must be text")
     parts = PurePosixPath(relative).parts
-    if relative.startswith("/") or "\\" in relative or "\0" in relative or any(p in ("..", "") for p in parts):
+    if not parts or relative.startswith("/") or "\\" in relative or "\0" in relative or ".." in parts:
         raise CodecError(f"the path {printable(relative)} in a job leaves the shared home directory")
     return str(Path(os.path.abspath(home)).joinpath(*parts))
 
