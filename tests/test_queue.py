@@ -380,3 +380,40 @@ def test_a_pickled_message_is_refused_and_runs_nothing(queue, home, workers, tmp
     wait_for(lambda: any("untrusted content of type pickle" in w.log.read_text() for w in workers.values()),
              timeout=30, what="a worker to refuse the message")
     assert not marker.exists()
+
+
+def test_the_ui_sends_its_jobs_to_the_workers_and_a_reload_finds_them(queue, home, monkeypatch):
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    ui_dir = str(REPO_ROOT / "ui")
+    if ui_dir not in sys.path:           # the app imports its helpers by plain name, as Streamlit runs it
+        sys.path.insert(0, ui_dir)
+    from test_ui import fast_settings, photo_bytes
+
+    monkeypatch.setenv("TIMEMACHINE_BROKER_URL", queue.env.broker_url)
+    monkeypatch.setenv("TIMEMACHINE_MODEL", home["model"])
+    app = str(REPO_ROOT / "ui" / "app.py")
+    at = AppTest.from_file(app, default_timeout=60)
+    at.run()
+    at.file_uploader(key="photo").set_value(("dog.jpg", photo_bytes(seed=99), "image/jpeg")).run()
+    fast_settings(at, steps=4)
+    at.run()
+    at.button(key="make").click().run()
+    assert not at.exception and not at.error
+    job = at.session_state["last_job_video"]
+    assert type(job).__name__ == "CeleryJobHandle" and job.status in ("queued", "running", "done")
+    address = dict(at.query_params)
+    assert address["job_video"] == job.id and len(address["visitor"]) == 32
+
+    # the visitor reloads the page (a new session, the same address): the job is found again and finishes there
+    again = AppTest.from_file(app, default_timeout=60)
+    again.query_params.update(address)
+    again.run()
+    assert not again.exception
+    assert again.session_state["last_job_video"].id == job.id
+    assert job.wait(TIMEOUT) and job.status == "done", job.error
+    again.run()
+    assert not again.exception and not again.error
+    assert len(again.get("video")) == 1
+    assert "job_video" not in dict(again.query_params)            # collected: the address forgets it
