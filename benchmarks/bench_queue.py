@@ -8,7 +8,8 @@ latent file walked along the vector, ``--frames`` frames, MP4 + GIF written into
                  work itself.
 * ``inprocess``  the same jobs submitted at once to the in-process executor (one worker thread).
 * ``celery-1``   submitted at once to one ``timemachine worker`` process; ``celery-2``: to two of them.
-* ``latency``    one job at a time (submit, wait for the result), ``--latency-jobs`` times, in-process against
+* ``latency``    one short job (``--latency-frames``) at a time (submit, wait for the result), ``--latency-jobs``
+                 times, in-process against
                  one idle worker: the difference is the queue's overhead per job (encoding, Redis round trips,
                  Celery's dispatch, the client's polling every ``--poll`` seconds, decoding the result).
 
@@ -146,6 +147,7 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="PyTorch threads per process")
     parser.add_argument("--latency-jobs", type=int, default=8)
+    parser.add_argument("--latency-frames", type=int, default=2, help="walk frames of the one-at-a-time jobs")
     parser.add_argument("--poll", type=float, default=0.05, help="seconds between a client's reads of a job's state")
     args = parser.parse_args()
 
@@ -155,7 +157,7 @@ def main() -> None:
                PYTHONPATH=str(REPO))
     env.pop("TIMEMACHINE_BROKER_URL", None)
     os.environ.update({k: env[k] for k in ("TIMEMACHINE_HOME", "TIMEMACHINE_OFFLINE", "TIMEMACHINE_DEVICE",
-                                           "TIMEMACHINE_VGG_WEIGHTS")})
+                                           "TIMEMACHINE_VGG_WEIGHTS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")})
     import torch
 
     torch.set_num_threads(args.threads)
@@ -183,7 +185,8 @@ def main() -> None:
         local = InProcessExecutor(base, settings)
         run_batch(local, model, latent, outdir, 1, args.frames, "warm-inprocess")
         results["inprocess"] = run_batch(local, model, latent, outdir, args.jobs, args.frames, "inprocess")
-        local_latency = latencies(local, model, latent, outdir, args.latency_jobs, args.frames, "lat-inprocess")
+        local_latency = latencies(local, model, latent, outdir, args.latency_jobs, args.latency_frames,
+                                  "lat-inprocess")
 
         remote = CeleryExecutor(base.replace(broker_url=url), settings)
         queue_latency: list[float] = []
@@ -195,7 +198,7 @@ def main() -> None:
                 results[f"celery-{count}"] = run_batch(remote, model, latent, outdir, args.jobs, args.frames,
                                                        f"celery{count}")
                 if count == 1:
-                    queue_latency = latencies(remote, model, latent, outdir, args.latency_jobs, args.frames,
+                    queue_latency = latencies(remote, model, latent, outdir, args.latency_jobs, args.latency_frames,
                                               "lat-celery")
             finally:
                 workers.stop()
@@ -213,7 +216,7 @@ def main() -> None:
         ratio = results["inprocess"] / seconds
         print(f"{name:<12} {seconds:8.2f} {rate:9.1f} {ratio:13.2f}x")
     lo, lq = statistics.median(local_latency), statistics.median(queue_latency)
-    print(f"one job at a time, median of {args.latency_jobs}: in-process {lo * 1000:.0f} ms, one worker "
+    print(f"one job of {args.latency_frames} frames at a time, median of {args.latency_jobs}: in-process {lo * 1000:.0f} ms, one worker "
           f"{lq * 1000:.0f} ms: the queue adds {(lq - lo) * 1000:.0f} ms per job (client polling every "
           f"{args.poll * 1000:.0f} ms)")
     print(f"2 workers / 1 worker throughput: {results['celery-1'] / results['celery-2']:.2f}x")

@@ -9,7 +9,6 @@ import base64
 import dataclasses
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -223,15 +223,16 @@ def encode(value: Any, home: os.PathLike) -> Any:
     return _encode(value, Path(home), 0, None)
 
 
-def _encode(value: Any, home: Path, depth: int, path_field: Optional[str]) -> Any:
-    if depth > MAX_DEPTH:
-        raise CodecError("a job nests values too deeply")
-    if path_field is not None and value is not None:
-        if isinstance(value, dict):
-            return {str(k): _encode(v, home, depth + 1, path_field) for k, v in value.items()}
-        if isinstance(value, (str, os.PathLike)):
-            return _home_relative(value, home)
-        raise CodecError(f"the field {path_field} must hold a path")
+def _encode_path_field(value: Any, home: Path, depth: int, field: str) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _encode_path_field(v, home, depth + 1, field) for k, v in value.items()}
+    if isinstance(value, (str, os.PathLike)):
+        return _home_relative(value, home)
+    raise CodecError(f"the field {field} must hold a path")
+
+
+def _encode_scalar(value: Any, home: Path) -> Any:
+    """A scalar, bytes, path or array as JSON data; ``NotImplemented`` for anything else."""
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, (int, np.integer)):
@@ -249,27 +250,46 @@ def _encode(value: Any, home: Path, depth: int, path_field: Optional[str]) -> An
         return {"$pt": _encode_array(value.detach().cpu().numpy())}
     if isinstance(value, np.ndarray):
         return {"$png": _b64(encode_png(value))} if _is_image(value) else {"$nd": _encode_array(value)}
+    return NotImplemented
+
+
+def _encode_dict(value: dict, home: Path, depth: int) -> dict:
+    out = {}
+    for k, v in value.items():
+        if not isinstance(k, str) or k.startswith("$"):
+            raise CodecError(f"dictionary keys in a job must be text not starting with '$': {printable(k)}")
+        out[k] = _encode(v, home, depth + 1, None)
+    return out
+
+
+def _encode_dataclass(value: Any, home: Path, depth: int) -> dict:
+    name = type(value).__name__
+    if _TYPES.get(name) is not type(value):
+        raise CodecError(f"{name} cannot travel in a job (not a registered type)")
+    if name == "LatentFile" and value.pti_delta:
+        return {"$latent": _store_latent(value, home)}
+    paths = _PATH_FIELDS[name]
+    fields = {f.name: _encode(getattr(value, f.name), home, depth + 1, f.name if f.name in paths else None)
+              for f in dataclasses.fields(value) if f.init}
+    return {"$dc": name, "v": fields}
+
+
+def _encode(value: Any, home: Path, depth: int, path_field: Optional[str]) -> Any:
+    if depth > MAX_DEPTH:
+        raise CodecError("a job nests values too deeply")
+    if path_field is not None and value is not None:
+        return _encode_path_field(value, home, depth, path_field)
+    scalar = _encode_scalar(value, home)
+    if scalar is not NotImplemented:
+        return scalar
     if isinstance(value, tuple):
         return {"$tuple": [_encode(v, home, depth + 1, None) for v in value]}
     if isinstance(value, list):
         return [_encode(v, home, depth + 1, None) for v in value]
     if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str) or k.startswith("$"):
-                raise CodecError(f"dictionary keys in a job must be text not starting with '$': {printable(k)}")
-            out[k] = _encode(v, home, depth + 1, None)
-        return out
+        return _encode_dict(value, home, depth)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        name = type(value).__name__
-        if _TYPES.get(name) is not type(value):
-            raise CodecError(f"{name} cannot travel in a job (not a registered type)")
-        if name == "LatentFile" and value.pti_delta:
-            return {"$latent": _store_latent(value, home)}
-        paths = _PATH_FIELDS[name]
-        fields = {f.name: _encode(getattr(value, f.name), home, depth + 1, f.name if f.name in paths else None)
-                  for f in dataclasses.fields(value) if f.init}
-        return {"$dc": name, "v": fields}
+        return _encode_dataclass(value, home, depth)
     raise CodecError(f"a value of type {type(value).__name__} cannot travel in a job")
 
 
@@ -279,20 +299,45 @@ def decode(data: Any, home: os.PathLike) -> Any:
     return _decode(data, Path(home), 0, None)
 
 
+def _decode_path_field(data: Any, home: Path, depth: int, field: str) -> Any:
+    if isinstance(data, dict) and set(data) == {"$home"}:
+        return _from_home(data["$home"], home)
+    if isinstance(data, dict) and not any(k.startswith("$") for k in data):
+        return {k: _decode_path_field(v, home, depth + 1, field) for k, v in data.items()}
+    raise CodecError(f"the field {field} must hold paths in the home directory")
+
+
+def _decode_tuple(body: Any, home: Path, depth: int) -> tuple:
+    if not isinstance(body, list):
+        raise CodecError("a tuple must be a list")
+    return tuple(_decode(v, home, depth + 1, None) for v in body)
+
+
+def _decode_float(body: Any, home: Path, depth: int) -> float:
+    if body not in ("nan", "inf", "-inf"):
+        raise CodecError("a special float must be 'nan', 'inf' or '-inf'")
+    return float(body)
+
+
+#: The tagged forms other than '$dc': tag -> decode(body, home, depth).
+_TAGS = {
+    "$nd": lambda body, home, depth: _decode_array(body),
+    "$pt": lambda body, home, depth: torch.from_numpy(_decode_array(body)),
+    "$png": lambda body, home, depth: decode_png(_unb64(body)),
+    "$b": lambda body, home, depth: _unb64(body),
+    "$tuple": _decode_tuple,
+    "$float": _decode_float,
+    "$home": lambda body, home, depth: _from_home(body, home),
+    "$latent": lambda body, home, depth: _load_latent(body, home),
+}
+
+
 def _decode(data: Any, home: Path, depth: int, path_field: Optional[str]) -> Any:
     if depth > MAX_DEPTH:
         raise CodecError("a job nests values too deeply")
     if path_field is not None and data is not None:
-        if isinstance(data, dict) and set(data) == {"$home"}:
-            return _from_home(data["$home"], home)
-        if isinstance(data, dict) and not any(k.startswith("$") for k in data):
-            return {k: _decode(v, home, depth + 1, path_field) for k, v in data.items()}
-        raise CodecError(f"the field {path_field} must hold paths in the home directory")
-    if data is None or isinstance(data, (bool, str)):
-        return data
-    if isinstance(data, int):
-        return data
-    if isinstance(data, float):
+        return _decode_path_field(data, home, depth, path_field)
+    if data is None or isinstance(data, (bool, str, int, float)):
         return data
     if isinstance(data, list):
         return [_decode(v, home, depth + 1, None) for v in data]
@@ -301,33 +346,14 @@ def _decode(data: Any, home: Path, depth: int, path_field: Optional[str]) -> Any
     tags = [k for k in data if isinstance(k, str) and k.startswith("$")]
     if not tags:
         return {k: _decode(v, home, depth + 1, None) for k, v in data.items()}
-    tag = tags[0]
-    if tag == "$dc":
+    if tags[0] == "$dc":
         return _decode_dataclass(data, home, depth)
+    decoder = _TAGS.get(tags[0])
+    if decoder is None:
+        raise CodecError(f"unknown tag {printable(tags[0])} in a job")
     if len(data) != 1:
-        raise CodecError(f"a tagged value {printable(tag)} has other keys")
-    body = data[tag]
-    if tag == "$nd":
-        return _decode_array(body)
-    if tag == "$pt":
-        return torch.from_numpy(_decode_array(body))
-    if tag == "$png":
-        return decode_png(_unb64(body))
-    if tag == "$b":
-        return _unb64(body)
-    if tag == "$tuple":
-        if not isinstance(body, list):
-            raise CodecError("a tuple must be a list")
-        return tuple(_decode(v, home, depth + 1, None) for v in body)
-    if tag == "$float":
-        if body not in ("nan", "inf", "-inf"):
-            raise CodecError("a special float must be 'nan', 'inf' or '-inf'")
-        return float(body)
-    if tag == "$home":
-        return _from_home(body, home)
-    if tag == "$latent":
-        return _load_latent(body, home)
-    raise CodecError(f"unknown tag {printable(tag)} in a job")
+        raise CodecError(f"a tagged value {printable(tags[0])} has other keys")
+    return decoder(data[tags[0]], home, depth)
 
 
 def _decode_dataclass(data: dict, home: Path, depth: int) -> Any:

@@ -122,7 +122,7 @@ class Executor(abc.ABC):
         """The job ``job_id`` if this executor knows it (a visitor who reloaded the page finds theirs); with
         ``owner``, the job now belongs to that owner (the visitor's new session)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (an executor without connections has nothing to release)
         """Release connections (the executor is not used afterwards)."""
 
 

@@ -5,15 +5,16 @@ Faces (UI, CLI) submit a :class:`~timemachine.pipeline.jobs.JobSpec`; it travels
 first free worker.  Each worker runs one job at a time (concurrency 1, prefetch 1) and acknowledges a job only
 once it has finished (``acks_late``), so a job whose worker dies is given to another one: at once when the
 worker's pool process dies (``reject_on_worker_lost``), after the broker's visibility timeout when the whole
-worker vanishes (a live worker renews the jobs it holds, so a long job is never handed out twice).  Models and VGG16 are loaded once per worker process and reused
-(:class:`~timemachine.pipeline.jobs.PipelineCache`).  Results are files in the home directory that faces and
+worker vanishes (a live worker renews the jobs it holds, so a long job is never handed out twice).  Models and
+VGG16 are loaded once per worker process and reused (:class:`~timemachine.pipeline.jobs.PipelineCache`).  Results are files in the home directory that faces and
 workers share (the projection and video stores, keyed by content), so a repeated request is served from the
 stores by any worker.
 
 What a job leaves in Redis besides Celery's own keys (all expire after ``QueueSettings.job_ttl``)::
 
     timemachine:job:<id>            hash: status, kind, label, owner, submitted, started, finished, worker
-    timemachine:job:<id>:progress   JSON: stage, done, total, message, lpips, loss, preview_seq, strip_seq
+    timemachine:job:<id>:progress   JSON: stage, done, total, message, lpips, loss, preview_seq,
+                                    strip_seq
     timemachine:job:<id>:preview    PNG of the latest preview image
     timemachine:job:<id>:strip      JSON: [[t, base64 PNG], ...] of the latest preview strip
     timemachine:job:<id>:cancel     set by a face to stop the job; the worker checks it at every report
@@ -41,7 +42,7 @@ from typing import Any, Optional
 from timemachine.env import Environment
 from timemachine.errors import TimemachineError, first_line, printable
 from timemachine.pipeline import codec
-from timemachine.pipeline.executor import (BUG_MESSAGE, CANCELLED, DONE, FAILED, FINISHED, QUEUED, RUNNING, Executor,
+from timemachine.pipeline.executor import (BUG_MESSAGE, CANCELLED, DONE, FAILED, FINISHED, RUNNING, Executor,
                                            JobCancelled, JobHandle, QueueFull, poll)
 from timemachine.pipeline.jobs import JobSpec, PipelineCache, job_kind, run_job
 from timemachine.pipeline.progress import Progress
