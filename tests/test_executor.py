@@ -245,3 +245,39 @@ def test_a_job_spec_must_match_its_kind():
         JobSpec("format_disk", None).check()
     with pytest.raises(TimemachineError, match="takes a ProjectionRequest"):
         JobSpec("project", AgeEdit("x")).check()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The faces' errors about the queue
+
+
+def test_an_unreachable_or_contradictory_broker_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, small_G):
+    import socket
+
+    from PIL import Image
+
+    from timemachine.checkpoint import save_generator
+    from timemachine.cli import main
+
+    monkeypatch.setenv("TIMEMACHINE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TIMEMACHINE_OFFLINE", "1")
+    monkeypatch.setenv("TIMEMACHINE_VGG_WEIGHTS", "random")
+    monkeypatch.delenv("TIMEMACHINE_BROKER_URL", raising=False)
+    model = tmp_path / "small.safetensors"
+    save_generator(small_G, model)
+    photo_file = tmp_path / "dog.png"
+    Image.fromarray(np.zeros((80, 96, 3), np.uint8)).save(photo_file)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"redis://127.0.0.1:{s.getsockname()[1]}/0"      # nothing listens there once closed
+    project = ["project", str(photo_file), "--model", str(model), "--steps", "2", "--out", str(tmp_path / "out")]
+    cases = [(project + ["--broker", closed], "cannot be reached"),
+             (project + ["--broker", closed, "--local"], "contradict"),
+             (project + ["--broker", closed, "--resume"], "--resume"),
+             (["worker", "--broker", closed], "cannot be reached"),
+             (["worker"], "no broker")]
+    for argv, words in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()

@@ -176,8 +176,9 @@ def resumable(checkpoint: Optional[str]) -> Iterator[None]:
 def add_queue_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("job queue")
     group.add_argument("--broker", default=None, metavar="URL",
-                       help=f"send the job to queue workers (timemachine worker) through this Redis, redis://host:port/db "
-                            f"(default: ${ENV_BROKER_URL}); they must share TIMEMACHINE_HOME with this machine")
+                       help="send the job to queue workers (timemachine worker) through this Redis, "
+                            f"redis://host:port/db (default: ${ENV_BROKER_URL}); they must share TIMEMACHINE_HOME "
+                            "with this machine")
     group.add_argument("--local", action="store_true", help=f"run here, even when ${ENV_BROKER_URL} is set")
 
 
