@@ -3,6 +3,7 @@
 #   CPU (default):  docker build -t timemachine .
 #   CUDA:           docker build --target cuda -t timemachine:cuda .
 #   run:            docker run -p 8501:8501 -v timemachine-data:/data timemachine
+#   scale out:      docker compose up --scale worker=4   (Redis, the UI and queue workers; see docker-compose.yml)
 #
 # Weights, age vectors and the projection cache live in the /data volume (TIMEMACHINE_HOME); the first
 # projection downloads the model and VGG16 there.  The AFHQ models are NVIDIA's, under the NVIDIA Source Code
@@ -32,7 +33,7 @@ COPY stylegan_ops ./stylegan_ops
 COPY ui ./ui
 # The project itself; its dependencies carry the version ranges of pyproject.toml, tested by CI.
 # hadolint ignore=DL3013
-RUN pip install '.[ui,heic]'
+RUN pip install '.[ui,heic,queue]'
 
 RUN useradd --create-home --uid 1000 timemachine \
     && mkdir -p /data \
@@ -79,7 +80,7 @@ COPY stylegan_ops ./stylegan_ops
 COPY ui ./ui
 # The project itself (see the CPU stage), then compile and load the CUDA ops; doctor exits 1 if that fails.
 # hadolint ignore=DL3013
-RUN pip install '.[ui,heic]' \
+RUN pip install '.[ui,heic,queue]' \
     && timemachine doctor --build-ops
 
 # The same uid as the CPU image, so that both can share one /data volume (Ubuntu's base image already has

@@ -14,6 +14,7 @@ from PIL import Image
 
 from conftest import make_small_generator
 from timemachine import age
+from timemachine.env import Environment
 from timemachine.checkpoint import model_fingerprint, save_generator
 from timemachine.cli import main
 from timemachine.latents import save_latent
@@ -27,7 +28,7 @@ def env(tmp_path, monkeypatch, small_G):
     model = tmp_path / "small.safetensors"
     save_generator(small_G, model)
     ws = small_G.mapping(torch.randn(2, small_G.z_dim, generator=torch.Generator().manual_seed(3)), None)
-    age.save_to_library(age.build_vector("pups", ws[:1], ws[1:], method="pair",
+    age.VectorLibrary(Environment.from_environ().paths).save(age.build_vector("pups", ws[:1], ws[1:], method="pair",
                                          model_fingerprint=model_fingerprint(small_G)))
     photo = tmp_path / "dog.jpg"
     Image.fromarray((np.random.RandomState(2).rand(80, 100, 3) * 255).astype(np.uint8)).save(photo, quality=95)
@@ -61,7 +62,8 @@ def test_projection_numbers_out_of_range_are_one_line(env, capsys, option, value
 @pytest.mark.parametrize("option, value, pattern", [
     ("--strength", "1e308", "strength must be a number from -10 to 10"),
     ("--strength", "nan", "strength must be a number from -10 to 10"),
-    ("--layers", "0-" + "9" * 40, "does not exist"),
+    ("--layers", "0-" + "9" * 40, "invalid layer selection"),
+    ("--layers", "0-99", "does not exist"),
     ("--frames", str(10**9), "walk frames must be a whole number"),
     ("--batch-size", str(10**9), "batch size must be a whole number"),
     ("--fps", "1e300", "frames per second"),

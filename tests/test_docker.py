@@ -86,17 +86,58 @@ def test_both_images_run_as_the_same_user_so_they_can_share_the_volume():
     assert DOCKERFILE.count(f"--uid {users[0]} ") == 2
 
 
-def test_compose_file_has_both_services_and_a_gpu_reservation():
+def _compose() -> dict:
     yaml = pytest.importorskip("yaml")
-    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
-    services = compose["services"]
-    assert services["timemachine"]["build"]["target"] == "cpu"
-    gpu = services["timemachine-gpu"]
-    assert gpu["build"]["target"] == "cuda"
-    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
-    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
-    for service in services.values():
-        assert "8501:8501" in service["ports"]
-        assert any(v.endswith(":/data") for v in service["volumes"])
+    return yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_file_has_redis_the_ui_and_cpu_and_gpu_workers():
+    services = _compose()["services"]
+    assert set(services) == {"redis", "ui", "worker", "worker-gpu"}
     stages = set(re.findall(r"^FROM \S+ AS (\S+)", DOCKERFILE, re.M))
     assert {"cpu", "cuda"} <= stages
+    assert services["ui"]["build"]["target"] == services["worker"]["build"]["target"] == "cpu"
+    assert services["ui"]["ports"] == ["8501:8501"] and "command" not in services["ui"]   # the image's CMD: the UI
+    for name in ("worker", "worker-gpu"):
+        command = services[name]["command"]
+        assert command[:2] == ["timemachine", "worker"] and "ports" not in services[name]
+    gpu = services["worker-gpu"]
+    assert gpu["build"]["target"] == "cuda" and gpu["profiles"] == ["gpu"] and "cuda" in gpu["command"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+
+
+def test_compose_services_share_the_data_volume_and_the_broker_which_visitors_cannot_reach():
+    services = _compose()["services"]
+    redis = services["redis"]
+    assert "ports" not in redis and "expose" not in redis, "Redis must not be published: visitors must not reach it"
+    assert "--appendonly" in redis["command"]             # waiting jobs survive a restart
+    for name in ("ui", "worker", "worker-gpu"):
+        service = services[name]
+        assert "timemachine-data:/data" in service["volumes"]
+        assert service["environment"]["TIMEMACHINE_BROKER_URL"] == "redis://redis:6379/0"
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_every_compose_service_has_a_health_check_that_exists():
+    from timemachine.cli import build_parser
+
+    services = _compose()["services"]
+    for name, service in services.items():
+        test = service["healthcheck"]["test"]
+        assert test[0] == "CMD" and len(test) > 1, name
+    assert services["redis"]["healthcheck"]["test"][1:] == ["redis-cli", "ping"]
+    assert "/_stcore/health" in " ".join(services["ui"]["healthcheck"]["test"])
+    for name in ("worker", "worker-gpu"):
+        test = services[name]["healthcheck"]["test"][1:]
+        assert test[:3] == ["timemachine", "worker", "--check"]
+        # the check pings the worker of the same --name
+        assert test[test.index("--name") + 1] == services[name]["command"][services[name]["command"].index("--name") + 1]
+        build_parser().parse_args(test[1:])                # a command line the CLI accepts
+
+
+def test_readme_documents_scaling_out_and_the_trust_boundary():
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "docker compose up --scale worker=4" in readme
+    assert "TIMEMACHINE_BROKER_URL" in readme and "timemachine worker" in readme
+    assert re.search(r"Redis must (never|not) be (reachable|exposed)", readme)

@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 import zipfile
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from timemachine import age
 from timemachine.env import Environment
 from timemachine.checkpoint import model_fingerprint, save_generator
 from timemachine.cli import main
-from timemachine.pipeline import STRIP_TIMES
+from timemachine.pipeline import BUG_MESSAGE, STRIP_TIMES
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
@@ -46,7 +45,6 @@ if str(UI_DIR) not in sys.path:       # the app imports its helpers by plain nam
     sys.path.insert(0, str(UI_DIR))
 
 import ui_common  # noqa: E402  (imported before any test patches the limits it reads)
-import ui_jobs  # noqa: E402
 
 JOB_TIMEOUT = 120
 
@@ -93,10 +91,10 @@ def upload_photo(at: AppTest, data: bytes = None, name: str = "dog.jpg") -> None
     at.file_uploader(key="photo").set_value((name, photo_bytes() if data is None else data, "image/jpeg")).run()
 
 
-def finish(at: AppTest, slot: str = "video") -> ui_jobs.Job:
+def finish(at: AppTest, slot: str = "video"):
     """Wait for the session's job in ``slot`` and run the page again to show its outcome."""
     job = at.session_state[f"last_job_{slot}"]
-    assert job.wait(JOB_TIMEOUT), f"job still {job.status} after {JOB_TIMEOUT} s: {job.stage}"
+    assert job.wait(JOB_TIMEOUT), f"job still {job.status} after {JOB_TIMEOUT} s: {job.progress()}"
     at.run()
     assert not at.exception, at.exception
     return job
@@ -279,7 +277,7 @@ def test_errors_inside_a_job_are_shown_plainly_and_bugs_are_logged(env, monkeypa
     monkeypatch.setattr(Pipeline, "project", bug)
     button(at, "make").click().run()
     job = finish(at)
-    assert texts(at.error) == [ui_jobs.BUG_MESSAGE]
+    assert texts(at.error) == [BUG_MESSAGE]
     assert not at.exception
     log = capsys.readouterr().err
     assert "Traceback" in log and "internal detail the visitor must not see" in log
@@ -389,9 +387,9 @@ def test_the_licence_note_is_shown_for_the_afhq_models(env):
 
 
 def test_two_sessions_queue_their_jobs_and_both_finish(env):
-    queue = ui_common.job_queue()
+    executor = ui_common.executor()
     release = threading.Event()
-    blocker = queue.submit(lambda ctx: release.wait(JOB_TIMEOUT), label="another visitor", owner="someone else")
+    blocker = executor.submit_call(lambda ctx: release.wait(JOB_TIMEOUT), label="another visitor", owner="someone else")
 
     sessions = [new_app(), new_app()]
     for at, strength in zip(sessions, (1.0, 0.5)):
@@ -403,7 +401,7 @@ def test_two_sessions_queue_their_jobs_and_both_finish(env):
         assert not at.exception
     first, second = (at.session_state["last_job_video"] for at in sessions)
     assert first.status == second.status == "queued"
-    assert queue.jobs_ahead(first) == 1 and queue.jobs_ahead(second) == 2
+    assert first.jobs_ahead() == 0 and second.jobs_ahead() == 1
     infos = [texts(at.info) for at in sessions]
     assert any("Waiting for another visitor's job" in i for i in infos[0]), infos[0]
     assert any("Waiting for 2 jobs of other visitors" in i for i in infos[1]), infos[1]
@@ -421,9 +419,9 @@ def test_two_sessions_queue_their_jobs_and_both_finish(env):
 
 
 def test_cancel_a_waiting_job(env):
-    queue = ui_common.job_queue()
     release = threading.Event()
-    queue.submit(lambda ctx: release.wait(JOB_TIMEOUT), label="another visitor", owner="someone else")
+    ui_common.executor().submit_call(lambda ctx: release.wait(JOB_TIMEOUT), label="another visitor",
+                                     owner="someone else")
     try:
         at = new_app()
         upload_photo(at)
@@ -534,85 +532,6 @@ def test_tuning_preview_uses_the_photo_from_the_video_page(env):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The job queue on its own
-
-
-def test_queue_runs_one_job_at_a_time_in_order():
-    queue = ui_jobs.JobQueue()
-    running, overlaps, order = [], [], []
-    lock = threading.Lock()
-
-    def work(i):
-        def fn(ctx):
-            with lock:
-                running.append(i)
-                overlaps.append(len(running))
-            for step in range(3):
-                ctx.report(f"step {step}", step / 3)
-                time.sleep(0.01)
-            with lock:
-                running.remove(i)
-                order.append(i)
-            return i * 10
-        return fn
-
-    jobs = [queue.submit(work(i), label="t", owner="o") for i in range(5)]
-    assert all(job.wait(10) for job in jobs)
-    assert [job.result for job in jobs] == [0, 10, 20, 30, 40]
-    assert order == [0, 1, 2, 3, 4] and max(overlaps) == 1
-    assert all(job.status == "done" and job.fraction == 1.0 for job in jobs)
-    assert queue.jobs_ahead(jobs[0]) is None and not queue.busy
-
-
-def test_queue_cancels_running_abandoned_and_refuses_when_full():
-    alive = {"visitor": True}
-    queue = ui_jobs.JobQueue(max_waiting=2, owner_alive=lambda owner: alive.get(owner, True), abandon_after=0.0)
-    started = threading.Event()
-
-    def long_job(ctx):
-        started.set()
-        while True:
-            ctx.report("working")
-            time.sleep(0.005)
-
-    running = queue.submit(long_job, label="long", owner="visitor")
-    assert started.wait(10)
-    waiting = [queue.submit(lambda ctx: "ok", label="w", owner="other") for _ in range(2)]
-    with pytest.raises(ui_jobs.QueueFull, match="busy"):
-        queue.submit(lambda ctx: None, label="x", owner="other")
-    alive["visitor"] = False                       # the visitor closed the tab: the job stops at its next report
-    assert running.wait(10) and running.status == "cancelled"
-    assert all(job.wait(10) and job.result == "ok" for job in waiting)
-    # cancelling by hand, while running
-    started.clear()
-    alive["visitor"] = True
-    job = queue.submit(long_job, label="long", owner="visitor")
-    assert started.wait(10)
-    queue.cancel(job)
-    assert job.wait(10) and job.status == "cancelled"
-
-
-def test_queue_turns_errors_into_sentences():
-    from timemachine.errors import ImageError
-
-    queue = ui_jobs.JobQueue()
-
-    def user_error(ctx):
-        raise ImageError("photo.jpg is truncated")
-
-    def bug(ctx):
-        raise KeyError("oops")
-
-    a = queue.submit(user_error, label="a", owner="o")
-    b = queue.submit(bug, label="b", owner="o")
-    c = queue.submit(lambda ctx: "after", label="c", owner="o")    # the worker survives both
-    assert all(job.wait(10) for job in (a, b, c))
-    assert (a.status, a.error) == ("failed", "photo.jpg is truncated")
-    assert (b.status, b.error) == ("failed", ui_jobs.BUG_MESSAGE)
-    assert (c.status, c.result) == ("done", "after")
-
-
-# ----------------------------------------------------------------------------------------------------------
 # `timemachine ui` and the installed package
 
 
@@ -676,7 +595,7 @@ def test_installed_wheel_carries_the_app_and_the_command_finds_it(tmp_path):
                     "-w", str(wheel_dir), str(src)], check=True, capture_output=True)
     wheel = next(wheel_dir.glob("timemachine-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("app.py", "page_video.py", "page_vectors.py", "ui_common.py", "ui_jobs.py", "ui_work.py"):
+    for module in ("app.py", "page_video.py", "page_vectors.py", "ui_common.py", "ui_work.py"):
         assert f"timemachine/ui/{module}" in names
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
                    check=True, capture_output=True)

@@ -25,6 +25,7 @@ Layout under the home directory (:class:`Paths`)::
     cache/projections/           projection store
     cache/ui-videos/             the UI's finished videos
     cache/discovery/             rendered and labelled samples of direction discovery
+    cache/results/               latents with tuned weights passed between a face and queue workers
     locks/                       inter-process locks
 """
 
@@ -104,6 +105,11 @@ class Paths:
     @property
     def discovery(self) -> Path:
         return self.cache / "discovery"
+
+    @property
+    def results(self) -> Path:
+        """Job results too large to travel through the queue (latents with tuned weights), by content key."""
+        return self.cache / "results"
 
     @property
     def locks(self) -> Path:

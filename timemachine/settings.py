@@ -390,6 +390,48 @@ class ScoreSettings:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# The job queue
+
+
+@dataclasses.dataclass
+class QueueSettings:
+    """How jobs wait and run, in the face's own process or on queue workers (:mod:`timemachine.pipeline.executor`).
+
+    Attributes:
+        max_waiting:        jobs allowed to wait at once; beyond it a submission is refused ("the server is busy").
+        per_visitor:        unfinished jobs (waiting or running) one visitor may have at once.
+        abandon_after:      seconds a visitor's session may be gone before its in-process job is cancelled (a
+                            closed tab does not keep the machine busy).  Jobs on queue workers outlive the tab.
+        visibility_timeout: seconds after which a job held by a queue worker that vanished (killed, machine lost)
+                            is handed to another worker.  Live workers renew the jobs they hold every quarter of
+                            it, so it bounds the wait after a crash, not the length of a job.
+        job_ttl:            seconds a job's state, progress and result are kept in Redis after it was submitted.
+        poll_seconds:       how often a client reads the state of a job on the workers.
+    """
+
+    max_waiting: int = 16
+    per_visitor: int = 2
+    abandon_after: float = 30.0
+    visibility_timeout: float = 120.0
+    job_ttl: float = 86400.0
+    poll_seconds: float = 0.2
+
+    def validate(self) -> None:
+        from timemachine.errors import TimemachineError
+
+        for name in ("max_waiting", "per_visitor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise TimemachineError(f"{name} must be a whole number >= 1, got {value!r}")
+        for name in ("abandon_after", "visibility_timeout", "job_ttl", "poll_seconds"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise TimemachineError(f"{name} must be a positive number of seconds, got {value!r}")
+        if self.job_ttl < self.visibility_timeout:
+            raise TimemachineError("job_ttl must be at least the visibility timeout")
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Presets
 
 #: Named projector settings.  'official': StyleGAN2-ADA's projector (the CLI's default).  'ui': fewer steps,

@@ -1,7 +1,7 @@
 """timemachine's Streamlit UI: ``timemachine ui`` (or ``streamlit run ui/app.py``).
 
 Two pages: the puppyhood video (page_video.py) and the age-vector library (page_vectors.py).  The sidebar,
-drawn here for both, chooses and loads the model.  Helper modules (ui_common, ui_jobs, ui_work) are
+drawn here for both, chooses and loads the model.  Helper modules (ui_common, ui_work) are
 imported by their plain names: Streamlit puts this folder on ``sys.path`` when it runs the app, whether it
 is a source checkout's ui/ or the installed package timemachine.ui.
 """

@@ -74,8 +74,7 @@ def build_section(model: pipeline.LoadedModel) -> None:
             pipe = ui.pipeline_for(model)
             pipe.check(request)            # a bad name or too few photos: refused now, not after projecting
             st.session_state.pop("build_result", None)
-            ui.submit(BUILD, lambda ctx, pipe=pipe, request=request: ui_work.build_vector(pipe, request, ctx),
-                      label="vector")
+            ui.submit(BUILD, "build_vector", request, model, pipe, label="vector", stages=ui_work.BUILD_STAGES)
             submitted = True
         if submitted:
             st.rerun()
@@ -169,8 +168,8 @@ def tune_section(model: pipeline.LoadedModel) -> None:
             s = float(strength)
             edit = pipeline.AgeEdit(vector=name, layers=layers.strip() or "all")
             pipe = ui.pipeline_for(model, with_perceptual=False)
-            ui.submit(TUNE, lambda ctx: ui_work.preview_strip(pipe, latent, edit, [0.0, s / 2, s, 1.5 * s], ctx),
-                      label="tune preview")
+            request = pipeline.PreviewStripRequest(latent=latent, edit=edit, strengths=[0.0, s / 2, s, 1.5 * s])
+            ui.submit(TUNE, "preview_strip", request, model, pipe, label="tune preview", stages=ui_work.STRIP_STAGES)
             submitted = True
         if submitted:
             st.rerun()

@@ -334,8 +334,8 @@ def main() -> None:
             pipe = ui.pipeline_for(model)
             request = dataclasses.replace(request, preview_only=bool(preview))
             pipe.check(request)
-            ui.submit(SLOT, lambda ctx, pipe=pipe, request=request: ui_work.make_video(pipe, request, ctx),
-                      label="preview" if preview else "video")
+            ui.submit(SLOT, "age_video", request, model, pipe, label="preview" if preview else "video",
+                      stages=ui_work.video_stages(request))
             submitted = True
         if submitted:
             st.rerun()  # draw the page again with the buttons disabled and the job's progress

@@ -8,12 +8,16 @@ Configuration comes from the environment, read once per page run into a
 * ``TIMEMACHINE_HOME``         weights, the age-vector library, the projection and render caches;
 * ``TIMEMACHINE_OFFLINE``      never download (models and VGG16 must be present);
 * ``TIMEMACHINE_VGG_WEIGHTS``  VGG16 file for LPIPS, or ``random`` (tests only; the page says so);
-* ``TIMEMACHINE_DEVICE``       'cpu', 'cuda', 'cuda:N' (default: CUDA when available).
+* ``TIMEMACHINE_DEVICE``       'cpu', 'cuda', 'cuda:N' (default: CUDA when available);
+* ``TIMEMACHINE_BROKER_URL``   redis://host:port/db: send jobs to queue workers instead of running them here.
 
 Loaded once per process (``st.cache_resource``): generators by model spec and device, the LPIPS network by
-device and VGG16 choice, and the job queue (:mod:`ui_jobs`).  A :class:`timemachine.pipeline.Pipeline` joins
-them for each job.  Heavy work runs only in the queue's worker, one job at a time; pages submit jobs and show
-their state.  The UI imports the pipeline (and the settings, errors and environment) only.
+device and VGG16 choice, and the executor (:func:`timemachine.pipeline.make_executor`).  A
+:class:`timemachine.pipeline.Pipeline` joins them for each job.  Heavy work runs only in the executor: without
+a broker in this process's one worker thread, one job at a time; with ``TIMEMACHINE_BROKER_URL`` on the queue
+workers (``timemachine worker``), whose jobs outlive the visitor's tab (the page's address names them).
+Pages submit jobs and show their state.  The UI imports the pipeline (and the settings, errors and
+environment) only.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import secrets
 import sys
 import tempfile
 from pathlib import Path
@@ -31,7 +36,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import streamlit as st
 
-import ui_jobs
+import ui_work
 from timemachine import errors, pipeline
 from timemachine.env import ENV_UI_SERVER_MODELS, Environment
 from timemachine.errors import TimemachineError
@@ -55,12 +60,13 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-if not log.handlers:
+_server_log = logging.getLogger("timemachine")   # the UI's log and the jobs' (timemachine.jobs)
+if not _server_log.handlers:
     _handler = _StderrHandler()
     _handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    log.addHandler(_handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    _server_log.addHandler(_handler)
+    _server_log.setLevel(logging.INFO)
+    _server_log.propagate = False
 
 DEFAULT_MODEL = "afhqdog"
 
@@ -117,7 +123,7 @@ def shown_errors(what: str = "") -> Iterator[None]:
         st.error(error_text(exc))
     except Exception:
         log.exception("UI error%s", f" while {what}" if what else "")
-        st.error(ui_jobs.BUG_MESSAGE)
+        st.error(pipeline.BUG_MESSAGE)
 
 
 def vector_library() -> pipeline.VectorLibrary:
@@ -132,7 +138,10 @@ def run_page(body: Callable[[], None]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The job queue
+# Jobs: the executor (in this process, or queue workers when TIMEMACHINE_BROKER_URL is set)
+
+#: Characters of a visitor token or job id in the page's address.
+_TOKEN_CHARS = frozenset("0123456789abcdef")
 
 
 def _session_alive(session_id: str) -> bool:
@@ -145,9 +154,15 @@ def _session_alive(session_id: str) -> bool:
 
 
 @st.cache_resource(show_spinner=False)
-def job_queue() -> ui_jobs.JobQueue:
-    """The process's one job queue (one worker: one projection or render at a time)."""
-    return ui_jobs.JobQueue(owner_alive=_session_alive)
+def _executor(broker_url: Optional[str], _env: Environment) -> pipeline.Executor:
+    return pipeline.make_executor(_env, owner_alive=_session_alive)
+
+
+def executor() -> pipeline.Executor:
+    """The process's executor: the in-process queue (one job at a time) or, with a broker configured, the
+    queue workers."""
+    env = environment()
+    return _executor(env.broker_url, env)
 
 
 def session_id() -> str:
@@ -157,39 +172,89 @@ def session_id() -> str:
     return ctx.session_id if ctx is not None else "no-session"
 
 
-def active_job(slot: str) -> Optional[ui_jobs.Job]:
+def _token(value: Any) -> Optional[str]:
+    return value if isinstance(value, str) and 16 <= len(value) <= 64 and set(value) <= _TOKEN_CHARS else None
+
+
+def visitor_id() -> str:
+    """Who owns this page's jobs (per-visitor limits count by it).  In this process: the browser session (its
+    jobs stop once it has gone).  With queue workers: a random token kept in the page's address, so that a
+    visitor who reloads the page, or comes back to the address later, finds their jobs again."""
+    if not executor().remote:
+        return session_id()
+    token = _token(st.query_params.get("visitor"))
+    if token is None:
+        token = secrets.token_hex(16)
+        st.query_params["visitor"] = token
+    return token
+
+
+def _reattach(slot: str) -> None:
+    """With queue workers: find the job of ``slot`` named in the page's address again (after a reload)."""
+    if st.session_state.get(f"job_{slot}") is not None or not executor().remote:
+        return
+    job_id = _token(st.query_params.get(f"job_{slot}"))
+    if job_id is None:
+        return
+    handle = executor().find(job_id, owner=visitor_id())
+    if handle is None:
+        del st.query_params[f"job_{slot}"]
+        return
+    st.session_state[f"job_{slot}"] = handle
+    st.session_state[f"last_job_{slot}"] = handle
+    st.session_state.setdefault(f"stages_{slot}", ui_work.stages_of_label(handle.label))
+
+
+def active_job(slot: str) -> Optional[pipeline.JobHandle]:
     """This session's unfinished job in ``slot`` ('video', 'build', 'tune'), if any."""
+    _reattach(slot)
     job = st.session_state.get(f"job_{slot}")
     return job if job is not None and not job.finished else None
 
 
-def any_active_job() -> Optional[ui_jobs.Job]:
+def any_active_job() -> Optional[pipeline.JobHandle]:
     """This session's unfinished job, whatever its slot: a visitor has one job at a time."""
     for key, job in list(st.session_state.items()):
-        if str(key).startswith("job_") and isinstance(job, ui_jobs.Job) and not job.finished:
+        if str(key).startswith("job_") and isinstance(job, pipeline.JobHandle) and not job.finished:
             return job
     return None
 
 
-def submit(slot: str, fn: Callable[[ui_jobs.JobContext], Any], label: str) -> ui_jobs.Job:
-    """Queue ``fn`` as this session's job in ``slot``."""
-    job = job_queue().submit(fn, label=label, owner=session_id())
+def submit(slot: str, kind: str, request: Any, model: pipeline.LoadedModel, pipe: Optional[pipeline.Pipeline],
+           label: str, stages: dict[str, float]) -> pipeline.JobHandle:
+    """Queue a job of ``kind`` as this session's job in ``slot`` (``pipe``: the pipeline to run it with in
+    this process; queue workers load ``model`` by its spec)."""
+    ex = executor()
+    if ex.remote and model.path.startswith("upload:"):
+        raise TimemachineError("a model file uploaded here can be used only when jobs run in this server's own "
+                               "process; this server sends jobs to queue workers, so ask its operator to import "
+                               "the model there (timemachine weights import)")
+    spec = pipeline.JobSpec(kind, request, model=model.spec, label=label, owner=visitor_id(),
+                            pipeline=None if ex.remote else pipe)
+    job = ex.submit(spec)
     st.session_state[f"job_{slot}"] = job         # until its outcome has been shown (collect_finished)
     st.session_state[f"last_job_{slot}"] = job    # the latest job, kept (tests wait on it)
+    st.session_state[f"stages_{slot}"] = stages
     st.session_state.pop(f"error_{slot}", None)
+    if ex.remote:
+        st.query_params[f"job_{slot}"] = job.id   # a reload finds it again
     return job
 
 
-def collect_finished(slot: str) -> Optional[ui_jobs.Job]:
+def collect_finished(slot: str) -> Optional[pipeline.JobHandle]:
     """The job of ``slot`` if it has finished since the last run (it is then removed from the session);
     a failure's sentence is kept under ``error_<slot>`` for :func:`show_job_outcome`."""
+    _reattach(slot)
     job = st.session_state.get(f"job_{slot}")
     if job is None or not job.finished:
         return None
     del st.session_state[f"job_{slot}"]
-    if job.status == ui_jobs.FAILED:
-        st.session_state[f"error_{slot}"] = job.error
-    elif job.status == ui_jobs.CANCELLED:
+    if f"job_{slot}" in st.query_params:
+        del st.query_params[f"job_{slot}"]
+    if job.status == pipeline.FAILED:
+        exc = job.exception
+        st.session_state[f"error_{slot}"] = error_text(exc) if exc is not None else job.error
+    elif job.status == pipeline.CANCELLED:
         st.session_state[f"error_{slot}"] = None
         st.session_state[f"cancelled_{slot}"] = True
     return job
@@ -204,12 +269,24 @@ def show_job_outcome(slot: str) -> None:
         st.info("The job was cancelled.")
 
 
+def _waiting_text(job: pipeline.JobHandle) -> str:
+    ahead = job.jobs_ahead() or 0
+    if executor().remote:
+        where = "Yours is next: it starts as soon as a worker is free." if ahead == 0 else \
+            f"{ahead} job{'s' if ahead > 1 else ''} ahead of you; the workers take them in order."
+        return where + " You may close this page: the job keeps running, and this page's address finds it again."
+    others = ahead + 1   # the running job, and those waiting before this one
+    who = "another visitor's job" if others <= 1 else f"{others} jobs of other visitors"
+    return (f"Waiting for {who} to finish: this machine runs one job at a time. Yours starts automatically; "
+            "keep this page open.")
+
+
 def job_panel(slot: str, show_extras: Callable[[dict[str, Any]], None]) -> None:
     """Progress of this session's job in ``slot`` while it waits or runs, refreshed every POLL_SECONDS.
 
-    Waiting shows how many jobs are ahead ("waiting for another visitor's job"); running shows a progress
-    bar, the stage and what the job reported (``show_extras``: the live reconstruction, preview frames).
-    Only this part of the page refreshes; when the job ends the whole page is run again to show the result.
+    Waiting shows how many jobs are ahead; running shows a progress bar, the stage and what the job reported
+    (``show_extras``: the live reconstruction, preview frames).  Only this part of the page refreshes; when the
+    job ends the whole page is run again to show the result.
     """
     if active_job(slot) is None:
         return
@@ -225,17 +302,15 @@ def job_panel(slot: str, show_extras: Callable[[dict[str, Any]], None]) -> None:
             return
         if job.finished:
             st.rerun()
-        queue = job_queue()
-        if job.status == ui_jobs.QUEUED:
-            ahead = queue.jobs_ahead(job) or 0
-            others = "another visitor's job" if ahead <= 1 else f"{ahead} jobs of other visitors"
-            st.info(f"Waiting for {others} to finish: this machine runs one job at a time. Yours starts "
-                    "automatically; keep this page open.", icon=":material/hourglass_top:")
+        if job.status == pipeline.QUEUED:
+            st.info(_waiting_text(job), icon=":material/hourglass_top:")
         else:
-            st.progress(job.fraction, text=job.stage)
-            show_extras(dict(job.extras))
+            event = job.progress()
+            text, fraction = ui_work.describe(event, st.session_state.get(f"stages_{slot}") or {})
+            st.progress(fraction, text=text)
+            show_extras(dict(event.extras) if event is not None else {})
         if st.button("Cancel", key=f"cancel_{slot}"):
-            queue.cancel(job)
+            job.cancel()
             st.rerun()
 
     panel()

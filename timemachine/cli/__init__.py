@@ -41,7 +41,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"timemachine: warning: {message}", file=sys.stderr)
 
 #: Modules that define commands, in the order ``--help`` lists them.
-COMMAND_MODULES = ["run", "project", "age_vector", "render", "weights", "doctor", "ui"]
+COMMAND_MODULES = ["run", "project", "age_vector", "render", "weights", "doctor", "ui", "worker"]
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

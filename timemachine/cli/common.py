@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from timemachine.env import ENV_MODEL, Environment
+from timemachine.env import ENV_BROKER_URL, ENV_MODEL, Environment
 from timemachine.errors import TimemachineError
 from timemachine.settings import EASINGS, ProjectorSettings, PTISettings, RenderSettings
 
@@ -86,8 +86,9 @@ def projection_request(args: argparse.Namespace, photos: list, out: Optional[Pat
                              checkpoint=checkpoint, resume=bool(getattr(args, "resume", False)))
 
 
-def load_pipeline(args: argparse.Namespace):
-    """The :class:`Pipeline` for ``--model`` (licence notice and download bar when it is downloaded)."""
+def load_pipeline(args: argparse.Namespace, device: Optional[str] = None):
+    """The :class:`Pipeline` for ``--model`` (licence notice and download bar when it is downloaded) on
+    ``device`` (default: ``--device``)."""
     from timemachine.cli.weights import download_progress, licence_notice_if_downloading
     from timemachine.pipeline import Pipeline
 
@@ -100,7 +101,7 @@ def load_pipeline(args: argparse.Namespace):
         raise TimemachineError(f"no model given: pass --model NAME|PATH|URL or set {ENV_MODEL}")
     licence_notice_if_downloading(spec, env=env)
     with download_progress(spec) as progress:
-        pipe = Pipeline.load(spec, env, device=args.device, progress=progress)
+        pipe = Pipeline.load(spec, env, device=device or args.device, progress=progress)
     pipe.downloads = download_progress
     return pipe
 
@@ -187,6 +188,74 @@ def vector_library(args: Optional[argparse.Namespace] = None):
     from timemachine.pipeline import vector_library as library
 
     return library(environment(args) if args is not None else Environment.from_environ())
+
+
+def add_queue_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("job queue")
+    group.add_argument("--broker", default=None, metavar="URL",
+                       help="send the job to queue workers (timemachine worker) through this Redis, "
+                            f"redis://host:port/db (default: ${ENV_BROKER_URL}); they must share TIMEMACHINE_HOME "
+                            "with this machine")
+    group.add_argument("--local", action="store_true", help=f"run here, even when ${ENV_BROKER_URL} is set")
+
+
+def broker_url(args: argparse.Namespace) -> Optional[str]:
+    """The broker to send the job to (None: run it here), after refusing options that only make sense here."""
+    if args.local:
+        if args.broker:
+            raise TimemachineError("--broker and --local contradict each other: choose one")
+        return None
+    url = args.broker or environment(args).broker_url
+    if url:
+        if getattr(args, "resume", False):
+            raise TimemachineError("--resume continues a projection run here; a job given back by a worker that "
+                                   "died is run again by the workers themselves (drop --resume, or add --local)")
+        if getattr(args, "vgg_weights", None):
+            raise TimemachineError("--vgg-weights applies to a run here; the workers use their own "
+                                   "TIMEMACHINE_VGG_WEIGHTS (drop it, or add --local)")
+    return url
+
+
+def model_for_workers(args: argparse.Namespace) -> str:
+    """The model as the workers load it: a file by its absolute path, anything else as given."""
+    spec = args.model or environment(args).model or ""
+    return os.path.abspath(spec) if spec and os.path.isfile(spec) else spec
+
+
+def run_on_workers(args: argparse.Namespace, url: str, kind: str, request, bars) -> Any:
+    """Send the job to the workers behind ``url``, show its queue position and progress (``bars``), and return
+    its result.  Ctrl-C (or SIGTERM) cancels the job on the workers before it is passed on."""
+    import time
+
+    from timemachine.cli import Terminated
+    from timemachine.pipeline import JobSpec, make_executor
+
+    env = environment(args).replace(broker_url=url)
+    executor = make_executor(env)
+    spec = args.model or env.model or ""
+    try:
+        handle = executor.submit(JobSpec(kind, request, model=model_for_workers(args), model_name=spec,
+                                         label=kind, owner=f"cli-{os.getpid()}"))
+        try:
+            said = None
+            while not handle.finished:
+                ahead = handle.jobs_ahead()
+                if ahead is not None and ahead != said:
+                    print(f"queued: {ahead} job{'s' if ahead != 1 else ''} ahead of this one", file=sys.stderr)
+                    said = ahead
+                event = handle.progress()
+                if event is not None:
+                    bars(event)
+                time.sleep(executor.settings.poll_seconds)
+            event = handle.progress()
+            if event is not None and handle.status == "done":
+                bars(event)
+        except (KeyboardInterrupt, Terminated):
+            handle.cancel()
+            raise
+        return handle.get()
+    finally:
+        executor.close()
 
 
 def add_age_arguments(parser: argparse.ArgumentParser) -> None:

@@ -26,6 +26,9 @@ sub-directory per photo.  Projections are cached: projecting the same photo with
 settings again is instant.
 
 Interrupted?  A checkpoint is kept in --out every 50 steps; run the same command with --resume.
+
+With --broker redis://... (or TIMEMACHINE_BROKER_URL set) the photos are projected by the queue workers
+(`timemachine worker`) that share TIMEMACHINE_HOME with this machine; the same files are written into --out.
 """
 
 
@@ -39,6 +42,7 @@ def register(subparsers, formatter) -> None:
                         help="photos projected together (memory grows with it; results do not depend on it)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted projection in --out")
+    common.add_queue_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -65,16 +69,24 @@ def run(args: argparse.Namespace) -> int:
     crop = common.parse_crop(args.crop)
     common.projection_settings(args)
 
-    # Everything that can fail on bad input happens before anything is written.
-    pipe = common.load_pipeline(args)
+    broker = common.broker_url(args)
+
+    # Everything that can fail on bad input happens before anything is written (with a broker the model is
+    # loaded here on the CPU only to prepare the photos and check the request; the workers project them).
+    pipe = common.load_pipeline(args, device="cpu" if broker else None)
     photos = [pipe.prepare_photo(p, crop=crop) for p in args.photos]
     request = common.projection_request(args, photos)
     pipe.check(request)
-    common.load_perceptual(pipe)
-    out.mkdir(parents=True, exist_ok=True)
-    request = common.projection_request(args, photos, out)
-    with common.progress_bars(len(photos)) as bars, common.resumable(request.checkpoint):
-        results = pipe.project(request, progress=bars)
+    if broker:
+        with common.progress_bars(len(photos)) as bars:
+            results = common.run_on_workers(args, broker, "project", request, bars)
+        out.mkdir(parents=True, exist_ok=True)
+    else:
+        common.load_perceptual(pipe)
+        out.mkdir(parents=True, exist_ok=True)
+        request = common.projection_request(args, photos, out)
+        with common.progress_bars(len(photos)) as bars, common.resumable(request.checkpoint):
+            results = pipe.project(request, progress=bars)
 
     for photo, directory, result in zip(args.photos, _output_dirs(out, list(args.photos)), results):
         summary = {"photo": result.photo_info.get("path", os.path.abspath(photo)), "crop": result.photo_info["crop"],

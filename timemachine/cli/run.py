@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from timemachine.cli import EXIT_OK, common
+from timemachine.errors import TimemachineError
 
 HELP = "the whole job: crop, project (cached), walk along an age vector, write the video"
 DESCRIPTION = """\
@@ -21,6 +22,10 @@ Turn a photo of an adult pet into a video of it growing young.
 
 Age vectors come from your library: build one with `timemachine age-vector build` from photos of puppies and
 adults of the breed.  Interrupted while projecting?  Run the same command with --resume.
+
+With --broker redis://... (or TIMEMACHINE_BROKER_URL set) the job runs on the queue workers (`timemachine
+worker`) that share TIMEMACHINE_HOME with this machine; this command shows their progress and writes the same
+files into --out.
 """
 
 
@@ -34,11 +39,14 @@ def register(subparsers, formatter) -> None:
     parser.add_argument("--crop", metavar="X,Y,SIZE", help="square crop box in pixels (default: centred)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted projection in --out")
+    common.add_queue_arguments(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from timemachine.pipeline import AgeVideoRequest
+    import dataclasses
+
+    from timemachine.pipeline import AgeVideoRequest, export_video
 
     out = Path(args.out)
     common.check_out_dir(out)
@@ -46,19 +54,30 @@ def run(args: argparse.Namespace) -> int:
     settings = common.render_settings(args)
     edit = common.age_edit(args)
     common.projection_settings(args)
+    broker = common.broker_url(args)
+    if broker and Path(args.age_vector).is_file():
+        raise TimemachineError("with --broker the age vector must be a name from the library the workers share "
+                               "(import the file with `timemachine age-vector import`), or add --local")
 
-    # Everything that can fail on bad input happens before anything is written.
-    pipe = common.load_pipeline(args)
+    # Everything that can fail on bad input happens before anything is written.  With a broker the model is
+    # loaded here only to prepare the photo and check the request (on the CPU); the workers do the work.
+    pipe = common.load_pipeline(args, device="cpu" if broker else None)
     photo = pipe.prepare_photo(args.photo, crop=crop)
     projection = common.projection_request(args, [photo])
+    outputs = common.video_outputs(args, out)
     request = AgeVideoRequest(photo=photo, edit=edit, projection=projection, render=settings,
-                              outputs=common.video_outputs(args, out))
+                              outputs=dataclasses.replace(outputs, directory=None) if broker else outputs)
     pipe.check(request)
-    common.load_perceptual(pipe)
-    out.mkdir(parents=True, exist_ok=True)
-    request.projection = common.projection_request(args, [photo], out)
-    with common.progress_bars(render=True) as bars, common.resumable(request.projection.checkpoint):
-        result = pipe.age_video(request, progress=bars)
+    if broker:
+        with common.progress_bars(render=True) as bars:
+            stored = common.run_on_workers(args, broker, "age_video", request, bars)
+        result = export_video(stored, out)
+    else:
+        common.load_perceptual(pipe)
+        out.mkdir(parents=True, exist_ok=True)
+        request.projection = common.projection_request(args, [photo], out)
+        with common.progress_bars(render=True) as bars, common.resumable(request.projection.checkpoint):
+            result = pipe.age_video(request, progress=bars)
     m = result.metrics
     cached = " (projection from cache)" if m["cached"] else ""
     print(f"{args.photo}: LPIPS {m['lpips']:.4f}, PSNR {m['psnr']:.2f} dB{cached}; "

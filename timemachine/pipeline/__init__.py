@@ -15,8 +15,14 @@ Every job validates its request before any work, reports through one :class:`Pro
 raise to stop it) and never prints.  Library errors (:mod:`timemachine.errors`) carry one sentence and an
 optional remedy for the face to word.
 
+Executors run jobs for the faces, in this process or on queue workers: a face submits a :class:`JobSpec`
+(kind, request, model) to :func:`make_executor`'s executor and reads the returned :class:`JobHandle` (status,
+queue position, progress, cancel, result).
+
 Modules: ``requests`` (the request types), ``components`` (Pipeline, LoadedModel), ``projection``,
-``videos``, ``vectors`` (the jobs), ``progress`` (the event).
+``videos``, ``vectors`` (the jobs), ``progress`` (the event), ``jobs`` (jobs as data, the pipeline cache),
+``executor`` (the interface), ``executor_inprocess``, ``executor_celery`` (the implementations), ``codec``
+(requests and results as JSON for the queue), ``export`` (a stored video copied into a directory).
 """
 
 from timemachine.env import Environment
@@ -30,8 +36,9 @@ from timemachine.pipeline.progress import VIDEO_STAGES, Progress, ProgressCallba
 from timemachine.pipeline.projection import PhotoProjection, load_photo, prepare_photo, write_projection
 from timemachine.pipeline.discovery import ZOO_SPECIES, DiscoverResult
 from timemachine.pipeline.discovery import precheck as check_discovery
-from timemachine.pipeline.requests import (AgeEdit, AgeVideoRequest, DiscoverRequest, Photo, ProjectionRequest,
-                                           RenderRequest, VectorBuildRequest, VectorExample, VideoOutputs)
+from timemachine.pipeline.requests import (AgeEdit, AgeVideoRequest, DiscoverRequest, Photo, PreviewStripRequest,
+                                           ProjectionRequest, RenderRequest, VectorBuildRequest, VectorExample,
+                                           VideoOutputs)
 from timemachine.age import (MAX_STRENGTH, check_vector_name, describe_layer_groups, format_indices, layer_groups,
                              normalize_layers, resolve_layers)
 from timemachine.age import AgeVector, VectorLibrary
@@ -40,6 +47,11 @@ from timemachine.pipeline.vectors import precheck as check_vector_build
 from timemachine.pipeline.videos import STRIP_TIMES, AgeVideoResult, vector_direction
 from timemachine.zoo import ProgressCallback as DownloadProgress
 from timemachine.zoo import Zoo, ZooEntry, human_bytes
+from timemachine.pipeline.jobs import JOB_KINDS, JobKind, JobSpec, PipelineCache, register_job
+from timemachine.pipeline.executor import (BUG_MESSAGE, CANCELLED, DONE, FAILED, FINISHED, QUEUED, RUNNING, Cancelled,
+                                           Executor, JobCancelled, JobHandle, QueueFull, make_executor)
+from timemachine.pipeline.executor_inprocess import InProcessExecutor
+from timemachine.pipeline.export import export_video
 
 __all__ = [
     "Environment", "LoadedModel", "Pipeline", "load_model", "load_perceptual", "load_clip_labeller", "perceptual_id",
@@ -48,6 +60,10 @@ __all__ = [
     "VectorBuildRequest", "PhotoProjection", "AgeVideoResult", "VectorBuildResult", "BuiltExample", "STRIP_TIMES",
     "write_projection", "CropBox", "parse_crop", "load_vector", "check_vector_build", "MAX_PHOTO_BYTES",
     "MIN_PHOTO_SIDE", "RandomWeightsWarning", "load_photo", "prepare_photo", "human_bytes", "vector_library",
-    "AgeVector", "VectorLibrary", "MAX_STRENGTH", "DiscoverRequest", "DiscoverResult", "check_discovery", "ZOO_SPECIES", "vector_direction", "describe_layer_groups", "format_indices", "layer_groups",
-    "resolve_layers", "normalize_layers", "check_vector_name", "open_zoo", "Zoo", "ZooEntry", "DownloadProgress",
+    "AgeVector", "VectorLibrary", "MAX_STRENGTH", "DiscoverRequest", "DiscoverResult", "check_discovery",
+    "ZOO_SPECIES", "vector_direction", "describe_layer_groups", "format_indices", "layer_groups", "resolve_layers",
+    "normalize_layers", "check_vector_name", "open_zoo", "Zoo", "ZooEntry", "DownloadProgress", "PreviewStripRequest",
+    "JobSpec", "JobKind", "JOB_KINDS", "register_job", "PipelineCache", "Executor", "JobHandle", "InProcessExecutor",
+    "make_executor", "QueueFull", "Cancelled", "JobCancelled", "BUG_MESSAGE", "QUEUED", "RUNNING", "DONE", "FAILED",
+    "CANCELLED", "FINISHED", "export_video",
 ]

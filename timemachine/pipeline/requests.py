@@ -198,3 +198,18 @@ class DiscoverRequest:
     use_cache: bool = True
     replace: bool = False
     save: bool = True
+
+
+@dataclasses.dataclass
+class PreviewStripRequest:
+    """End frames (t = 1) of the walk from a latent along an age vector, one per strength.
+
+    Attributes:
+        latent:    the latent to walk from (a :class:`~timemachine.latents.LatentFile`).
+        edit:      the age vector and layers (its ``strength`` is ignored: ``strengths`` are used).
+        strengths: the strengths to show.
+    """
+
+    latent: Any
+    edit: AgeEdit
+    strengths: list[float] = dataclasses.field(default_factory=list)
