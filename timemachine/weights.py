@@ -74,6 +74,7 @@ ENV_MANIFEST = "TIMEMACHINE_MANIFEST"
 
 GENERATOR = "generator"
 BACKBONE = "backbone"
+KEYPOINTS = "keypoints"  # the animal box and keypoint networks of the eye detector (timemachine.detect)
 VGG16 = "vgg16"
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -179,7 +180,7 @@ def _parse_entry(name: str, item: object, path: Path) -> ZooEntry:
     for key in ("kind", "description", "url", "filename", "source"):
         if not isinstance(item.get(key), str) or not item[key]:
             raise bad(f"lacks a text field {key!r}")
-    if item["kind"] not in (GENERATOR, BACKBONE):
+    if item["kind"] not in (GENERATOR, BACKBONE, KEYPOINTS):
         raise bad(f"has unknown kind {item['kind']!r}")
     if not _is_url(item["url"]):
         raise bad("has a URL that is not http(s)")
