@@ -19,6 +19,7 @@ from timemachine import align, images
 from timemachine.align import DEFAULT_FRAMING, FRAMINGS, Crop, crop_for_eyes
 from timemachine.errors import ImageError
 from timemachine.images import CropBox
+from timemachine.settings import AlignmentSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
@@ -271,3 +272,25 @@ def test_the_record_survives_json():
                    {**record, "notices": "text"}):
         with pytest.raises(ImageError, match="alignment record is malformed"):
             align.Alignment.from_dict(broken)
+
+
+def test_requests_from_command_line_options():
+    assert align.request_from_options() == align.AlignmentRequest("auto", explicit=False)
+    assert align.request_from_options(settings=AlignmentSettings(crop="centre")).method == "centre"
+    assert align.request_from_options("auto") == align.AlignmentRequest("auto", explicit=True)
+    assert align.request_from_options("centre").method == "centre"
+    boxed = align.request_from_options("10,20,300")
+    assert boxed.method == "box" and boxed.box == CropBox(10, 20, 300) and boxed.arguments()["box"] == boxed.box
+    eyes = align.request_from_options(eyes="412,300,590,310", nose="500,420")
+    assert eyes == align.AlignmentRequest("eyes", eyes=((412.0, 300.0), (590.0, 310.0)), nose=(500.0, 420.0),
+                                          explicit=True)
+    with pytest.raises(ImageError, match="either the eyes or a crop"):
+        align.request_from_options("centre", eyes="1,2,30,4")
+    with pytest.raises(ImageError, match="together with the two eyes"):
+        align.request_from_options(nose="1,2")
+    with pytest.raises(ImageError, match="unknown crop mode"):
+        align.request_from_options(settings=AlignmentSettings(crop="box"))
+    with pytest.raises(ImageError, match="supersampling"):
+        AlignmentSettings(supersample=0).validate()
+    result = align.align_photo(photo(700, 500, {}), 32, **eyes.arguments())
+    assert result.alignment.method == "eyes" and result.alignment.nose == (500.0, 420.0)

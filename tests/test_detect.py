@@ -324,3 +324,14 @@ def test_the_detector_is_downloaded_through_the_zoo_and_works(zoo):
     (zoo / "models" / "rtmpose.zip").write_bytes(b"tampered")
     with pytest.raises(WeightsError):
         detect.load_detector(download=False)
+
+
+def test_find_detector_turns_missing_weights_into_a_reason(zoo):
+    detector, reason = detect.find_detector(download=False)
+    assert detector is None and reason == "the eye detector's weights are not downloaded"
+    detector, reason = detect.find_detector(download=True, offline=True)
+    assert detector is None and reason.startswith("the eye detector is unavailable (") and "\n" not in reason
+    detector, reason = detect.find_detector(download=True, offline=False)
+    assert reason is None and isinstance(detector, detect.Detector)
+    img = dots(640, 480, {(250, 200): RED, (300, 205): GREEN})
+    assert align.align_photo(img, 32, method="auto", detector=detector).alignment.method == "auto"

@@ -76,6 +76,7 @@ from PIL import Image, ImageFilter
 
 from timemachine.errors import ImageError
 from timemachine.images import CropBox, parse_crop, resize, square_crop
+from timemachine.settings import AlignmentSettings
 
 if TYPE_CHECKING:
     from timemachine.detect import AnimalDetection, Detector
@@ -91,7 +92,7 @@ BLURRY_BELOW = 0.5
 #: A share of the square outside the photo above this is reported in a notice (the record always has it).
 OUTSIDE_NOTICE = 0.02
 #: Work at this many times the output resolution before the final Lanczos reduction.
-DEFAULT_SUPERSAMPLE = 2
+DEFAULT_SUPERSAMPLE = AlignmentSettings.supersample
 # FFHQ's padding: the fade reaches the median colour 0.3 crop sides beyond the photo; blur sigma 0.02 sides.
 _FADE_LENGTH = 0.3
 _BLUR_SIGMA = 0.02
@@ -318,7 +319,8 @@ def cut(img: np.ndarray, crop: Crop, resolution: int, *, supersample: int = DEFA
 
     Where the square leaves the photo, the photo is mirrored at its edge, blurred and faded towards its median
     colour (see the module docstring).  The work is done at ``supersample`` x R and reduced with Lanczos.
-    Memory: about ``(3 * supersample * R)^2 * 3`` bytes at most, whatever the photo's size.
+    Memory beyond the photo itself: a few arrays of (2 x supersample x R)^2 pixels at most, whatever the
+    photo's size (the region under the square is resampled to the work scale before anything else).
 
     Raises ImageError when the square does not touch the photo at all.
     """
@@ -655,6 +657,59 @@ def _check_image(img: np.ndarray) -> None:
     if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         description = f"{img.dtype} {list(img.shape)}" if isinstance(img, np.ndarray) else type(img).__name__
         raise ValueError(f"expected a uint8 [H, W, 3] image array, got {description}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# What a face asks for
+
+
+@dataclasses.dataclass(frozen=True)
+class AlignmentRequest:
+    """How to frame one photo, as a face asked for it (:func:`request_from_options`, or the UI's marks).
+
+    Attributes:
+        method:   one of :data:`METHODS`.
+        eyes:     the two eye positions for 'eyes' (either order), photo coordinates.
+        nose:     optional, for 'eyes'.
+        box:      the square for 'box'.
+        explicit: the user chose the method.  An explicit 'auto' may download the eye detector's weights; the
+                  default 'auto' uses them only when they are already present (see :func:`detect.find_detector`).
+    """
+
+    method: str = AlignmentSettings.crop
+    eyes: Optional[tuple[Point, Point]] = None
+    nose: Optional[Point] = None
+    box: Optional[CropBox] = None
+    explicit: bool = False
+
+    def arguments(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`align_photo` (add ``detector``/``detector_missing`` for 'auto')."""
+        return {"method": self.method, "eyes": self.eyes, "nose": self.nose, "box": self.box}
+
+
+def request_from_options(crop: Optional[str] = None, eyes: Optional[str] = None, nose: Optional[str] = None,
+                         settings: Optional[AlignmentSettings] = None) -> AlignmentRequest:
+    """The request for the command line's ``--crop auto|centre|X,Y,SIZE``, ``--eyes LX,LY,RX,RY`` and
+    ``--nose X,Y`` (each None when not given); without either, ``settings.crop`` (default 'auto').
+
+    Raises ImageError for malformed values and for eyes given together with a crop (they choose the square
+    in two different ways) or a nose without eyes.
+    """
+    settings = settings or AlignmentSettings()
+    settings.validate()
+    if eyes is not None:
+        if crop is not None:
+            raise ImageError("give either the eyes or a crop, not both: the eyes already decide the square")
+        return AlignmentRequest("eyes", eyes=parse_eyes(eyes), nose=None if nose is None else parse_point(nose),
+                                explicit=True)
+    if nose is not None:
+        raise ImageError("a nose position only helps together with the two eyes")
+    if crop is None:
+        return AlignmentRequest(settings.crop, explicit=False)
+    choice = parse_crop_option(crop)
+    if isinstance(choice, CropBox):
+        return AlignmentRequest("box", box=choice, explicit=True)
+    return AlignmentRequest(choice, explicit=True)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -456,3 +456,19 @@ def load_detector(*, download: bool = True, offline: Optional[bool] = None, thre
     """The zoo's detector, ready to call; see :func:`detector_files` for ``download``, ``offline``, ``progress``."""
     box_path, keypoint_path = detector_files(download=download, offline=offline, progress=progress)
     return OnnxAnimalDetector(box_path, keypoint_path, threads=threads)
+
+
+def find_detector(*, download: bool, offline: Optional[bool] = None, threads: Optional[int] = None,
+                  progress: Optional[Callable[[str, int, Optional[int]], None]] = None
+                  ) -> tuple[Optional[OnnxAnimalDetector], Optional[str]]:
+    """The zoo's detector, or None and why not, in words fit for an alignment notice (for 'auto').
+
+    ``download`` as :func:`detector_files` (True for an explicit 'auto', False for the default).  Never raises
+    for missing, unreachable or damaged weights, nor for a missing onnxruntime: those become the reason.
+    """
+    try:
+        return load_detector(download=download, offline=offline, threads=threads, progress=progress), None
+    except WeightsError as exc:
+        if not download and "not downloaded" in str(exc):
+            return None, "the eye detector's weights are not downloaded"
+        return None, f"the eye detector is unavailable ({exc})"
