@@ -7,12 +7,14 @@ Each target is turned into a "photo": rotated, rescaled and shifted onto a large
 the canvas is the target mirrored and blurred: more of the same scene, out of focus).  The generator's own
 images are aligned faces by definition, so the eyes of a target are put at AFHQ's framing
 (timemachine.align.DEFAULT_FRAMING) and their true positions in the photo follow from the transform that made
-it.  The photo is then prepared four ways and projected for N steps:
+it.  The photo is then prepared five ways and projected for N steps:
 
     target       the generator's image itself (the best any framing can do)
     centre       the centre square of the photo (what timemachine did before alignment)
     eyes         aligned on the true eye positions
     eyes+noise   aligned on eye positions off by a click's error (Gaussian, sd 3 % of the eye distance)
+    framing off  aligned on the true eyes, but to a framing off by about its measured uncertainty (eyes 10 %
+                 closer together, 2 % of the side lower than where the generator has them)
 
 and the final LPIPS (projection vs what it was given) is reported, with the LPIPS of each prepared image
 against the target (how far the framing itself is from the generator's).  VGG16 is random too: the figures
@@ -35,6 +37,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import statistics
@@ -119,7 +122,10 @@ def projection_part(args) -> None:
     canonical_eyes = np.array([[framing.eyes_x - half, framing.eyes_y], [framing.eyes_x + half, framing.eyes_y]]) * R
 
     rng = np.random.default_rng(args.seed)
-    prepared = {"target": [], "centre": [], "eyes": [], "eyes+noise": []}
+    # A framing off by about its own uncertainty: eyes 10 % closer together and 2 % of the side lower.
+    off = dataclasses.replace(framing, name="off", eye_distance=framing.eye_distance * 0.9,
+                              eyes_y=framing.eyes_y + 0.02)
+    prepared = {"target": [], "centre": [], "eyes": [], "eyes+noise": [], "framing off": []}
     for target in generated:
         photo, to_photo = make_photo(target, rng)
         eyes = to_photo(canonical_eyes)
@@ -130,6 +136,8 @@ def projection_part(args) -> None:
         prepared["eyes"].append(align.align_photo(photo, R, method="eyes", eyes=tuple(map(tuple, eyes))).image)
         prepared["eyes+noise"].append(align.align_photo(photo, R, method="eyes",
                                                         eyes=tuple(map(tuple, noisy))).image)
+        prepared["framing off"].append(align.align_photo(photo, R, method="eyes", eyes=tuple(map(tuple, eyes)),
+                                                         framing=off).image)
 
     w_stats = projector.compute_w_stats(G, num_samples=args.w_avg_samples)
     settings = projector.ProjectorSettings(steps=args.steps, w_avg_samples=args.w_avg_samples)

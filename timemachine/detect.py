@@ -191,19 +191,16 @@ def decode_yolox(raw: np.ndarray, size: int, ratio: float, *, threshold: float =
 def non_maximum_suppression(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
     """Indices of ``boxes`` [N, 4] (x0, y0, x1, y1) kept, best score first: a box is dropped when its
     intersection-over-union with a better kept box exceeds ``iou``."""
-    order = list(np.argsort(-scores, kind="stable"))
+    order = np.argsort(-scores, kind="stable")
     areas = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
     kept: list[int] = []
-    while order:
-        i = order.pop(0)
+    while order.size:
+        i, rest = order[0], order[1:]
         kept.append(int(i))
-        if not order:
-            break
-        rest = np.array(order)
         w = np.clip(np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0]), 0, None)
         h = np.clip(np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1]), 0, None)
         overlap = w * h / np.maximum(areas[i] + areas[rest] - w * h, 1e-12)
-        order = [int(j) for j, o in zip(rest, overlap) if o <= iou]
+        order = rest[overlap <= iou]
     return kept
 
 
