@@ -24,8 +24,8 @@ Part 2, detector time per photo on the CPU: the real networks when their weights
 (``timemachine weights download animal-boxes animal-keypoints``), otherwise ONNX stand-ins with the same
 signatures and about the same multiply-adds (tests/onnx_standins.py: 3.1 G for YOLOX-Tiny at 416, 2.7 G for
 RTMPose-m at 256) - which of the two ran is printed; real networks (depthwise convolutions, attention) may
-run faster or slower than a plain convolution stack of the same arithmetic.  The cut itself (align.cut at 512)
-is timed too.  Best of N runs (the machine may be shared; the load average is printed).
+run faster or slower than a plain convolution stack of the same arithmetic.  The cut itself (align.cut at 512,
+and at 256 without supersampling, as a UI preview would) is timed too.  Best of N runs (the machine may be shared; the load average is printed).
 
 Usage::
 
@@ -187,12 +187,13 @@ def detector_part(args) -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"eye detector on the CPU ({os.cpu_count()} cores, load average {load:.1f} at the start), {what}; "
           f"best of {args.repeats} runs")
-    print(f"{'photo':>11} {'boxes':>8} {'keypoints':>10} {'detector':>9} {'align.cut 512':>14}")
+    print(f"{'photo':>11} {'boxes':>8} {'keypoints':>10} {'detector':>9} {'align.cut 512':>14} "
+          f"{'preview 256 (supersample 1)':>28}")
     for width, height in ((1024, 768), (4032, 3024)):
         img = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
         box = np.array([width * 0.25, height * 0.2, width * 0.75, height * 0.9])
         detector(img)  # warm-up
-        t_boxes, t_keypoints, t_total, t_cut = [], [], [], []
+        t_boxes, t_keypoints, t_total, t_cut, t_preview = [], [], [], [], []
         crop = align.crop_for_eyes((width * 0.4, height * 0.45), (width * 0.6, height * 0.47))
         for _ in range(args.repeats):
             started = time.perf_counter()
@@ -207,8 +208,12 @@ def detector_part(args) -> None:
             started = time.perf_counter()
             align.cut(img, crop, 512)
             t_cut.append(time.perf_counter() - started)
-        ms = [1000 * min(t) for t in (t_boxes, t_keypoints, t_total, t_cut)]
-        print(f"{width:>5}x{height:<5} {ms[0]:>6.0f}ms {ms[1]:>8.0f}ms {ms[2]:>7.0f}ms {ms[3]:>12.0f}ms", flush=True)
+            started = time.perf_counter()
+            align.cut(img, crop, 256, supersample=1)
+            t_preview.append(time.perf_counter() - started)
+        ms = [1000 * min(t) for t in (t_boxes, t_keypoints, t_total, t_cut, t_preview)]
+        print(f"{width:>5}x{height:<5} {ms[0]:>6.0f}ms {ms[1]:>8.0f}ms {ms[2]:>7.0f}ms {ms[3]:>12.0f}ms "
+              f"{ms[4]:>26.0f}ms", flush=True)
 
 
 def main() -> None:
