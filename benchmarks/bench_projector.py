@@ -103,7 +103,6 @@ def count_step_flops(G, perceptual, target) -> int:
 
 
 def worker(variant: str, resolution: int, steps: int, breakdown: bool, conn) -> None:
-    import torch
 
     from timemachine import projector as P
 

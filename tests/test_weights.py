@@ -313,7 +313,7 @@ def test_built_wheel_carries_the_manifest_and_finds_it(tmp_path):
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, check=True,
                          capture_output=True, text=True).stdout.splitlines()
     assert Path(out[0]).is_relative_to(site)
-    assert out[1] == "afhqcat,afhqdog,afhqwild,clip-vit-b-32,vgg16"
+    assert out[1] == "afhqcat,afhqdog,afhqwild,animal-boxes,animal-keypoints,clip-vit-b-32,vgg16"
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from timemachine.errors import AgeVectorError, ProjectionError, RenderError, printable
+from timemachine.errors import AgeVectorError, ImageError, ProjectionError, RenderError, printable
 
 #: Largest seed accepted (NumPy's and PyTorch's generators both take it).
 MAX_SEED = 2**32 - 1
@@ -214,6 +214,40 @@ class RenderSettings:
     def total_frames(self) -> int:
         """Frames in the video: see :func:`total_frames`."""
         return total_frames(self.frames, self.hold_start, self.hold_end, self.pingpong)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Framing the photo (timemachine.align)
+
+#: What ``AlignmentSettings.crop`` may be when no eyes and no box are given.
+CROP_MODES = ("auto", "centre")
+
+
+@dataclasses.dataclass
+class AlignmentSettings:
+    """How a photo is framed before projection, when the user gives neither the eyes nor a box.
+
+    Attributes:
+        crop:        'auto': align on the eyes found by the eye detector, used when its weights are present
+                     (downloaded only when 'auto' is asked for explicitly); without them, or when it finds no
+                     face, the centre square with a notice.  'centre': the centre square.
+        supersample: the aligned square is resampled at this many times the model's resolution, then reduced
+                     with Lanczos (:func:`timemachine.align.cut`).
+    """
+
+    crop: str = "auto"
+    supersample: int = 2
+
+    def validate(self) -> None:
+        """Raise :class:`ImageError` (one sentence) for settings that cannot work."""
+        if self.crop not in CROP_MODES:
+            raise ImageError(f"unknown crop mode {self.crop!r}; use one of: {', '.join(CROP_MODES)}")
+        if isinstance(self.supersample, bool) or not isinstance(self.supersample, (int, np.integer)) \
+                or not 1 <= self.supersample <= 8:
+            raise ImageError(f"the supersampling factor must be a whole number from 1 to 8, got {self.supersample!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
