@@ -22,7 +22,8 @@ REPLACE = "replace"            # the target exists: allow replacing it
 FORCE_MODEL = "force_model"    # an age vector belongs to another model: apply it anyway
 RESUME = "resume"              # an interrupted projection left a checkpoint: continue from it
 LOWER_BATCH = "lower_batch"    # out of memory: fewer images at once
-REMEDIES = (REPLACE, FORCE_MODEL, RESUME, LOWER_BATCH)
+DISCOVER = "discover"          # the model has no age vector: discover one from its own samples
+REMEDIES = (REPLACE, FORCE_MODEL, RESUME, LOWER_BATCH, DISCOVER)
 
 #: The longest piece of untrusted text :func:`printable` keeps (longer text is cut with an ellipsis).
 MAX_SHOWN = 200

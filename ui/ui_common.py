@@ -101,6 +101,7 @@ REMEDY_WORDS = {
     errors.FORCE_MODEL: "tick \"Apply it anyway\" to use it with this model",
     errors.RESUME: "start the job again to continue where it stopped",
     errors.LOWER_BATCH: "try a smaller setting",
+    errors.DISCOVER: "press \"Discover this model's age direction\" to make one",
 }
 
 

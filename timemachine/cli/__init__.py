@@ -48,8 +48,17 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
     """Keep hand-written line breaks in descriptions and show defaults of options."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line too (``timemachine: error: ...``), with where to read more, and exit 2."""
+
+    def error(self, message: str):
+        from timemachine.errors import printable
+
+        self.exit(EXIT_USER_ERROR, f"timemachine: error: {printable(message, 400)} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="timemachine",
         formatter_class=_Formatter,
         description="See what your dog or cat looked like as a puppy or kitten.\n\n"

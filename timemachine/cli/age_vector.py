@@ -103,6 +103,7 @@ def register(subparsers, formatter) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing vector of the same name")
     common.add_model_arguments(p)
     common.add_projection_arguments(p)
+    common.add_framing_arguments(p, several=True)
     p.set_defaults(handler=run_build)
 
     from timemachine.settings import DiscoverySettings
@@ -228,7 +229,9 @@ def run_build(args: argparse.Namespace) -> int:
     if args.pti:
         raise AgeVectorError("pivotal tuning changes the generator, not the latent, so it cannot improve an age "
                              "vector; leave out --pti")
-    examples = [VectorExample(role=role, name=path, path=path)
+    photos = [path for path in args.puppy + args.adult if not path.lower().endswith(".npz")]
+    framing = common.alignments(args, photos)
+    examples = [VectorExample(role=role, name=path, path=path, alignment=framing.get(path))
                 for role, paths in (("puppy", args.puppy), ("adult", args.adult)) for path in paths]
     settings, _ = common.projection_settings(args)
     request = VectorBuildRequest(
@@ -244,6 +247,8 @@ def run_build(args: argparse.Namespace) -> int:
     with common.progress_bars(min(len(examples), args.projection_batch_size)) as bars:
         result = pipe.build_vector(request, progress=bars)
     for item in result.examples:
+        for notice in (item.info.get("alignment") or {}).get("notices", []):
+            print(f"timemachine: note: {item.name}: {notice}", file=sys.stderr)
         if item.kind == "photo":
             m = item.metrics
             note = " (from cache)" if m.get("cached") else ""

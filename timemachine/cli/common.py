@@ -258,12 +258,25 @@ def run_on_workers(args: argparse.Namespace, url: str, kind: str, request, bars)
         executor.close()
 
 
-def add_age_arguments(parser: argparse.ArgumentParser) -> None:
+def _strength(text: str):
+    """``--strength``: a number or 'auto'."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+
+
+def add_age_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
     group = parser.add_argument_group("age vector")
-    group.add_argument("--age-vector", required=True, metavar="NAME|FILE",
-                       help="age vector: a name from your library (timemachine age-vector list) or a .safetensors file")
-    group.add_argument("--strength", type=float, default=None,
-                       help="how far to walk along the vector (default: the vector's own)")
+    group.add_argument("--age-vector", required=required, default=None, metavar="NAME|FILE",
+                       help="age vector: a name from your library or the built-ins (timemachine age-vector list) "
+                            "or a .safetensors file" + ("" if required else
+                                                         " (default: the model's default vector)"))
+    group.add_argument("--strength", type=_strength, default=None, metavar="NUMBER|auto",
+                       help="how far to walk along the vector (default: the vector's own); 'auto': the smallest "
+                            "strength whose last frame CLIP finds young without changing the coat colour")
     group.add_argument("--layers", default=None, metavar="GROUPS|RANGES",
                        help="layers to edit: coarse, middle, fine, all, or indices like 0-7 (default: the vector's own)")
     group.add_argument("--force-model", action="store_true",
@@ -271,6 +284,7 @@ def add_age_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def age_edit(args: argparse.Namespace):
+    """The :class:`AgeEdit` of ``--age-vector``, ``--strength``, ``--layers`` and ``--force-model``."""
     from timemachine.pipeline import AgeEdit
 
     return AgeEdit(vector=args.age_vector, strength=args.strength, layers=args.layers, force_model=args.force_model)
@@ -315,6 +329,81 @@ def parse_crop(text: Optional[str]):
     from timemachine.pipeline import parse_crop as parse
 
     return parse(text) if text else None
+
+
+def add_framing_arguments(parser: argparse.ArgumentParser, several: bool = False) -> None:
+    """``--crop``, ``--eyes`` and ``--nose``: how the face is cut out of the photo(s)."""
+    group = parser.add_argument_group("framing (how the face is cut out of the photo)")
+    group.add_argument("--crop", default=None, metavar="auto|centre|X,Y,SIZE",
+                       help="auto: align on the eyes found by the eye detector (used when its weights are "
+                            "downloaded; asking for it explicitly downloads them), else the centre square with a "
+                            "note; centre: the centred square; X,Y,SIZE: that square, in pixels (default: auto)")
+    each = "PHOTO=" if several else ""
+    group.add_argument("--eyes", action="append", default=None, metavar=f"[{each}]LX,LY,RX,RY",
+                       help="the centres of the two eyes in the photo, in pixels: the face is rotated so they are "
+                            "level and framed as the model's training faces" +
+                            ("; with several photos, PHOTO=LX,LY,RX,RY, repeated for each photo" if several else ""))
+    group.add_argument("--nose", action="append", default=None, metavar=f"[{each}]X,Y",
+                       help="the tip of the nose, in pixels (optional, with --eyes): tells which way is up")
+
+
+def _per_photo(values: Optional[list[str]], photos: list[str], option: str) -> dict[str, str]:
+    """``--eyes``/``--nose`` values by photo: 'PHOTO=...' for that photo, a bare value for the only photo."""
+    found: dict[str, str] = {}
+    for value in values or []:
+        photo, sep, rest = value.rpartition("=")
+        if not sep:
+            if len(photos) != 1:
+                raise TimemachineError(f"with several photos, give {option} PHOTO=... for each photo it is for")
+            photo, rest = photos[0], value
+        elif photo not in photos:
+            raise TimemachineError(f"{option} {value!r} names {photo!r}, which is not one of the photos given")
+        if photo in found:
+            raise TimemachineError(f"{option} is given twice for {photo}")
+        found[photo] = rest
+    return found
+
+
+def alignments(args: argparse.Namespace, photos: list[str]) -> dict[str, Any]:
+    """The :class:`AlignmentRequest` of each photo from ``--crop``, ``--eyes`` and ``--nose``."""
+    from timemachine.pipeline import request_from_options
+
+    eyes = _per_photo(getattr(args, "eyes", None), photos, "--eyes")
+    noses = _per_photo(getattr(args, "nose", None), photos, "--nose")
+    # With several photos --crop frames those without eyes; where every photo has its eyes, a crop contradicts.
+    crop_with_eyes = args.crop if set(photos) <= set(eyes) else None
+    return {photo: request_from_options(crop_with_eyes if photo in eyes else args.crop, eyes.get(photo),
+                                        noses.get(photo))
+            for photo in photos}
+
+
+def example_photo(pipe, seed: int):
+    """The model's example adult animal (checked adult with CLIP when its weights are there)."""
+    return pipe.example_photo(seed)
+
+
+def video_summary(name: str, result) -> str:
+    """The last line of a video command: likeness, age and coat-colour scores, the strength, the video."""
+    from timemachine.pipeline import scores_summary
+
+    info = result.run_info
+    m = result.metrics or {}
+    likeness = f"LPIPS {m['lpips']:.4f}, PSNR {m['psnr']:.2f} dB" + (" (projection from cache)" if m.get("cached")
+                                                                       else "") + "; " if "lpips" in m else ""
+    vector = info.get("age_vector", {})
+    chosen = {"built-in": " (the model's built-in default)", "chosen": " (the model's default)"}.get(
+        vector.get("chosen"), "")
+    strength = info.get("render", {}).get("strength")
+    auto = " (auto)" if "strength_auto" in info else ""
+    scores = f"; {scores_summary(info['scores'])}" if "scores" in info else ""
+    return (f"{name}: {likeness}age vector {vector.get('name')}{chosen} at strength {strength:g}{auto}{scores}; "
+            f"{info['render']['total_frames']} frames -> {result.files['video']}")
+
+
+def print_notices(name: str, photo) -> None:
+    """The framing's notices (a fallback to the centre square, say), one line each on stderr."""
+    for notice in photo.notices:
+        print(f"timemachine: note: {name}: {notice}", file=sys.stderr)
 
 
 def check_out_dir(out: Path) -> None:

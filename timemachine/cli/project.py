@@ -16,8 +16,11 @@ plus noise regularisation, Adam with the official schedule), in W (one latent sh
 age editing) or W+ (one latent per layer, closer reconstructions).  --pti then fine-tunes a copy of the
 generator around the found latent (pivotal tuning) for a closer match still.
 
-The photo is cropped to a square (centred, or --crop X,Y,SIZE in pixels of the upright photo) and resized to
-the model's resolution.  Several photos are projected together as one batch.
+The face is framed the way the model's training faces were: from the two eyes (--eyes, or found by the eye
+detector: --crop auto, the default when its weights are downloaded), rotated so the eyes are level, scaled and
+placed as in AFHQ; or the centre square (--crop centre), or a square of your own (--crop X,Y,SIZE in pixels of
+the upright photo).  projection.json records what was done.  Several photos are projected together,
+--batch-size at a time.
 
 Writes into --out:  projected_w.npz (the official format: key 'w' [1, num_ws, w_dim], plus the optimised
 noise; with --pti also projected_w.pti.safetensors), projection.png (the reconstruction), target.png (the
@@ -37,7 +40,7 @@ def register(subparsers, formatter) -> None:
     parser.add_argument("photos", nargs="+", metavar="PHOTO", help="photo file(s): JPEG, PNG, WebP, ...")
     common.add_model_arguments(parser)
     common.add_projection_arguments(parser)
-    parser.add_argument("--crop", metavar="X,Y,SIZE", help="square crop box in pixels (default: centred)")
+    common.add_framing_arguments(parser, several=True)
     parser.add_argument("--batch-size", type=int, default=common.PROJECTOR.batch_size, dest="projection_batch_size",
                         help="photos projected together (memory grows with it; results do not depend on it)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     common.check_out_dir(out)
-    crop = common.parse_crop(args.crop)
+    framing = common.alignments(args, list(args.photos))
     common.projection_settings(args)
 
     broker = common.broker_url(args)
@@ -74,9 +77,11 @@ def run(args: argparse.Namespace) -> int:
     # Everything that can fail on bad input happens before anything is written (with a broker the model is
     # loaded here on the CPU only to prepare the photos and check the request; the workers project them).
     pipe = common.load_pipeline(args, device="cpu" if broker else None)
-    photos = [pipe.prepare_photo(p, crop=crop) for p in args.photos]
+    photos = [pipe.prepare_photo(p, alignment=framing[p]) for p in args.photos]
     request = common.projection_request(args, photos)
     pipe.check(request)
+    for name, photo in zip(args.photos, photos):
+        common.print_notices(name, photo)
     if broker:
         with common.progress_bars(len(photos)) as bars:
             results = common.run_on_workers(args, broker, "project", request, bars)
@@ -90,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
     for photo, directory, result in zip(args.photos, _output_dirs(out, list(args.photos)), results):
         summary = {"photo": result.photo_info.get("path", os.path.abspath(photo)), "crop": result.photo_info["crop"],
+                   "alignment": result.photo_info.get("alignment"),
                    "model": pipe.model.spec, "model_fingerprint": pipe.model.fingerprint,
                    "settings": request.settings.to_dict(),
                    "pti_settings": request.pti.to_dict() if request.pti else None}

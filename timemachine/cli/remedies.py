@@ -10,6 +10,8 @@ WORDS = {
     errors.FORCE_MODEL: "pass --force-model to apply it anyway",
     errors.RESUME: "run the same command with --resume to continue",
     errors.LOWER_BATCH: "lower --batch-size",
+    errors.DISCOVER: "make one from the model's own samples with 'timemachine age-vector discover NAME --model "
+                     "MODEL' (or build one from photos with 'timemachine age-vector build')",
 }
 
 

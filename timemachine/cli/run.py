@@ -8,20 +8,27 @@ from pathlib import Path
 from timemachine.cli import EXIT_OK, common
 from timemachine.errors import TimemachineError
 
-HELP = "the whole job: crop, project (cached), walk along an age vector, write the video"
+HELP = "the whole job: frame, project (cached), walk along an age vector, write the video and its scores"
 DESCRIPTION = """\
 Turn a photo of an adult pet into a video of it growing young.
 
-  1. crop the photo to a square (centred, or --crop X,Y,SIZE) and resize it to the model's resolution;
+  1. frame the face as the model's training faces were (from the eyes: --eyes, or found by the eye detector,
+     the default when its weights are downloaded; else the centre square, or --crop) and resize it;
   2. project it into the generator's latent space (cached: the same photo, model and settings are projected
      only once, so re-rendering with another strength or vector is quick);
   3. walk the latent along the age vector: w(t) = w + strength * a(t) * v on the chosen layers;
   4. write into --out: video.mp4, preview.gif, before.png (the reconstruction), after.png (the young
-     animal), projected_w.npz, run.json (settings, model fingerprint, timings); with --side-by-side also
-     side_by_side.mp4 (photo | reconstruction | young).
+     animal), projected_w.npz, run.json (settings, model fingerprint, timings, scores); with --side-by-side
+     also side_by_side.mp4 (photo | reconstruction | young).
 
-Age vectors come from your library: build one with `timemachine age-vector build` from photos of puppies and
-adults of the breed.  Interrupted while projecting?  Run the same command with --resume.
+Every video is scored (run.json and the last line): how young it looks at the start and the end (CLIP's
+P(young); 'unavailable', with the reason, without CLIP's weights), how close the reconstruction is to the
+photo (LPIPS, PSNR), and how much the coat colour changed (CIEDE2000; a warning above 10).
+
+The age vector: --age-vector NAME, or the model's default (afhqdog has a built-in one, 'yorkshire'; mark your
+own with `timemachine age-vector set NAME --default`, or make one for any model with `timemachine age-vector
+discover`).  --strength auto picks the strength for you.  No photo at hand?  --example makes an adult animal
+with the model and uses it as the photo.  Interrupted while projecting?  Run the same command with --resume.
 
 With --broker redis://... (or TIMEMACHINE_BROKER_URL set) the job runs on the queue workers (`timemachine
 worker`) that share TIMEMACHINE_HOME with this machine; this command shows their progress and writes the same
@@ -31,16 +38,27 @@ files into --out.
 
 def register(subparsers, formatter) -> None:
     parser = subparsers.add_parser("run", help=HELP, description=DESCRIPTION, formatter_class=formatter)
-    parser.add_argument("photo", metavar="PHOTO", help="photo of the adult pet")
+    parser.add_argument("photo", metavar="PHOTO", nargs="?", default=None, help="photo of the adult pet")
+    parser.add_argument("--example", nargs="?", type=int, const=0, default=None, metavar="SEED",
+                        help="instead of a photo, an adult animal the model makes (sample SEED, default 0)")
     common.add_model_arguments(parser)
-    common.add_age_arguments(parser)
+    common.add_age_arguments(parser, required=False)
     common.add_projection_arguments(parser)
     common.add_render_arguments(parser)
-    parser.add_argument("--crop", metavar="X,Y,SIZE", help="square crop box in pixels (default: centred)")
+    common.add_framing_arguments(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted projection in --out")
     common.add_queue_arguments(parser)
     parser.set_defaults(handler=run)
+
+
+def _photo(args: argparse.Namespace, pipe):
+    """The prepared photo: the file given (framed as asked), or the model's example animal."""
+    if args.example is not None:
+        photo = common.example_photo(pipe, args.example)
+        return "example", photo
+    framing = common.alignments(args, [args.photo])
+    return args.photo, pipe.prepare_photo(args.photo, alignment=framing[args.photo])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,26 +66,34 @@ def run(args: argparse.Namespace) -> int:
 
     from timemachine.pipeline import AgeVideoRequest, export_video
 
+    if (args.photo is None) == (args.example is None):
+        raise TimemachineError("give a photo of your pet, or --example for an animal the model makes (not both)")
+    if args.example is not None and (args.crop or args.eyes or args.nose):
+        raise TimemachineError("--example makes a photo that is framed already: leave out --crop, --eyes and --nose")
+    if args.example is not None and not 0 <= args.example <= 2**31 - 1:
+        raise TimemachineError(f"the example's seed must be a whole number from 0 to {2**31 - 1}")
+    if args.photo is not None:
+        common.alignments(args, [args.photo])       # malformed --eyes/--crop: refused before the model loads
     out = Path(args.out)
     common.check_out_dir(out)
-    crop = common.parse_crop(args.crop)
     settings = common.render_settings(args)
     edit = common.age_edit(args)
     common.projection_settings(args)
     broker = common.broker_url(args)
-    if broker and Path(args.age_vector).is_file():
+    if broker and args.age_vector and Path(args.age_vector).is_file():
         raise TimemachineError("with --broker the age vector must be a name from the library the workers share "
                                "(import the file with `timemachine age-vector import`), or add --local")
 
     # Everything that can fail on bad input happens before anything is written.  With a broker the model is
     # loaded here only to prepare the photo and check the request (on the CPU); the workers do the work.
     pipe = common.load_pipeline(args, device="cpu" if broker else None)
-    photo = pipe.prepare_photo(args.photo, crop=crop)
+    name, photo = _photo(args, pipe)
     projection = common.projection_request(args, [photo])
     outputs = common.video_outputs(args, out)
     request = AgeVideoRequest(photo=photo, edit=edit, projection=projection, render=settings,
                               outputs=dataclasses.replace(outputs, directory=None) if broker else outputs)
     pipe.check(request)
+    common.print_notices(name, photo)
     if broker:
         with common.progress_bars(render=True) as bars:
             stored = common.run_on_workers(args, broker, "age_video", request, bars)
@@ -78,8 +104,5 @@ def run(args: argparse.Namespace) -> int:
         request.projection = common.projection_request(args, [photo], out)
         with common.progress_bars(render=True) as bars, common.resumable(request.projection.checkpoint):
             result = pipe.age_video(request, progress=bars)
-    m = result.metrics
-    cached = " (projection from cache)" if m["cached"] else ""
-    print(f"{args.photo}: LPIPS {m['lpips']:.4f}, PSNR {m['psnr']:.2f} dB{cached}; "
-          f"{result.run_info['render']['total_frames']} frames -> {result.files['video']}")
+    print(common.video_summary(name, result))
     return EXIT_OK

@@ -28,12 +28,14 @@ Modules: ``requests`` (the request types), ``components`` (Pipeline, LoadedModel
 from timemachine.env import Environment
 from timemachine.images import DEFAULT_MAX_BYTES as MAX_PHOTO_BYTES
 from timemachine.images import MIN_SIDE as MIN_PHOTO_SIDE
+from timemachine.align import AlignmentRequest, request_from_options
 from timemachine.images import CropBox, parse_crop
 from timemachine.perceptual import RandomWeightsWarning
 from timemachine.pipeline.components import (LoadedModel, Pipeline, load_clip_labeller, load_model, load_perceptual,
                                              open_zoo, perceptual_id)
 from timemachine.pipeline.progress import VIDEO_STAGES, Progress, ProgressCallback, overall_fraction
-from timemachine.pipeline.projection import PhotoProjection, load_photo, prepare_photo, write_projection
+from timemachine.pipeline.photos import load_photo, prepare_photo
+from timemachine.pipeline.projection import PhotoProjection, write_projection
 from timemachine.pipeline.discovery import ZOO_SPECIES, DiscoverResult
 from timemachine.pipeline.discovery import precheck as check_discovery
 from timemachine.pipeline.requests import (AgeEdit, AgeVideoRequest, DiscoverRequest, Photo, PreviewStripRequest,
@@ -44,6 +46,7 @@ from timemachine.age import (MAX_STRENGTH, check_vector_name, describe_layer_gro
 from timemachine.age import AgeVector, VectorLibrary
 from timemachine.pipeline.vectors import BuiltExample, VectorBuildResult, load_vector, vector_library
 from timemachine.pipeline.vectors import precheck as check_vector_build
+from timemachine.pipeline.scoring import summary as scores_summary
 from timemachine.pipeline.videos import STRIP_TIMES, AgeVideoResult, vector_direction
 from timemachine.zoo import ProgressCallback as DownloadProgress
 from timemachine.zoo import Zoo, ZooEntry, human_bytes
@@ -65,5 +68,6 @@ __all__ = [
     "normalize_layers", "check_vector_name", "open_zoo", "Zoo", "ZooEntry", "DownloadProgress", "PreviewStripRequest",
     "JobSpec", "JobKind", "JOB_KINDS", "register_job", "PipelineCache", "Executor", "JobHandle", "InProcessExecutor",
     "make_executor", "QueueFull", "Cancelled", "JobCancelled", "BUG_MESSAGE", "QUEUED", "RUNNING", "DONE", "FAILED",
-    "CANCELLED", "FINISHED", "export_video",
+    "CANCELLED", "FINISHED", "export_video", "AlignmentRequest", "request_from_options",
+    "scores_summary",
 ]

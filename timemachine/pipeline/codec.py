@@ -411,7 +411,11 @@ def _register_defaults() -> None:
     from timemachine.pipeline.videos import AgeVideoResult
     from timemachine.settings import DiscoverySettings, ProjectorSettings, PTISettings, RenderSettings, VectorSettings
 
-    for cls in (requests.Photo, requests.AgeEdit, requests.AgeVideoRequest, requests.VectorBuildRequest,
+    from timemachine.align import AlignmentRequest
+    from timemachine.images import CropBox
+    from timemachine.settings import ScoreSettings
+
+    for cls in (AlignmentRequest, CropBox, ScoreSettings, requests.Photo, requests.AgeEdit, requests.AgeVideoRequest, requests.VectorBuildRequest,
                 requests.PreviewStripRequest, requests.DiscoverRequest, ProjectorSettings, PTISettings,
                 RenderSettings, VectorSettings, DiscoverySettings, PhotoProjection, BuiltExample, LatentFile,
                 AgeVector):

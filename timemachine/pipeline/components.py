@@ -156,6 +156,8 @@ class Pipeline:
         self.downloads: Optional[Callable[[str], ContextManager]] = None
         self._perceptual = perceptual
         self._labellers: dict[tuple, object] = {}
+        self._detector: Optional[tuple[Optional[object], Optional[str]]] = None
+        self._detector_download = False
         self.projections = ProjectionCache(env.paths.projections)
         self.videos = ContentStore(env.paths.ui_videos, max_entries=MAX_STORED_VIDEOS)
 
@@ -220,10 +222,42 @@ class Pipeline:
         else:
             raise TypeError(f"not a pipeline request: {type(request).__name__}")
 
-    def prepare_photo(self, source, *, crop=None, name: Optional[str] = None):
-        from timemachine.pipeline import projection
+    def prepare_photo(self, source, *, alignment=None, crop=None, name: Optional[str] = None):
+        """A :class:`Photo` for this model: framed as ``alignment`` asks (an :class:`AlignmentRequest`; default:
+        ``crop`` as a box, else the centre square), resized to the model's resolution."""
+        from timemachine.pipeline import photos
 
-        return projection.prepare_photo(source, self.resolution, crop=crop, name=name)
+        detector, missing = self.detector(alignment.explicit) if alignment is not None and \
+            alignment.method == "auto" else (None, None)
+        return photos.prepare_photo(source, self.resolution, alignment=alignment, crop=crop, name=name,
+                                        model_spec=self.model.spec, detector=detector, detector_missing=missing)
+
+    def example_photo(self, seed: int = 0):
+        """An adult animal made by the model, as a prepared photo (see :func:`photos.example_photo`); checked adult
+        with CLIP when the model's species is known and CLIP's weights are there."""
+        from timemachine.errors import TimemachineError, first_line
+        from timemachine.pipeline import photos
+
+        species = ZOO_SPECIES.get(self.model.spec)
+        labeller, reason = None, "the model's species is not known"
+        if species is not None:
+            try:
+                labeller, reason = self.labeller(species), None
+            except TimemachineError as exc:
+                reason = first_line(exc)
+        return photos.example_photo(self.G, seed, labeller=labeller, unavailable=reason)
+
+    def detector(self, download: bool = False) -> tuple[Optional[object], Optional[str]]:
+        """(the eye detector, None) or (None, why there is none), found once: its weights are used when present,
+        and downloaded only when ``download`` (an explicit 'auto')."""
+        if self._detector is None or (self._detector[0] is None and download and not self._detector_download):
+            from timemachine import detect
+
+            with self._download_progress("the eye detector", None) as bar:
+                report = (lambda name, done, total: bar(done, total)) if bar is not None else None
+                self._detector = detect.find_detector(open_zoo(self.env), download=download, progress=report)
+            self._detector_download = download
+        return self._detector
 
     def project(self, request, progress=None):
         from timemachine.pipeline import projection

@@ -22,7 +22,7 @@ from timemachine.cache import projection_key
 from timemachine.fs import write_json
 from timemachine.latents import LatentFile, save_latent
 from timemachine.pipeline.progress import ProgressCallback, report
-from timemachine.pipeline.requests import Photo, ProjectionRequest
+from timemachine.pipeline.requests import ProjectionRequest
 from timemachine.projector import ProgressEvent
 
 from timemachine.pipeline.components import memory_errors
@@ -49,28 +49,6 @@ class PhotoProjection:
     reconstruction: np.ndarray
     metrics: dict[str, Any]
     photo_info: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-def load_photo(source, *, name: Optional[str] = None) -> np.ndarray:
-    """A photo as it is meant to be seen: uint8 [H, W, 3], sRGB, EXIF orientation applied (see
-    :func:`timemachine.images.load_image`; ImageError for anything unusable)."""
-    return images.load_image(source, name=name, max_bytes=images.DEFAULT_MAX_BYTES)
-
-
-def prepare_photo(source, resolution: int, *, crop: Optional[images.CropBox] = None,
-                  name: Optional[str] = None) -> Photo:
-    """Read a photo (a path, bytes, a file object or a decoded uint8 [H, W, 3] array), crop it (centred square,
-    or ``crop``) and resize it to ``resolution``.  Raises ImageError for anything unusable."""
-    if isinstance(source, np.ndarray):
-        image = images.resize(images.square_crop(source, crop, name=name), resolution)
-    else:
-        image = images.prepare_photo(source, resolution, crop=crop, name=name)
-    info: dict[str, Any] = {"crop": str(crop) if crop else "centre"}
-    if isinstance(source, (str, os.PathLike)):
-        info["path"] = os.path.abspath(os.fspath(source))
-    elif name:
-        info["name"] = name
-    return Photo(image=image, info=info)
 
 
 def settings_key(settings: projector.ProjectorSettings) -> dict:

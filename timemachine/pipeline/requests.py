@@ -15,7 +15,10 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from timemachine.settings import DiscoverySettings, ProjectorSettings, PTISettings, RenderSettings, VectorSettings
+from timemachine.align import AlignmentRequest
+
+from timemachine.settings import (DiscoverySettings, ProjectorSettings, PTISettings, RenderSettings, ScoreSettings,
+                                  VectorSettings)
 
 PathLike = Union[str, os.PathLike]
 
@@ -26,12 +29,19 @@ class Photo:
 
     Attributes:
         image: uint8 [R, R, 3], cropped and resized as the projector will see it.
-        info:  where it came from, for projection.json/run.json: 'path' or 'name', 'crop' ('centre' or
-               'X,Y,SIZE'), and whatever framing was applied.
+        info:  where it came from, for projection.json/run.json: 'path' or 'name', 'crop' (the square cut:
+               'centre', 'X,Y,SIZE', or 'eyes' for a square turned to level the eyes) and 'alignment' (the
+               record of :class:`timemachine.align.Alignment`: method, eyes, crop, notices).
     """
 
     image: np.ndarray
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def notices(self) -> list[str]:
+        """One-line notices about how the photo was framed (a fallback to the centre square, say)."""
+        alignment = self.info.get("alignment") or {}
+        return [str(n) for n in alignment.get("notices", [])]
 
 
 @dataclasses.dataclass
@@ -60,16 +70,22 @@ class AgeEdit:
     """Which way to walk: an age vector (by library name, built-in name or file) and how to apply it.
 
     Attributes:
-        vector:      a name from the library or the built-ins, or a ``.safetensors`` file.
-        strength:    how far to walk; None = the vector's default strength.
+        vector:      a name from the library or the built-ins, or a ``.safetensors`` file; None = the model's
+                     default vector (one the user marked, else the model's built-in).
+        strength:    how far to walk; None = the vector's default strength; ``"auto"`` = the smallest strength
+                     whose last frame CLIP finds young, within the coat-colour limit (:class:`ScoreSettings`).
         layers:      rows to edit ('coarse,middle', '0-7', 'all'); None = the vector's default layers.
         force_model: apply a vector that was built for another model anyway.
     """
 
-    vector: str
-    strength: Optional[float] = None
+    vector: Optional[str] = None
+    strength: Union[float, str, None] = None
     layers: Optional[str] = None
     force_model: bool = False
+
+    @property
+    def auto_strength(self) -> bool:
+        return isinstance(self.strength, str)
 
 
 @dataclasses.dataclass
@@ -99,6 +115,7 @@ class AgeVideoRequest:
         render:     how to render (its ``strength`` is replaced by the edit's).
         outputs:    where to write.
         preview_only: stop after the preview strip (no video, nothing written but the projection store).
+        scores:     thresholds of the scores and of the automatic strength.
     """
 
     photo: Photo
@@ -107,6 +124,7 @@ class AgeVideoRequest:
     render: RenderSettings = dataclasses.field(default_factory=RenderSettings)
     outputs: VideoOutputs = dataclasses.field(default_factory=VideoOutputs)
     preview_only: bool = False
+    scores: ScoreSettings = dataclasses.field(default_factory=ScoreSettings)
 
 
 @dataclasses.dataclass
@@ -117,6 +135,7 @@ class RenderRequest:
         latent:  the latent file.
         edit, render, outputs: as in :class:`AgeVideoRequest`.
         photo:   the photo, for the side-by-side video's first panel; None = no photo panel.
+        scores:  thresholds of the scores and of the automatic strength.
     """
 
     latent: PathLike
@@ -124,6 +143,7 @@ class RenderRequest:
     render: RenderSettings = dataclasses.field(default_factory=RenderSettings)
     outputs: VideoOutputs = dataclasses.field(default_factory=VideoOutputs)
     photo: Optional[Photo] = None
+    scores: ScoreSettings = dataclasses.field(default_factory=ScoreSettings)
 
 
 @dataclasses.dataclass
@@ -135,12 +155,15 @@ class VectorExample:
         name:   the name to show and record (a path, or an upload's file name).
         data:   the file's bytes (uploads), or None to read ``path``.
         path:   the file to read when ``data`` is None.
+        alignment: how to frame a photo (:class:`~timemachine.align.AlignmentRequest`); None = the default
+                'auto' (the eye detector when its weights are present, else the centre square).
     """
 
     role: str
     name: str
     data: Optional[bytes] = None
     path: Optional[PathLike] = None
+    alignment: Optional[AlignmentRequest] = None
 
 
 @dataclasses.dataclass

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from timemachine import age, images
+from timemachine import age
+from timemachine.align import AlignmentRequest
 from timemachine.env import Environment
 from timemachine.errors import AgeVectorError, AlreadyExists, TimemachineError, printable
 from timemachine.latents import LatentFile, load_latent
@@ -47,6 +48,8 @@ class BuiltExample:
         kind:     'photo' or 'latent'.
         latent:   its latent (ws [num_ws, w_dim]).
         metrics:  the projection's metrics for photos ('lpips', 'psnr', 'cached'); {} for latent files.
+        image:    the prepared photo while the build runs (None afterwards).
+        info:     how the photo was framed (its ``Photo.info``: 'crop', 'alignment').
     """
 
     role: str
@@ -55,6 +58,7 @@ class BuiltExample:
     latent: Optional[LatentFile] = None
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
     image: Optional[np.ndarray] = None
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -125,8 +129,8 @@ def _read_example(pipe: "Pipeline", example: VectorExample) -> BuiltExample:
             raise AgeVectorError(f"{example.role} latent {printable(example.name)} was projected with another "
                                  f"model ({printable(recorded)}), not with {pipe.model.spec} ({pipe.model.fingerprint})")
         return BuiltExample(example.role, example.name, "latent", latent=latent)
-    image = images.prepare_photo(source, pipe.resolution, name=example.name)
-    return BuiltExample(example.role, example.name, "photo", image=image)
+    photo = pipe.prepare_photo(source, alignment=example.alignment or AlignmentRequest(), name=example.name)
+    return BuiltExample(example.role, example.name, "photo", image=photo.image, info=photo.info)
 
 
 def _project(pipe: "Pipeline", request: VectorBuildRequest, examples: list[BuiltExample],
@@ -137,7 +141,8 @@ def _project(pipe: "Pipeline", request: VectorBuildRequest, examples: list[Built
     if not todo:
         return
     projection = dataclasses.replace(request.projection, pti=None, checkpoint=None, resume=False,
-                                     photos=[Photo(image=item.image, info={"name": item.name}) for item in todo])
+                                     photos=[Photo(image=item.image, info={**item.info, "name": item.name})
+                                             for item in todo])
     for item, result in zip(todo, pipe.project(projection, progress)):
         item.latent = result.latent
         item.metrics = dict(result.metrics)
@@ -149,6 +154,7 @@ def _details(request: VectorBuildRequest, examples: list[BuiltExample]) -> dict[
         source: dict[str, Any] = {"role": item.role, "kind": item.kind, "file": os.path.basename(item.name)}
         if item.kind == "photo":
             source.update({k: item.metrics[k] for k in ("lpips", "psnr") if k in item.metrics})
+            source["crop"] = item.info.get("crop", "centre")
         elif item.latent is not None and "model_fingerprint" not in item.latent.meta:
             source["model_unverified"] = True   # an official projected_w.npz records no model
         sources.append(source)

@@ -23,13 +23,14 @@ import numpy as np
 import torch
 
 from timemachine import images, render as render_module
-from timemachine.errors import LatentError, TimemachineError
+from timemachine.errors import AgeVectorError, LatentError, RenderError, TimemachineError, printable
 from timemachine.fs import write_json
 from timemachine.latents import LatentFile, load_latent, save_latent
 from timemachine.pipeline.progress import ProgressCallback, report
 from timemachine.pipeline.projection import PhotoProjection, store_key
 from timemachine.pipeline.requests import AgeEdit, AgeVideoRequest, RenderRequest
-from timemachine.settings import RenderSettings
+from timemachine.pipeline import scoring
+from timemachine.settings import RenderSettings, ScoreSettings
 
 from timemachine.pipeline.components import memory_errors
 
@@ -80,7 +81,7 @@ def vector_direction(model: "LoadedModel", vector, layers: Optional[str] = None,
     """The vector's direction [num_ws, w_dim] on the selected layers (None: the vector's own), after checking
     that it belongs to ``model`` (:class:`AgeVectorError` with remedy FORCE_MODEL otherwise, unless forced) and
     fits its shape."""
-    from timemachine.errors import AgeVectorError, quoted
+    from timemachine.errors import quoted
 
     vector.check_model(model.fingerprint, model_name=model.spec, force=force_model, zoo=model.zoo)
     G = model.G
@@ -90,18 +91,34 @@ def vector_direction(model: "LoadedModel", vector, layers: Optional[str] = None,
     return vector.masked_direction(layers)
 
 
+def edit_vector(pipe: "Pipeline", edit: AgeEdit) -> tuple[Any, str]:
+    """(the AgeVector the edit names, how it was chosen: 'named', or for ``vector=None`` the model's default:
+    'chosen' by the user or 'built-in'); AgeVectorError with remedy DISCOVER when the model has no default."""
+    from timemachine.errors import DISCOVER
+    from timemachine.pipeline.vectors import load_vector, vector_library
+
+    if edit.vector is not None:
+        return load_vector(pipe.env, edit.vector), "named"
+    found = vector_library(pipe.env).default_vector(pipe.model.fingerprint, zoo=pipe.model.zoo)
+    if found is None:
+        raise AgeVectorError(f"no age vector was given, and the model {printable(pipe.model.spec)} has no default "
+                             "age vector yet", remedy=DISCOVER)
+    return found
+
+
 def edit_direction(pipe: "Pipeline", edit: AgeEdit) -> tuple[Any, torch.Tensor]:
     """(the edit's AgeVector, its direction on the chosen layers): :func:`vector_direction` of the vector the
-    edit names."""
-    from timemachine.pipeline.vectors import load_vector
-
-    vector = load_vector(pipe.env, edit.vector)
+    edit names (or of the model's default vector)."""
+    vector, _ = edit_vector(pipe, edit)
     return vector, vector_direction(pipe.model, vector, edit.layers, edit.force_model)
 
 
 def resolved_render(edit: AgeEdit, vector, settings: RenderSettings) -> RenderSettings:
-    """``settings`` with the strength of the edit (the vector's default when the edit gives none), validated."""
-    strength = vector.default_strength if edit.strength is None else edit.strength
+    """``settings`` with the strength of the edit (the vector's default when the edit gives none, and until it
+    is chosen when the edit asks for the automatic one), validated."""
+    if edit.auto_strength and edit.strength != "auto":
+        raise RenderError(f"the strength must be a number or 'auto', not {printable(edit.strength)!r}")
+    strength = vector.default_strength if edit.strength is None or edit.auto_strength else edit.strength
     resolved = dataclasses.replace(settings, strength=strength)
     resolved.validate()
     return resolved
@@ -115,6 +132,7 @@ def check(pipe: "Pipeline", request: AgeVideoRequest) -> tuple[Any, torch.Tensor
 
     vector, direction = edit_direction(pipe, request.edit)
     settings = resolved_render(request.edit, vector, request.render)
+    request.scores.validate()
     check_projection(pipe, dataclasses.replace(request.projection, photos=[request.photo]))
     check_output_directory(request.outputs.directory)
     return vector, direction, settings
@@ -151,6 +169,7 @@ def video_key(pipe: "Pipeline", request: AgeVideoRequest, vector, settings: Rend
     outputs = request.outputs
     h.update(json.dumps({"vector": vector.metadata(), "layers": request.edit.layers,
                          "force": request.edit.force_model, "render": settings.to_dict(),
+                         "strength_auto": request.edit.auto_strength, "scores": dataclasses.asdict(request.scores),
                          "gif": outputs.gif, "side_by_side": outputs.side_by_side, "png_frames": outputs.png_frames},
                         sort_keys=True, default=str).encode())
     return h.hexdigest()
@@ -198,37 +217,77 @@ def _versions() -> dict[str, str]:
     return {"timemachine": timemachine.__version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
-def _write_walk(pipe: "Pipeline", latent: LatentFile, vector, edit: AgeEdit, direction: torch.Tensor,
-                out: Path, settings: RenderSettings, outputs, photo: Optional[np.ndarray],
-                progress: Optional[ProgressCallback], run_info: dict[str, Any]) -> AgeVideoResult:
-    """Render the walk into ``out`` (which exists) and write projected_w.npz and run.json there."""
+@dataclasses.dataclass
+class Walk:
+    """Everything a render of one walk needs.
+
+    Attributes:
+        latent:    the start (ws, noise, PTI weights).
+        vector:    the AgeVector walked along; ``chosen`` how it was chosen ('named', 'chosen', 'built-in').
+        edit:      the edit asked for (layers, force).
+        direction: the vector's direction on the edit's layers, float32 [num_ws, w_dim].
+        settings:  the render settings, strength filled in.
+        outputs:   what to write.
+        photo:     the photo for the side-by-side video's first panel, uint8 [R, R, 3], or None.
+        scores:    thresholds of the scores.
+        metrics:   the projection's metrics ({} for a latent file).
+    """
+
+    latent: LatentFile
+    vector: Any
+    chosen: str
+    edit: AgeEdit
+    direction: torch.Tensor
+    settings: RenderSettings
+    outputs: Any
+    photo: Optional[np.ndarray]
+    scores: ScoreSettings
+    metrics: dict[str, Any]
+
+
+def _render_files(pipe: "Pipeline", walk: Walk, out: Path, progress: Optional[ProgressCallback]):
+    """Render the walk's frames into ``out``: video.mp4, preview.gif, before.png, after.png (and the others
+    asked for); returns render's result."""
     def on_frame(done: int, total: int) -> None:
         report(progress, "render", done, total, f"rendering: frame {done} of {total}")
 
-    targets = render_module.RenderOutputs.in_directory(out, gif=outputs.gif, side_by_side=outputs.side_by_side,
-                                                       frames=outputs.png_frames)
+    targets = render_module.RenderOutputs.in_directory(out, gif=walk.outputs.gif,
+                                                       side_by_side=walk.outputs.side_by_side,
+                                                       frames=walk.outputs.png_frames)
+    with memory_errors("rendering frames", walk.settings.batch_size):
+        return render_module.render_video(pipe.G, walk.latent, walk.direction, targets, walk.settings,
+                                          photo=walk.photo, progress=on_frame)
+
+
+def _write_walk(pipe: "Pipeline", walk: Walk, out: Path, progress: Optional[ProgressCallback],
+                run_info: dict[str, Any]) -> AgeVideoResult:
+    """Render the walk into ``out`` (which exists), score it, and write projected_w.npz and run.json there."""
     started = time.perf_counter()
-    with memory_errors("rendering frames", settings.batch_size):
-        result = render_module.render_video(pipe.G, latent, direction, targets, settings, photo=photo,
-                                            progress=on_frame)
+    result = _render_files(pipe, walk, out, progress)
     files = dict(result.files)
     files["latent"] = str(out / "projected_w.npz")
+    latent = walk.latent
     save_latent(files["latent"], latent.ws, latent.noise, latent.meta, pti_delta=latent.pti_delta)
     if latent.pti_delta:
         files["pti"] = str(out / "projected_w.pti.safetensors")
     files["run"] = str(out / "run.json")
-    model = pipe.model
+    model, vector, edit = pipe.model, walk.vector, walk.edit
     info = dict(run_info)
     info.update({
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": _versions(),
-        "model": {"spec": model.spec, "fingerprint": model.fingerprint, "resolution": model.G.img_resolution},
+        "model": {"spec": model.spec, "fingerprint": model.fingerprint, "resolution": model.G.img_resolution,
+                  "zoo": model.zoo},
         "age_vector": {**vector.metadata(), "layers_used": vector.default_layers if edit.layers is None else edit.layers,
+                       "chosen": walk.chosen, "builtin": _is_builtin(pipe, walk),
                        "forced_onto_other_model": bool(edit.force_model and vector.model_fingerprint != model.fingerprint)},
         "render": {**result.settings, "total_frames": result.total_frames, "walk_frames": result.walk_frames,
                    "synthesized_frames": result.synthesized_frames},
         "files": {k: os.path.relpath(v, out) for k, v in files.items()},
     })
+    if "before" in files and "after" in files:
+        info["scores"] = scoring.video_scores(pipe, vector, _read_png(Path(files["before"])),
+                                              _read_png(Path(files["after"])), walk.metrics, walk.scores)
     timings = dict(info.get("timings", {}))
     timings.update({"render_seconds": round(time.perf_counter() - started, 3),
                     "render_synthesis_seconds": round(result.synthesis_seconds, 3),
@@ -238,87 +297,103 @@ def _write_walk(pipe: "Pipeline", latent: LatentFile, vector, edit: AgeEdit, dir
     return AgeVideoResult(files=files, run_info=info, latent=latent, model_fingerprint=model.fingerprint)
 
 
+def _is_builtin(pipe: "Pipeline", walk: Walk) -> bool:
+    """Whether the vector walked along is a built-in one (read-only, shipped with timemachine)."""
+    from timemachine.pipeline.vectors import vector_library
+
+    name = walk.edit.vector if walk.edit.vector is not None else walk.vector.name
+    return walk.chosen == "built-in" or vector_library(pipe.env).is_builtin(name)
+
+
 def _strip(pipe: "Pipeline", latent: LatentFile, direction: torch.Tensor, settings: RenderSettings) -> list:
     frames = render_module.frames_at(pipe.G, latent, direction, STRIP_TIMES, strength=settings.strength,
                                      easing=settings.easing)
     return [(t, frame) for t, frame in zip(STRIP_TIMES, frames)]
 
 
+def _store_video(pipe: "Pipeline", key: str, write, strip: list, metrics: dict[str, Any]) -> AgeVideoResult:
+    """Render into the video store's entry of ``key`` (``write(directory) -> AgeVideoResult``) with the preview
+    strip, and read the entry back."""
+    def fill(entry: Path) -> None:
+        written = write(entry)
+        for t, frame in strip:
+            images.save_png(frame, entry / _strip_name(t))
+        write_json(entry / ENTRY_INFO, {
+            "key": key, "model_fingerprint": pipe.model.fingerprint, "metrics": metrics,
+            "strip": [[t, _strip_name(t)] for t in STRIP_TIMES],
+            "files": {k: os.path.relpath(v, entry) for k, v in written.files.items()}})
+
+    pipe.videos.put(key, fill)
+    stored = _stored_result(pipe, key)
+    if stored is None:
+        raise TimemachineError(f"the finished video could not be read back from {pipe.videos.entry_dir(key)}")
+    stored.reused = False
+    return stored
+
+
 def age_video(pipe: "Pipeline", request: AgeVideoRequest,
               progress: Optional[ProgressCallback] = None) -> AgeVideoResult:
-    """Project the photo, show the preview strip, render the video (see the module docstring).
+    """Project the photo, choose the strength when asked to, show the preview strip, render the video and score
+    it (see the module docstring).
 
     Everything that can be refused (the vector, its fit to the model, the settings, the output directory) is
     refused before any work.
     """
     vector, direction, settings = check(pipe, request)
-    projection_request = dataclasses.replace(request.projection, photos=[request.photo])
+    chosen = edit_vector(pipe, request.edit)[1]
     out_dir = request.outputs.directory
-    key = None
-    if out_dir is None:
-        key = video_key(pipe, request, vector, settings)
-        if not request.preview_only:
-            stored = _stored_result(pipe, key)
-            if stored is not None:
-                report(progress, "render", 1, 1, "this video was made before: shown from the cache", strip=stored.strip)
-                return stored
+    key = video_key(pipe, request, vector, settings) if out_dir is None else None
+    if key is not None and not request.preview_only:
+        stored = _stored_result(pipe, key)
+        if stored is not None:
+            report(progress, "render", 1, 1, "this video was made before: shown from the cache", strip=stored.strip)
+            return stored
 
     started = time.perf_counter()
-    (projection,) = pipe.project(projection_request, progress)
+    (projection,) = pipe.project(dataclasses.replace(request.projection, photos=[request.photo]), progress)
     project_seconds = time.perf_counter() - started
     report(progress, "pti", 1, 1, "projection done", preview=projection.reconstruction)
-    strip = _strip(pipe, projection.latent, direction, settings)
-    report(progress, "strip", 1, 1, "preview frames ready" + ("" if request.preview_only else "; rendering the video"),
-           strip=strip)
-    if request.preview_only:
-        return AgeVideoResult(files={}, run_info={}, strip=strip, metrics=projection.metrics, projection=projection,
-                              key=key, latent=projection.latent, model_fingerprint=pipe.model.fingerprint)
-
-    run_info = {
+    run_info: dict[str, Any] = {
         "photo": projection.photo_info,
         "projection": {"settings": request.projection.settings.to_dict(),
                        "pti_settings": request.projection.pti.to_dict() if request.projection.pti else None,
                        "perceptual": projection.latent.meta.get("perceptual"), "metrics": projection.metrics},
         "timings": {"project_seconds": round(project_seconds, 3)},
     }
-
-    def write(out: Path) -> AgeVideoResult:
-        result = _write_walk(pipe, projection.latent, vector, request.edit, direction, out, settings,
-                             request.outputs, projection.target, progress, run_info)
-        result.run_info["timings"]["total_seconds"] = round(time.perf_counter() - started, 3)
-        write_json(result.files["run"], result.run_info)
-        return result
-
-    if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        result = write(Path(out_dir))
+    if request.edit.auto_strength:
+        auto = scoring.choose_strength(pipe, projection.latent, vector, direction, projection.reconstruction,
+                                       request.scores, progress)
+        settings = dataclasses.replace(settings, strength=auto.strength)
+        run_info["strength_auto"] = auto.to_dict()
+    strip = _strip(pipe, projection.latent, direction, settings)
+    report(progress, "strip", 1, 1, "preview frames ready" + ("" if request.preview_only else "; rendering the video"),
+           strip=strip)
+    result: AgeVideoResult
+    if request.preview_only:
+        result = AgeVideoResult(files={}, run_info=run_info, model_fingerprint=pipe.model.fingerprint)
     else:
-        assert key is not None
+        walk = Walk(projection.latent, vector, chosen, request.edit, direction, settings, request.outputs,
+                    projection.target, request.scores, projection.metrics)
 
-        def fill(entry: Path) -> None:
-            written = write(entry)
-            for t, frame in strip:
-                images.save_png(frame, entry / _strip_name(t))
-            write_json(entry / ENTRY_INFO, {
-                "key": key, "model_fingerprint": pipe.model.fingerprint, "metrics": projection.metrics,
-                "strip": [[t, _strip_name(t)] for t in STRIP_TIMES],
-                "files": {k: os.path.relpath(v, entry) for k, v in written.files.items()}})
+        def write(out: Path) -> AgeVideoResult:
+            written = _write_walk(pipe, walk, out, progress, run_info)
+            written.run_info["timings"]["total_seconds"] = round(time.perf_counter() - started, 3)
+            write_json(written.files["run"], written.run_info)
+            return written
 
-        pipe.videos.put(key, fill)
-        stored = _stored_result(pipe, key)
-        if stored is None:
-            raise TimemachineError(f"the finished video could not be read back from {pipe.videos.entry_dir(key)}")
-        result = stored
-        result.reused = False
+        if out_dir is not None:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            result = write(Path(out_dir))
+        else:
+            result = _store_video(pipe, key, write, strip, projection.metrics)
     result.strip, result.metrics, result.projection, result.key = strip, projection.metrics, projection, key
     result.latent = projection.latent
     return result
 
 
 def render(pipe: "Pipeline", request: RenderRequest, progress: Optional[ProgressCallback] = None) -> AgeVideoResult:
-    """Render an existing latent file along the edit into ``request.outputs.directory``."""
+    """Render an existing latent file along the edit into ``request.outputs.directory``, and score it."""
     vector, direction, settings = check_render(pipe, request)
-    out_dir = request.outputs.directory
     G = pipe.G
     latent = load_latent(request.latent, num_ws=G.num_ws, w_dim=G.w_dim)
     fingerprint = latent.meta.get("model_fingerprint")
@@ -327,15 +402,18 @@ def render(pipe: "Pipeline", request: RenderRequest, progress: Optional[Progress
 
         raise LatentError(f"{request.latent} was projected with another model (fingerprint {fingerprint}, this one "
                           f"is {pipe.model.fingerprint})", remedy=FORCE_MODEL)
-    out = Path(out_dir)
+    out = Path(request.outputs.directory)
     out.mkdir(parents=True, exist_ok=True)
     run_info = {"latent": os.path.abspath(os.fspath(request.latent)),
                 "photo": request.photo.info.get("path") if request.photo is not None else None}
-    photo = request.photo.image if request.photo is not None else None
-    result = _write_walk(pipe, latent, vector, request.edit, direction, out, settings, request.outputs, photo,
-                         progress, run_info)
-    result.strip = []
-    return result
+    if request.edit.auto_strength:
+        first = render_module.frames_at(G, latent, direction, [0.0])[0]
+        auto = scoring.choose_strength(pipe, latent, vector, direction, first, request.scores, progress)
+        settings = dataclasses.replace(settings, strength=auto.strength)
+        run_info["strength_auto"] = auto.to_dict()
+    walk = Walk(latent, vector, edit_vector(pipe, request.edit)[1], request.edit, direction, settings,
+                request.outputs, request.photo.image if request.photo is not None else None, request.scores, {})
+    return _write_walk(pipe, walk, out, progress, run_info)
 
 
 def preview_strip(pipe: "Pipeline", latent: LatentFile, edit: AgeEdit, strengths: Sequence[float],
