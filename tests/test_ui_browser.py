@@ -213,3 +213,41 @@ def test_two_visitors_queue_and_both_get_their_video(browser, server):
         assert not page.locator('[data-testid="stException"]').count()
         assert not page.locator('[data-testid="stAlertContentError"]').count()
     second.screenshot(path=str(ARTIFACTS / "06-second-visitor-video.png"))
+
+
+def test_marking_the_eyes_by_clicking_aligns_the_face(browser, server):
+    """The visitor clicks the two eyes on the photo; the aligned face is shown at once and run.json records it."""
+    import json
+
+    page = open_page(browser, server)
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').first.set_input_files(str(server["photo"]))
+    page.get_by_text("What the model sees").wait_for(timeout=60_000)
+    page.get_by_role("radiogroup", name="Framing").get_by_text("Mark the eyes").click()
+    photo = page.frame_locator("iframe[title^='streamlit_image_coordinates']").locator("img")
+    photo.wait_for(timeout=30_000)
+    box = photo.bounding_box()
+    width, height = Image.open(server["photo"]).size
+    # click where the eyes of the 160x120 test photo are meant to be: (60, 50) and (100, 56)
+    for x, y in ((60, 50), (100, 56)):
+        photo.click(position={"x": x * box["width"] / width, "y": y * box["height"] / height})
+        page.wait_for_timeout(1500)                 # the click reruns the page
+    left_x = page.get_by_label("Left eye x", exact=True)
+    sync_api.expect(left_x).to_have_value("60", timeout=30_000)
+    sync_api.expect(page.get_by_label("Right eye y", exact=True)).to_have_value("56", timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "08-eyes-marked.png"))
+    page.get_by_text("Quality and video settings").click()
+    for label, value in (("Steps", 3), ("Walk frames", 8), ("Hold the adult (frames)", 1),
+                         ("Hold the young animal (frames)", 2)):
+        field = page.get_by_label(label, exact=True)
+        field.fill(str(value))
+        field.press("Enter")
+        sync_api.expect(field).to_have_value(str(value))
+    page.wait_for_timeout(500)
+    make_video(page)
+    wait_for_video(page)
+    with page.expect_download() as download_info:
+        page.get_by_role("button", name="Settings and timings (run.json)").click()
+    alignment = json.loads(Path(download_info.value.path()).read_text())["photo"]["alignment"]
+    assert alignment["method"] == "eyes"
+    assert abs(alignment["eyes"]["left"][0] - 60) <= 1 and abs(alignment["eyes"]["right"][1] - 56) <= 1
+    assert not page.locator('[data-testid="stException"]').count()

@@ -8,12 +8,13 @@ from typing import Any, Optional
 
 import numpy as np
 import streamlit as st
-from PIL import Image, ImageDraw
+from PIL import Image
 
 import ui_common as ui
+import ui_framing
+import ui_vectors
 import ui_work
 from timemachine import pipeline
-from timemachine.errors import AgeVectorError
 from timemachine.settings import EASINGS, ProjectorSettings, PTISettings, RenderSettings
 
 SLOT = "video"
@@ -23,7 +24,7 @@ DISPLAY_SIDE = 640
 
 
 # ----------------------------------------------------------------------------------------------------------
-# 1. Photo and crop
+# 1. Photo (its framing: ui_framing; the age vector: ui_vectors)
 
 
 def photo_section() -> Optional[dict[str, Any]]:
@@ -47,127 +48,6 @@ def photo_section() -> Optional[dict[str, Any]]:
                   "file_id": uploaded.file_id, "display": np.asarray(display)}
         st.session_state["photo_decoded"] = cached
     return cached
-
-
-def crop_section(photo: dict[str, Any], resolution: int) -> pipeline.Photo:
-    """Square crop controls with a live preview; returns the prepared photo (uint8 [R, R, 3] and its info)."""
-    image = photo["image"]
-    height, width = image.shape[:2]
-    side = min(height, width)
-    key = photo["digest"][:12]
-    left, right = st.columns([3, 2])
-    with right:
-        size = st.slider("Crop size (pixels)", pipeline.MIN_PHOTO_SIDE, side, side, key=f"crop_size_{key}",
-                         help="Side of the square that is cut out. Frame the face: ears to chin, little background.",
-                         disabled=side == pipeline.MIN_PHOTO_SIDE)
-        x_pct = st.slider("Horizontal position (%)", 0, 100, 50, key=f"crop_x_{key}", disabled=width == size,
-                          help="0 = the left edge of the photo, 100 = the right edge.")
-        y_pct = st.slider("Vertical position (%)", 0, 100, 50, key=f"crop_y_{key}", disabled=height == size,
-                          help="0 = the top of the photo, 100 = the bottom.")
-    box = pipeline.CropBox((width - size) * x_pct // 100, (height - size) * y_pct // 100, size)
-    prepared = pipeline.prepare_photo(image, resolution, crop=box, name=photo["name"])
-    display = photo["display"]
-    scale = display.shape[1] / width
-    with left:
-        st.image(_draw_box(display, box, scale), caption=f"{photo['name']}: {width}x{height} pixels, crop {box} "
-                                                        "(X,Y,SIZE)", width="stretch")
-    with right:
-        st.image(prepared.image, caption=f"What the model sees: {resolution}x{resolution}", width=200)
-    return prepared
-
-
-def _draw_box(display: np.ndarray, box: pipeline.CropBox, scale: float) -> np.ndarray:
-    """The photo with everything outside the crop dimmed and the crop outlined."""
-    dimmed = (display.astype(np.float32) * 0.45).astype(np.uint8)
-    x0, y0 = int(round(box.x * scale)), int(round(box.y * scale))
-    x1, y1 = int(round((box.x + box.size) * scale)), int(round((box.y + box.size) * scale))
-    dimmed[y0:y1, x0:x1] = display[y0:y1, x0:x1]
-    out = Image.fromarray(dimmed)
-    ImageDraw.Draw(out).rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=(255, 196, 0),
-                                  width=max(2, display.shape[1] // 200))
-    return np.asarray(out)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# 2. Age vector
-
-
-def vector_section(model: pipeline.LoadedModel) -> Optional[dict[str, Any]]:
-    """Choice of library vector, strength and layers: {'vector', 'strength', 'layers', 'force'} or None."""
-    entries = ui.vector_library().entries(builtins=True)
-    damaged = [e for e in entries if e.vector is None]
-    usable = [e for e in entries if e.vector is not None]
-    if damaged:
-        with st.expander(f"{len(damaged)} damaged file(s) in the library"):
-            for entry in damaged:
-                st.write(f"`{entry.name}`: {entry.problem}")
-    if not usable:
-        st.info("Your age-vector library is empty. Build a vector for this model on the **Age vectors** page "
-                "(from photos of puppies and adults of the breed), then come back.")
-        return None
-    ours = [e for e in usable if e.vector.model_fingerprint == model.fingerprint]
-    ordered = ours + [e for e in usable if e not in ours]
-    by_name = {e.name: e.vector for e in ordered}
-
-    def label(name: str) -> str:
-        v = by_name[name]
-        species = f", {v.species}" if v.species else ""
-        other = "" if v.model_fingerprint == model.fingerprint else " (built for another model)"
-        return f"{name}{species}: {v.num_puppies} puppies / {v.num_adults} adults{other}"
-
-    name = st.selectbox("Age vector", list(by_name), format_func=label, key="vector_name",
-                        help="A direction in the model's latent space that turns adults into puppies, built for "
-                             "one breed from puppy and adult photos. Vectors built for this model come first.")
-    vector = by_name[name]
-    if vector.notes:
-        st.caption(vector.notes)
-    force = False
-    if vector.model_fingerprint != model.fingerprint:
-        force_key = f"force_{name}"
-        try:
-            vector.check_model(model.fingerprint, model_name=model.spec, zoo=model.zoo)
-        except AgeVectorError as exc:
-            if st.session_state.get(force_key):
-                st.warning(f"{exc}. You chose to apply it anyway.")
-            else:
-                st.error(str(exc))
-        force = st.checkbox("Apply it anyway (the result is usually meaningless)", key=force_key)
-        if not force:
-            return None
-
-    default = float(vector.default_strength)
-    strength = st.slider("Strength", min(-2.0, default), max(3.0, default), default, step=0.05,
-                         key=f"strength_{name}",
-                         help=f"How far to walk along the vector. 1 moves by the average distance between the "
-                              f"puppies and adults it was built from; 0 changes nothing; negative values age "
-                              f"the pet instead. This vector's default: {default:g}.")
-    num_ws = model.G.num_ws
-    groups = {g: rows for g, rows in pipeline.layer_groups(num_ws).items() if rows} if num_ws % 2 == 0 else {}
-    meaning = {"coarse": "pose, head shape", "middle": "face proportions, ears, eyes", "fine": "fur texture, colour"}
-    options = ["default", "all"] + list(groups) + ["range"]
-
-    def layer_label(option: str) -> str:
-        if option == "default":
-            return f"The vector's default ({vector.default_layers})"
-        if option == "all":
-            return f"All layers (0-{num_ws - 1})"
-        if option == "range":
-            return "Index range…"
-        return f"{option.capitalize()} {pipeline.format_indices(groups[option])} ({meaning[option]})"
-
-    choice = st.radio("Layers to change", options, format_func=layer_label, key=f"layers_{name}", horizontal=True,
-                      help="Which of the generator's layers the vector edits. Coarse layers hold pose and head "
-                           "shape, middle ones the proportions of the face, fine ones fur and colour.")
-    if choice == "default":
-        layers = None
-    elif choice == "range":
-        lo, hi = st.slider("Layer indices", 0, num_ws - 1, (0, num_ws - 1), key=f"layer_range_{name}")
-        layers = f"{lo}-{hi}"
-    else:
-        layers = choice
-    pipeline.resolve_layers(vector.default_layers if layers is None else layers, vector.num_ws)  # AgeVectorError
-    return {"vector": vector, "edit": pipeline.AgeEdit(vector=name, strength=strength, layers=layers,
-                                                       force_model=force)}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -244,6 +124,32 @@ def show_strip(strip) -> None:
     st.image([frame for _, frame in strip], caption=[f"t = {t:.2f}" for t, _ in strip], width=128)
 
 
+def show_scores(info: dict[str, Any]) -> None:
+    """How young the video ends, how close the likeness, whether the coat colour changed (run.json's scores)."""
+    scores = info.get("scores")
+    if not scores:
+        return
+    age, colour = scores.get("age", {}), scores.get("coat_colour", {})
+    cols = st.columns(3)
+    if age.get("p_young_first") == "unavailable":
+        cols[0].metric("Looks young (CLIP)", "unavailable", help=age.get("reason"))
+    else:
+        cols[0].metric("Looks young (CLIP)", f"{age['p_young_last']:.0%}", f"{age['p_young_last'] - age['p_young_first']:+.0%}",
+                       help="CLIP's probability that the last frame shows a young animal, and its change from the "
+                            "first frame.")
+    likeness = scores.get("likeness", {})
+    if "lpips" in likeness:
+        cols[1].metric("Likeness (LPIPS)", f"{likeness['lpips']:.3f}", help="Lower is closer to your photo.")
+    cols[2].metric("Coat colour change (ΔE)", f"{colour.get('delta_e_2000', float('nan')):.1f}",
+                   help="CIEDE2000 between the coat colours of the first and last frames; above 10 is a clearly "
+                        "different colour.")
+    if colour.get("warning"):
+        st.warning(colour["warning"][:1].upper() + colour["warning"][1:] + ".")
+    auto = info.get("strength_auto")
+    if auto:
+        st.caption(f"Strength chosen for you: {auto['strength']:.2f} ({auto['reason']}).")
+
+
 def show_result(result: pipeline.AgeVideoResult, current_key: Optional[str]) -> None:
     st.subheader("Your pet, younger")
     if current_key is not None and result.key != current_key:
@@ -260,6 +166,7 @@ def show_result(result: pipeline.AgeVideoResult, current_key: Optional[str]) -> 
     if facts:
         text = "; ".join(facts)
         st.caption(text[0].upper() + text[1:])
+    show_scores(result.run_info)
     files = result.files
     if not files:
         st.info("These are preview frames along the walk. Press **Make the video** for the full video.")
@@ -295,19 +202,18 @@ def main() -> None:
     if model is None:
         st.warning("Choose a model in the sidebar first.")
         return
-    resolution = model.G.img_resolution
 
     st.header("1. Photo")
     photo = None
     with ui.shown_errors("reading the photo"):
         uploaded = photo_section()
         if uploaded is not None:
-            photo = crop_section(uploaded, resolution)
+            photo = ui_framing.framing_section(uploaded, model)
 
     st.header("2. Age vector")
-    choice = None
+    edit = None
     with ui.shown_errors("choosing the age vector"):
-        choice = vector_section(model)
+        edit = ui_vectors.vector_section(model)
 
     st.header("3. Make it")
     settings = None
@@ -315,10 +221,10 @@ def main() -> None:
         settings = settings_section()
     busy = ui.any_active_job() is not None
     request = None
-    if settings is not None and photo is not None and choice is not None:
+    if settings is not None and photo is not None and edit is not None:
         projection, pti, render_settings, side_by_side = settings
         request = pipeline.AgeVideoRequest(
-            photo=photo, edit=choice["edit"], render=render_settings,
+            photo=photo, edit=edit, render=render_settings,
             projection=pipeline.ProjectionRequest(photos=[], settings=projection, pti=pti),
             outputs=pipeline.VideoOutputs(directory=None, gif=True, side_by_side=side_by_side))
     left, right, _ = st.columns([1, 1, 2])

@@ -15,17 +15,18 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import numpy as np
-
 from timemachine.pipeline import VIDEO_STAGES, AgeVideoRequest, Progress, VectorBuildResult, overall_fraction
 
 #: Stages of a vector build: projecting its photos, then the fit.
 BUILD_STAGES = {"project": 1.0, "build": 0.05}
 #: Stages of a strip of preview frames.
 STRIP_STAGES = {"strip": 1.0}
+#: Stages of a discovery: sampling, rendering and labelling (one stage, by samples).
+DISCOVER_STAGES = {"sample": 1.0}
 #: What the visitor reads for each stage of a video job.
 STAGE_WORDS = {"project": "Finding your pet in the model", "pti": "Fine-tuning the model (PTI)",
-               "strip": "Preview frames", "render": "Rendering the video", "build": "Building the vector"}
+               "strip": "Preview frames", "render": "Rendering the video", "build": "Building the vector",
+               "sample": "Discovering the age direction", "strength": "Choosing the strength"}
 
 
 def describe(event: Optional[Progress], stages: dict[str, float]) -> tuple[str, float]:
@@ -34,7 +35,7 @@ def describe(event: Optional[Progress], stages: dict[str, float]) -> tuple[str, 
         return "Starting", 0.0
     words = STAGE_WORDS.get(event.stage, event.stage)
     detail = event.message.split(": ", 1)[-1] if event.message else ""
-    text = f"{words}: {detail}" if detail and event.stage in ("project", "pti", "render") else \
+    text = f"{words}: {detail}" if detail and event.stage in ("project", "pti", "render", "sample") else \
         (event.message[:1].upper() + event.message[1:] if event.message else words)
     return text, overall_fraction(event, stages)
 
@@ -55,6 +56,8 @@ def stages_of_label(label: str) -> dict[str, float]:
         return dict(BUILD_STAGES)
     if label == "tune preview":
         return dict(STRIP_STAGES)
+    if label == "discovery":
+        return dict(DISCOVER_STAGES)
     stages = dict(VIDEO_STAGES)
     if label == "preview":
         stages.pop("render")
@@ -68,5 +71,3 @@ def example_rows(result: VectorBuildResult) -> list[dict[str, Any]]:
             for item in result.examples]
 
 
-def frames_only(strip) -> list[np.ndarray]:
-    return [frame for _, frame in strip]

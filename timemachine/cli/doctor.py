@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
 
 from timemachine.cli import EXIT_FAILED_CHECK, EXIT_OK
 
@@ -34,43 +33,34 @@ def _line(label: str, value: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from stylegan_ops import plugin
+    from timemachine.pipeline import system
 
+    gpu = torch.cuda.is_available()
     _line("timemachine", __import__("timemachine").__version__)
     _line("python", platform.python_version())
     _line("torch", torch.__version__)
     _line("torch CUDA build", torch.version.cuda or "none (CPU-only build)")
-    if torch.cuda.is_available():
+    if gpu:
         _line("device", f"cuda: {torch.cuda.get_device_name(0)} ({torch.cuda.device_count()} GPU(s))")
     else:
         _line("device", f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
-    cuda_home = plugin.find_cuda_home()
+    cuda_home = system.cuda_home()
     _line("nvcc", os.path.join(cuda_home, "bin", "nvcc") if cuda_home else "not found (CUDA ops cannot be built)")
-    _line("ops implementation", "reference (forced by STYLEGAN_OPS_IMPL=ref)" if plugin.forced_reference()
+    _line("ops implementation", "reference (forced by STYLEGAN_OPS_IMPL=ref)" if system.ops_forced_reference()
           else "CUDA kernels on GPU tensors, reference elsewhere")
-    _line("ffmpeg", _ffmpeg_status())
+    _line("ffmpeg", system.ffmpeg_status())
     _line("weights", _weights_status())
 
     status = EXIT_OK
     if args.build_ops:
-        for name in plugin.PLUGIN_SOURCES:
-            try:
-                plugin.build_plugin(name, verbose=args.verbose)
-                result = "built and loaded"
-                if torch.cuda.is_available():
-                    result = "verified on GPU" if plugin.get_plugin(name) is not None else \
-                        f"self-check failed: {plugin.plugin_status()[name]}"
-                    if plugin.get_plugin(name) is None:
-                        status = EXIT_FAILED_CHECK
-                else:
-                    result += " (no GPU here to verify it on)"
-            except plugin.PluginError as exc:
-                result = f"FAILED: {exc}"
+        for name in system.ops_names():
+            ok, result = system.build_op(name, verbose=args.verbose, gpu=gpu)
+            if not ok:
                 status = EXIT_FAILED_CHECK
             _line(f"cuda op {name}", result)
     else:
-        for name, state in plugin.plugin_status().items():
-            _line(f"cuda op {name}", state if torch.cuda.is_available() else "unused (no GPU); --build-ops compiles it")
+        for name, state in system.ops_status().items():
+            _line(f"cuda op {name}", state if gpu else "unused (no GPU); --build-ops compiles it")
     return status
 
 
@@ -87,13 +77,3 @@ def _weights_status() -> str:
     words = {"verified": "verified", "unverified": "present", "partial": "partial", "missing": "not downloaded"}
     parts = [f"{s.entry.name} {words[s.state]}" for s in statuses]
     return f"{', '.join(parts)} (cache: {zoo.models_dir})"
-
-
-def _ffmpeg_status() -> str:
-    try:
-        import imageio_ffmpeg
-
-        return imageio_ffmpeg.get_ffmpeg_exe()
-    except Exception:  # imageio-ffmpeg raises RuntimeError when it finds no binary
-        found = shutil.which("ffmpeg")
-        return found if found else "not found (videos cannot be written; install imageio-ffmpeg)"

@@ -31,8 +31,8 @@ from timemachine.images import MIN_SIDE as MIN_PHOTO_SIDE
 from timemachine.align import AlignmentRequest, request_from_options
 from timemachine.images import CropBox, parse_crop
 from timemachine.perceptual import RandomWeightsWarning
-from timemachine.pipeline.components import (LoadedModel, Pipeline, load_clip_labeller, load_model, load_perceptual,
-                                             open_zoo, perceptual_id)
+from timemachine.pipeline.components import (LoadedModel, Pipeline, find_detector, load_clip_labeller, load_model,
+                                             load_perceptual, open_zoo, perceptual_id)
 from timemachine.pipeline.progress import VIDEO_STAGES, Progress, ProgressCallback, overall_fraction
 from timemachine.pipeline.photos import load_photo, prepare_photo
 from timemachine.pipeline.projection import PhotoProjection, write_projection
@@ -69,5 +69,5 @@ __all__ = [
     "JobSpec", "JobKind", "JOB_KINDS", "register_job", "PipelineCache", "Executor", "JobHandle", "InProcessExecutor",
     "make_executor", "QueueFull", "Cancelled", "JobCancelled", "BUG_MESSAGE", "QUEUED", "RUNNING", "DONE", "FAILED",
     "CANCELLED", "FINISHED", "export_video", "AlignmentRequest", "request_from_options",
-    "scores_summary",
+    "scores_summary", "find_detector",
 ]

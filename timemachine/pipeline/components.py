@@ -134,6 +134,15 @@ def load_clip_labeller(env: Environment, species: str, *, young: Optional[Sequen
                                                             malloc_tuning=env.malloc_tuning))
 
 
+def find_detector(env: Environment, download: bool = False, progress=None) -> tuple[Optional[object], Optional[str]]:
+    """(the zoo's eye detector, None), or (None, why there is none) - never raises.  Its weights are used when
+    present and downloaded only when ``download`` (an explicit 'auto'; ``progress(done, total)`` sees it)."""
+    from timemachine import detect
+
+    report = (lambda name, done, total: progress(done, total)) if progress is not None else None
+    return detect.find_detector(open_zoo(env), download=download, progress=report)
+
+
 def perceptual_id(perceptual: PerceptualDistance) -> str:
     """The perceptual network's identity for store keys: 'random' or the VGG16 file's name."""
     return RANDOM if perceptual.vgg_source == RANDOM else os.path.basename(perceptual.vgg_source)
@@ -251,11 +260,8 @@ class Pipeline:
         """(the eye detector, None) or (None, why there is none), found once: its weights are used when present,
         and downloaded only when ``download`` (an explicit 'auto')."""
         if self._detector is None or (self._detector[0] is None and download and not self._detector_download):
-            from timemachine import detect
-
             with self._download_progress("the eye detector", None) as bar:
-                report = (lambda name, done, total: bar(done, total)) if bar is not None else None
-                self._detector = detect.find_detector(open_zoo(self.env), download=download, progress=report)
+                self._detector = find_detector(self.env, download=download, progress=bar)
             self._detector_download = download
         return self._detector
 
