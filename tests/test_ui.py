@@ -29,6 +29,7 @@ from timemachine import age
 from timemachine.env import Environment
 from timemachine.checkpoint import model_fingerprint, save_generator
 from timemachine.cli import main
+from timemachine.settings import MAX_MODEL_UPLOAD_MB
 from timemachine.pipeline import BUG_MESSAGE, STRIP_TIMES
 
 pytest.importorskip("streamlit")
@@ -559,7 +560,7 @@ def test_ui_command_runs_streamlit_and_returns_its_exit_code(monkeypatch):
     flags = dict(zip(command[5::2], command[6::2]))
     assert flags["--server.address"] == "0.0.0.0" and flags["--server.port"] == "8600"
     assert flags["--server.headless"] == "true" and flags["--browser.gatherUsageStats"] == "false"
-    assert int(flags["--server.maxUploadSize"]) >= 1024
+    assert int(flags["--server.maxUploadSize"]) == MAX_MODEL_UPLOAD_MB == ui_common.MODEL_MAX_MB
     assert main(["ui"]) == 3 and dict(zip(calls[1][5::2], calls[1][6::2]))["--server.address"] == "127.0.0.1"
 
 

@@ -21,6 +21,10 @@ from timemachine.errors import AgeVectorError, ImageError, ProjectionError, Rend
 MAX_SEED = 2**32 - 1
 #: Largest batch (photos projected, frames synthesised together) accepted; memory is the real bound.
 MAX_BATCH = 1024
+#: Largest model file a visitor may upload to the UI.  The safe loader needs up to about three times a pickle's
+#: size while it loads (the file, aligned copies of its tensors, the generator it builds), so this bounds an
+#: upload's load near 1.5 GB; NVIDIA's AFHQ pickles are about 350 MB.
+MAX_MODEL_UPLOAD_MB = 512
 #: Speed profiles of a latent walk (formulas in :mod:`timemachine.render`).
 EASINGS = ("linear", "smoothstep", "cosine")
 #: Most walk frames accepted (an hour at 24 fps is 86,400).

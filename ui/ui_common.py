@@ -35,12 +35,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import streamlit as st
-
 import ui_work
+
 from timemachine import errors, pipeline
 from timemachine.env import ENV_UI_SERVER_MODELS, Environment
 from timemachine.errors import TimemachineError
-from timemachine.settings import PROJECTOR_PRESETS, PTI_PRESETS, RENDER_PRESETS
+from timemachine.settings import (
+    MAX_MODEL_UPLOAD_MB,
+    PROJECTOR_PRESETS,
+    PTI_PRESETS,
+    RENDER_PRESETS,
+)
 
 log = logging.getLogger("timemachine.ui")
 
@@ -75,9 +80,9 @@ PHOTO_TYPES = ["jpg", "jpeg", "png", "webp"] + (
     ["heic", "heif"] if importlib.util.find_spec("pillow_heif") is not None else [])
 #: Largest photo upload in MB: the same limit that timemachine.images applies to any photo file.
 PHOTO_MAX_MB = pipeline.MAX_PHOTO_BYTES // 2**20
-#: Largest model upload in MB (NVIDIA's AFHQ pickles are about 350 MB; a timemachine .safetensors file of
-#: the same generator about 120 MB).  `timemachine ui` sets server.maxUploadSize to this.
-MODEL_MAX_MB = 1024
+#: Largest model upload in MB: follows the loader's memory bound (timemachine.settings.MAX_MODEL_UPLOAD_MB);
+#: `timemachine ui` sets server.maxUploadSize to it.
+MODEL_MAX_MB = MAX_MODEL_UPLOAD_MB
 #: Seconds between refreshes of a running job's progress (each refresh is a little work for the server,
 #: which shares the CPU with the job).
 POLL_SECONDS = 1.0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from timemachine.cli import Terminated
 from timemachine.errors import TimemachineError
+from timemachine.settings import MAX_MODEL_UPLOAD_MB
 
 HELP = "start the web UI (Streamlit): upload a photo, tune the age vector, watch and download the video"
 DESCRIPTION = """\
@@ -27,8 +28,9 @@ Configuration by environment: TIMEMACHINE_MODEL (default model: zoo name or file
 Exits with Streamlit's exit code.
 """
 
-#: Largest upload in MB: the UI's model files (photos have their own, smaller limit in the page).
-MAX_UPLOAD_MB = 1024
+#: Largest upload in MB: the UI's model files, bounded by what the loader may allocate (photos have their own,
+#: smaller limit in the page).
+MAX_UPLOAD_MB = MAX_MODEL_UPLOAD_MB
 
 
 def register(subparsers, formatter) -> None:
