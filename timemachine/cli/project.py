@@ -80,8 +80,6 @@ def run(args: argparse.Namespace) -> int:
     photos = [pipe.prepare_photo(p, alignment=framing[p]) for p in args.photos]
     request = common.projection_request(args, photos)
     pipe.check(request)
-    for name, photo in zip(args.photos, photos):
-        common.print_notices(name, photo)
     if broker:
         with common.progress_bars(len(photos)) as bars:
             results = common.run_on_workers(args, broker, "project", request, bars)
@@ -93,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         with common.progress_bars(len(photos)) as bars, common.resumable(request.checkpoint):
             results = pipe.project(request, progress=bars)
 
+    for name, photo in zip(args.photos, photos):
+        common.print_notices(name, photo)
     for photo, directory, result in zip(args.photos, _output_dirs(out, list(args.photos)), results):
         summary = {"photo": result.photo_info.get("path", os.path.abspath(photo)), "crop": result.photo_info["crop"],
                    "alignment": result.photo_info.get("alignment"),

@@ -93,7 +93,6 @@ def run(args: argparse.Namespace) -> int:
     request = AgeVideoRequest(photo=photo, edit=edit, projection=projection, render=settings,
                               outputs=dataclasses.replace(outputs, directory=None) if broker else outputs)
     pipe.check(request)
-    common.print_notices(name, photo)
     if broker:
         with common.progress_bars(render=True) as bars:
             stored = common.run_on_workers(args, broker, "age_video", request, bars)
@@ -104,5 +103,6 @@ def run(args: argparse.Namespace) -> int:
         request.projection = common.projection_request(args, [photo], out)
         with common.progress_bars(render=True) as bars, common.resumable(request.projection.checkpoint):
             result = pipe.age_video(request, progress=bars)
+    common.print_notices(name, photo)
     print(common.video_summary(name, result))
     return EXIT_OK
