@@ -91,3 +91,25 @@ def test_only_the_environment_module_reads_the_environment():
                     isinstance(node.value, ast.Name) and node.value.id == "os":
                 readers.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
     assert not readers, f"os.environ read outside timemachine/env.py: {readers}"
+
+
+def _raised_texts(path: Path) -> list[tuple[int, str]]:
+    """The string pieces of every ``raise`` in a file (f-strings' literal parts included)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            for part in ast.walk(node.exc):
+                if isinstance(part, ast.Constant) and isinstance(part.value, str):
+                    found.append((node.lineno, part.value))
+    return found
+
+
+def test_library_errors_name_no_command_line_flag_or_command():
+    """Errors below the faces speak to whoever is in front: remedies are structured, the faces word them."""
+    import re
+
+    flag = re.compile(r"(?<![\w-])--[a-z][a-z-]+|\btimemachine (run|project|render|age-vector|weights|doctor|ui)\b")
+    offenders = [f"{path.relative_to(REPO_ROOT)}:{line}: {text!r}"
+                 for path in _library_modules() + sorted((PACKAGE / "pipeline").glob("*.py"))
+                 for line, text in _raised_texts(path) if flag.search(text)]
+    assert not offenders, offenders
