@@ -15,7 +15,9 @@ Shapes and ranges:
 
 Precision: ``force_fp32=None`` (the default here) runs float32 on the CPU and the official float16 in the
 top ``num_fp16_res`` blocks on CUDA.  Float16 on the CPU is correct but ~70x slower in the backward pass,
-so it is used there only when asked for with ``force_fp32=False``.
+so it is used there only when asked for with ``force_fp32=False``.  ``precision=`` (not in the official API)
+says it by name, overriding ``force_fp32``: 'fp32', 'fp16' (the official float16 blocks) or 'bf16' (a
+bfloat16 path for CPUs with native BF16, see :meth:`SynthesisNetwork.forward`).
 
 Differences from the official code, none visible to callers of the official API:
     * ``noise_mode`` also accepts per-layer noise tensors through ``noise=`` (see :meth:`SynthesisNetwork.forward`).
@@ -38,6 +40,11 @@ from stylegan_ops import fma as _fma
 from stylegan_ops import upfirdn2d as _upfirdn2d
 
 NOISE_MODES = ("random", "const", "none")
+#: Synthesis precisions (``SynthesisNetwork.forward(precision=...)``); None there = the official rule.
+PRECISIONS = ("fp32", "fp16", "bf16")
+#: With precision='bf16', blocks below this resolution run in float32 (see :meth:`SynthesisBlock.compute_dtype`).
+BF16_MIN_RESOLUTION = 32
+EXP = {"bf16_min_res": 4, "styles_bf16": False, "demod_bf16": False, "torgb_fp32": False}
 
 
 def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
@@ -132,6 +139,9 @@ def modulated_conv2d(
         styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
 
     dcoefs = demodulation_coefficients(weight, styles) if demodulate else None  # [N, O]
+    if EXP["demod_bf16"] and x.dtype == torch.bfloat16 and demodulate:
+        wsq = weight.to(torch.bfloat16).square().sum(dim=[2, 3])
+        dcoefs = (styles.to(torch.bfloat16).square() @ wsq.t() + 1e-8).rsqrt()
 
     if not fused_modconv:
         # Scale the activations before and after one convolution with the shared weight.
@@ -369,7 +379,7 @@ class SynthesisLayer(torch.nn.Module):
         if x.ndim != 4 or x.shape[1] != self.weight.shape[1] or x.shape[2:] != (in_resolution, in_resolution):
             raise ValueError(f"expected activations [N, {self.weight.shape[1]}, {in_resolution}, {in_resolution}], "
                              f"got {tuple(x.shape)}")
-        styles = self.affine(w)
+        styles = self.affine(w.to(torch.bfloat16)).float() if EXP["styles_bf16"] and x.dtype == torch.bfloat16 else self.affine(w)
 
         layer_noise = None
         if self.use_noise:
@@ -460,20 +470,37 @@ class SynthesisBlock(torch.nn.Module):
             self.skip = Conv2dLayer(in_channels, out_channels, kernel_size=1, bias=False, up=2,
                                     resample_filter=resample_filter, channels_last=self.channels_last)
 
+    def compute_dtype(self, force_fp32: bool, precision: Optional[str] = None) -> torch.dtype:
+        """The dtype of this block's activations and convolutions.
+
+        float16 in the official float16 blocks unless ``force_fp32``; with ``precision='bf16'``, bfloat16 in
+        the blocks at :data:`BF16_MIN_RESOLUTION` and above (their convolutions hold nearly all the FLOPs;
+        the coarse blocks shape the whole image, and float32 there costs little time for a measured gain in
+        accuracy, see README: Performance); float32 otherwise.  Whatever the blocks' dtype, the styles,
+        demodulation coefficients and noise maps are computed in float32 and the image is accumulated in
+        float32.
+        """
+        if precision == "bf16":
+            return torch.bfloat16 if self.resolution >= EXP["bf16_min_res"] else torch.float32
+        return torch.float16 if self.use_fp16 and not force_fp32 else torch.float32
+
     def layer_names(self) -> list[str]:
         """Names of this block's synthesis layers in the order they consume ws."""
         return (["conv0"] if self.in_channels != 0 else []) + ["conv1"]
 
     def forward(self, x: Optional[torch.Tensor], img: Optional[torch.Tensor], ws: torch.Tensor,
                 force_fp32: Optional[bool] = None, fused_modconv: Optional[bool] = None,
-                noise: Optional[dict] = None, channels_last: Optional[bool] = None, **layer_kwargs):
+                noise: Optional[dict] = None, channels_last: Optional[bool] = None, precision: Optional[str] = None,
+                **layer_kwargs):
         if ws.ndim != 3 or ws.shape[1] != self.num_conv + self.num_torgb or ws.shape[2] != self.w_dim:
             raise ValueError(f"block b{self.resolution} expects ws [N, {self.num_conv + self.num_torgb}, "
                              f"{self.w_dim}], got {tuple(ws.shape)}")
-        if force_fp32 is None:
+        if precision is not None:
+            force_fp32 = precision != "fp16"
+        elif force_fp32 is None:
             force_fp32 = ws.device.type != "cuda"
         w_iter = iter(ws.unbind(dim=1))
-        dtype = torch.float16 if self.use_fp16 and not force_fp32 else torch.float32
+        dtype = self.compute_dtype(force_fp32, precision)
         if channels_last is None:
             channels_last = default_channels_last(ws.device, self.channels_last and not force_fp32)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -503,7 +530,7 @@ class SynthesisBlock(torch.nn.Module):
         if img is not None:
             img = _upfirdn2d.upsample2d(img, self.resample_filter)
         if self.is_last or self.architecture == "skip":
-            y = self.torgb(x, next(w_iter), fused_modconv=fused_modconv)
+            y = self.torgb(x.float() if EXP["torgb_fp32"] else x, next(w_iter), fused_modconv=fused_modconv)
             y = y.to(dtype=torch.float32, memory_format=torch.contiguous_format)
             img = img.add_(y) if img is not None else y
         return x, img
@@ -548,7 +575,8 @@ class SynthesisNetwork(torch.nn.Module):
 
     def forward(self, ws: torch.Tensor, noise_mode: str = "random", force_fp32: Optional[bool] = None,
                 fused_modconv: Optional[bool] = None, noise: Optional[dict] = None,
-                channels_last: Optional[bool] = None, **layer_kwargs) -> torch.Tensor:
+                channels_last: Optional[bool] = None, precision: Optional[str] = None,
+                **layer_kwargs) -> torch.Tensor:
         """Synthesise images.
 
         Args:
@@ -556,6 +584,12 @@ class SynthesisNetwork(torch.nn.Module):
             noise_mode:    'random' (fresh noise), 'const' (the stored ``noise_const`` buffers) or 'none'.
             force_fp32:    True = float32 everywhere; False = float16 in the top ``num_fp16_res`` blocks (the
                            official default); None = float32 on the CPU, float16 blocks on CUDA.
+            precision:     overrides ``force_fp32`` when given: 'fp32' (float32 everywhere), 'fp16' (the official
+                           float16 blocks) or 'bf16': bfloat16 activations, convolutions and matrix products
+                           (float32 accumulation inside oneDNN) in the blocks from :data:`BF16_MIN_RESOLUTION`
+                           up; the styles, demodulation coefficients, noise maps, the coarse blocks and the
+                           image itself stay float32.  Differs from float32 by rounding (PSNR >= 40 dB,
+                           tests/test_precision.py); gradients flow to ws and noise in float32.
             fused_modconv: modulation path, see :func:`modulated_conv2d`; None = :func:`default_fused_modconv`.
             noise:         optional {'b{res}.conv{k}': [N or 1, 1, res, res]} overriding noise_mode per layer.
             channels_last: lay out the activations channels-last (NHWC); None = :func:`default_channels_last`.
@@ -566,6 +600,8 @@ class SynthesisNetwork(torch.nn.Module):
         """
         if ws.ndim != 3 or ws.shape[1] != self.num_ws or ws.shape[2] != self.w_dim:
             raise ValueError(f"ws must have shape [N, {self.num_ws}, {self.w_dim}], got {tuple(ws.shape)}")
+        if precision is not None and precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS} or None, got {precision!r}")
         ws = ws.to(torch.float32)
         block_noise: dict = {}
         for name, tensor in (noise or {}).items():
@@ -580,7 +616,7 @@ class SynthesisNetwork(torch.nn.Module):
             w_idx += block.num_conv
             x, img = block(x, img, block_ws, noise_mode=noise_mode, force_fp32=force_fp32,
                            fused_modconv=fused_modconv, noise=block_noise.get(f"b{res}"),
-                           channels_last=channels_last, **layer_kwargs)
+                           channels_last=channels_last, precision=precision, **layer_kwargs)
         return img
 
 

@@ -8,6 +8,10 @@ Images are area-downsampled to 256x256 first when larger, like the official proj
     target = lpips.features(photo)                  # photo [1, 3, H, W] in [-1, 1]; computed once
     d = lpips.distance(lpips.features(img), target) # [N] LPIPS distances
 
+Precision: ``features(images, precision='bf16')`` runs the VGG16 convolutions in bfloat16 (channels-last,
+float32 accumulation inside oneDNN) for CPUs with native BF16; the input scaling, the unit normalisation of
+the features and the distance stay float32.  Compare features computed in the same precision.
+
 VGG16 weights.  LPIPS is only meaningful with the ImageNet-trained VGG16 (torchvision's
 ``vgg16-397923af.pth``).  They are taken from, in order: the ``vgg_weights`` argument; the
 ``TIMEMACHINE_VGG_WEIGHTS`` environment variable (a path); the weights manager
@@ -19,6 +23,7 @@ benchmarks only; it warns, and nothing ever falls back to it silently.
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from typing import Optional, Union
@@ -93,6 +98,7 @@ class PerceptualDistance(torch.nn.Module):
         self.vgg = model.net
         self.lins = model.lins
         self.eval().requires_grad_(False)
+        self._bf16_vgg: dict[torch.device, torch.nn.Module] = {}  # frozen bfloat16 copies, by device
 
     @staticmethod
     def prepare(images: torch.Tensor) -> torch.Tensor:
@@ -103,10 +109,23 @@ class PerceptualDistance(torch.nn.Module):
             images = F.interpolate(images, size=(FEATURE_RESOLUTION, FEATURE_RESOLUTION), mode="area")
         return images
 
-    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """images [N, 3, H, W] in [-1, 1] -> 5 feature maps [N, C_k, H_k, W_k], unit length along channels."""
+    def features(self, images: torch.Tensor, precision: str = "fp32") -> list[torch.Tensor]:
+        """images [N, 3, H, W] in [-1, 1] -> 5 float32 feature maps [N, C_k, H_k, W_k], unit length along channels.
+
+        ``precision``: 'bf16' runs VGG16 in bfloat16 (see the module docstring); anything else ('fp32', and
+        'fp16', which means float16 synthesis blocks on CUDA) runs it in float32, as the official projector does.
+        """
         x = self.scaling_layer(self.prepare(images.to(torch.float32)))
+        if precision == "bf16":
+            x = x.to(torch.bfloat16, memory_format=torch.channels_last)
+            return [_normalize_channels(f.to(torch.float32)) for f in self._vgg_bf16(x.device)(x)]
         return [_normalize_channels(f) for f in self.vgg(x)]
+
+    def _vgg_bf16(self, device: torch.device) -> torch.nn.Module:
+        """A frozen bfloat16 copy of the VGG16 on ``device`` (made once; the weights never change)."""
+        if device not in self._bf16_vgg:
+            self._bf16_vgg[device] = copy.deepcopy(self.vgg).to(device=device, dtype=torch.bfloat16).eval()
+        return self._bf16_vgg[device]
 
     def distance(self, features_a: list[torch.Tensor], features_b: list[torch.Tensor]) -> torch.Tensor:
         """LPIPS [N] between two feature lists from :meth:`features`."""
@@ -115,8 +134,8 @@ class PerceptualDistance(torch.nn.Module):
             total = total + lin(torch.square(fa - fb)).mean(dim=[1, 2, 3])
         return total
 
-    def forward(self, images_a: torch.Tensor, images_b: torch.Tensor) -> torch.Tensor:
-        return self.distance(self.features(images_a), self.features(images_b))
+    def forward(self, images_a: torch.Tensor, images_b: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+        return self.distance(self.features(images_a, precision), self.features(images_b, precision))
 
 
 def _normalize_channels(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:

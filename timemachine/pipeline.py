@@ -24,7 +24,7 @@ from timemachine import images as images_module
 from timemachine import projector
 from timemachine.cache import ProjectionCache, projection_key
 from timemachine.checkpoint import model_fingerprint
-from timemachine.device import prepare_device
+from timemachine.device import prepare_device, resolve_precision
 from timemachine.latents import LatentFile, save_latent
 from timemachine.networks import Generator
 from timemachine.perceptual import RANDOM, PerceptualDistance
@@ -64,6 +64,12 @@ def load_perceptual(device: Union[str, torch.device, None] = None, vgg_weights: 
     return PerceptualDistance(vgg_weights, offline=offline, progress=progress).to(prepare_device(device))
 
 
+def with_resolved_precision(settings: Any, model: LoadedModel) -> Any:
+    """A copy of projector or render ``settings`` with ``precision`` resolved for the model's device ('auto' ->
+    'bf16', 'fp32' or 'fp16', see :func:`timemachine.device.resolve_precision`): what results record."""
+    return dataclasses.replace(settings, precision=resolve_precision(settings.precision, model.device))
+
+
 def perceptual_id(perceptual: PerceptualDistance) -> str:
     """What the perceptual network's identity is for cache keys: 'random' or the VGG16 file's name."""
     return RANDOM if perceptual.vgg_source == RANDOM else os.path.basename(perceptual.vgg_source)
@@ -92,14 +98,15 @@ def _settings_key(settings: projector.ProjectorSettings) -> dict:
 
 
 def _measure(model: LoadedModel, latent: LatentFile, target: torch.Tensor,
-             perceptual: PerceptualDistance) -> tuple[np.ndarray, float, float]:
-    """Reconstruction uint8 [R, R, 3], its LPIPS and PSNR against target [1, 3, R, R]."""
+             perceptual: PerceptualDistance, precision: str) -> tuple[np.ndarray, float, float]:
+    """Reconstruction uint8 [R, R, 3], its LPIPS and PSNR against target [1, 3, R, R], in the resolved
+    ``precision`` (a render in the same precision starts with exactly this image)."""
     G = projector.apply_weight_delta(model.G, latent.pti_delta)
     device = model.device
     with torch.no_grad():
         img = G.synthesis(latent.ws.unsqueeze(0).to(device), noise_mode="const",
-                          noise={k: v[None, None].to(device) for k, v in latent.noise.items()})
-        lpips = float(perceptual(img, target.to(device))[0])
+                          noise={k: v[None, None].to(device) for k, v in latent.noise.items()}, precision=precision)
+        lpips = float(perceptual(img, target.to(device), precision)[0])
     psnr = float(projector.psnr(img, target.to(device))[0])
     return images_module.from_tensor(img)[0], lpips, psnr
 
@@ -118,8 +125,10 @@ def project_images(
     """Project prepared photos (uint8 [R, R, 3] each, R = model resolution).
 
     Photos found in ``cache`` are not projected again; the others are projected together as one batch,
-    then tuned one by one when ``pti_settings`` is given, then stored in the cache.
+    then tuned one by one when ``pti_settings`` is given, then stored in the cache.  ``settings.precision`` is
+    resolved for the model's device first: the cache key and the latent's metadata hold the resolved value.
     """
+    settings = with_resolved_precision(settings, model)
     R = model.G.img_resolution
     for image in photos:
         if image.shape != (R, R, 3) or image.dtype != np.uint8:
@@ -146,7 +155,7 @@ def project_images(
             meta_before = {}
             if pti_settings is not None:
                 pivot = LatentFile(ws=single.ws[0], noise={k: v[0, 0] for k, v in single.noise.items()})
-                _, lpips0, psnr0 = _measure(model, pivot, targets[i:i + 1], perceptual)
+                _, lpips0, psnr0 = _measure(model, pivot, targets[i:i + 1], perceptual, settings.precision)
                 meta_before = {"lpips_before_pti": lpips0, "psnr_before_pti": psnr0}
                 single = projector.pivotal_tuning(model.G, single, targets[i:i + 1], pti_settings,
                                                   perceptual=perceptual, callback=callback)
@@ -166,7 +175,7 @@ def project_images(
 
     results = []
     for i, latent in enumerate(latents):
-        reconstruction, lpips, psnr = _measure(model, latent, targets[i:i + 1], perceptual)
+        reconstruction, lpips, psnr = _measure(model, latent, targets[i:i + 1], perceptual, settings.precision)
         metrics = {"lpips": lpips, "psnr": psnr, "cached": cached[i],
                    "steps_run": latent.meta.get("steps_run"), "seconds": runs.get(i, {}).get("seconds", 0.0)}
         for key in ("lpips_before_pti", "psnr_before_pti", "pti_steps_run"):
@@ -343,6 +352,7 @@ def make_age_video(
     walk along ``vector`` into ``out_dir`` (see :func:`render_age_video`).  The vector is checked against the
     model before any work."""
     age_direction(model, vector, layers, force_model)  # fail before projecting, not after
+    projection_settings = with_resolved_precision(projection_settings, model)
     started = time.perf_counter()
     (projection,) = project_images(model, [photo], projection_settings, perceptual, pti_settings=pti_settings,
                                    cache=cache, callback=project_callback, checkpoint_path=checkpoint_path,

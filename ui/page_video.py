@@ -12,8 +12,10 @@ from PIL import Image, ImageDraw
 import ui_common as ui
 import ui_work
 from timemachine import age, images, pipeline
+from timemachine.device import cpu_bf16_support
 from timemachine.projector import ProjectorSettings, PTISettings
 from timemachine.render import EASINGS, RenderSettings
+from timemachine.settings import DEFAULT_PRECISION, PRECISION_CHOICES
 
 SLOT = "video"
 
@@ -195,6 +197,11 @@ def settings_section() -> tuple[ProjectorSettings, Optional[PTISettings], Render
                                              f"Tuning stops early once LPIPS reaches {PTISettings().lpips_threshold}.")
             seed = st.number_input("Seed", 0, 2**31 - 1, 303, key="seed",
                                    help="Seeds the projection's random noise (303 as the official projector).")
+            precision = st.radio("Precision", PRECISION_CHOICES, key="precision", horizontal=True,
+                                 index=PRECISION_CHOICES.index(DEFAULT_PRECISION),
+                                 help=f"auto: bf16 where the server's CPU has native BF16 ({_bf16_words()}), "
+                                      "fp32 on other CPUs, the official float16 blocks on a GPU. bf16 projects and "
+                                      "renders about twice as fast; its results differ from fp32 by rounding.")
         with right:
             st.markdown("**Video**")
             frames = st.number_input("Walk frames", 2, 960, ui.UI_FRAMES, step=8, key="frames",
@@ -207,14 +214,20 @@ def settings_section() -> tuple[ProjectorSettings, Optional[PTISettings], Render
             hold_end = st.number_input("Hold the young animal (frames)", 0, 240, ui.UI_HOLD_END, key="hold_end")
             pingpong = st.checkbox("Walk back again (seamless loop)", key="pingpong")
             side_by_side = st.checkbox("Also a side-by-side video (photo | reconstruction | young)", key="side_by_side")
-    projection = ProjectorSettings(space=space, steps=int(steps), seed=int(seed), preview_every=ui_work.PREVIEW_EVERY)
+    projection = ProjectorSettings(space=space, steps=int(steps), seed=int(seed), preview_every=ui_work.PREVIEW_EVERY,
+                                   precision=precision)
     projection.validate()
     pti_settings = PTISettings(steps=int(pti_steps)) if pti else None
     if pti_settings:
         pti_settings.validate()
     render_settings = RenderSettings(frames=int(frames), fps=float(fps), easing=easing, hold_start=int(hold_start),
-                                     hold_end=int(hold_end), pingpong=bool(pingpong))
+                                     hold_end=int(hold_end), pingpong=bool(pingpong), precision=precision)
     return projection, pti_settings, render_settings, bool(side_by_side)
+
+
+def _bf16_words() -> str:
+    support = cpu_bf16_support()
+    return f"{'detected' if support.native else 'not detected'} here: {support.detail}"
 
 
 # ----------------------------------------------------------------------------------------------------------

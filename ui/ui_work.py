@@ -120,11 +120,13 @@ def _projector_key(settings: ProjectorSettings) -> dict[str, Any]:
 def video_key(req: VideoRequest) -> str:
     """Hex SHA-256 of everything the video of ``req`` depends on (see the module docstring)."""
     h = hashlib.sha256(b"timemachine-ui-video-v1\0")
-    h.update(projection_key(req.photo, req.model.fingerprint, _projector_key(req.projection),
+    projection = pipeline.with_resolved_precision(req.projection, req.model)  # what 'auto' runs as here
+    h.update(projection_key(req.photo, req.model.fingerprint, _projector_key(projection),
                             req.pti.to_dict() if req.pti else None, pipeline.perceptual_id(req.perceptual)).encode())
     h.update(req.vector.direction.contiguous().numpy().tobytes())
     h.update(json.dumps({"vector": req.vector.metadata(), "layers": req.layers, "force": req.force_model,
-                         "render": req.render.to_dict(), "side_by_side": req.side_by_side},
+                         "render": pipeline.with_resolved_precision(req.render, req.model).to_dict(),
+                         "side_by_side": req.side_by_side},
                         sort_keys=True, default=str).encode())
     return h.hexdigest()
 
@@ -177,7 +179,7 @@ def make_video(req: VideoRequest, ctx) -> VideoResult:
 
     settings = req.render
     frames = render.frames_at(model.G, projection.latent, direction, STRIP_TIMES, strength=settings.strength,
-                              easing=settings.easing)
+                              easing=settings.easing, precision=settings.precision)
     strip = [(t, frame) for t, frame in zip(STRIP_TIMES, frames)]
     ctx.report("Preview frames ready" + ("" if req.preview_only else "; rendering the video"),
                stages.at("strip", 1.0), strip=strip)
@@ -194,7 +196,8 @@ def make_video(req: VideoRequest, ctx) -> VideoResult:
 
         run_info = {
             "photo": req.photo_info,
-            "projection": {"settings": req.projection.to_dict(), "pti_settings": req.pti.to_dict() if req.pti else None,
+            "projection": {"settings": pipeline.with_resolved_precision(req.projection, model).to_dict(),
+                           "pti_settings": req.pti.to_dict() if req.pti else None,
                            "perceptual": pipeline.perceptual_id(req.perceptual), "metrics": projection.metrics},
             "timings": {"project_seconds": round(project_seconds, 3)},
             "face": "ui",

@@ -196,6 +196,7 @@ def run_build(args: argparse.Namespace) -> int:
     settings, _ = common.projection_settings(args)
 
     model = common.load_model(args)
+    settings = pipeline.with_resolved_precision(settings, model)
     if species is None:
         species = _ZOO_SPECIES.get(str(args.model), "")
     age.check_build_request(name, model, len(args.puppy), len(args.adult), method, species=species,

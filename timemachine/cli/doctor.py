@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         _line("device", f"cuda: {torch.cuda.get_device_name(0)} ({torch.cuda.device_count()} GPU(s))")
     else:
         _line("device", f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    _line("precision auto", _precision_status())
     cuda_home = plugin.find_cuda_home()
     _line("nvcc", os.path.join(cuda_home, "bin", "nvcc") if cuda_home else "not found (CUDA ops cannot be built)")
     _line("ops implementation", "reference (forced by STYLEGAN_OPS_IMPL=ref)" if plugin.forced_reference()
@@ -72,6 +73,19 @@ def run(args: argparse.Namespace) -> int:
         for name, state in plugin.plugin_status().items():
             _line(f"cuda op {name}", state if torch.cuda.is_available() else "unused (no GPU); --build-ops compiles it")
     return status
+
+
+def _precision_status() -> str:
+    """What --precision auto runs as here, and why (the CPU's BF16 support)."""
+    from timemachine.device import cpu_bf16_support, resolve_device, resolve_precision
+
+    device = resolve_device(None)
+    support = cpu_bf16_support()
+    if device.type == "cuda":
+        return "fp16 (the official float16 blocks on the GPU)"
+    if support.native:
+        return f"bf16 (native BF16 on this CPU: {support.detail})"
+    return f"{resolve_precision('auto', device, bf16_native=False)} (no native BF16: {support.detail})"
 
 
 def _weights_status() -> str:

@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Everything that can fail on bad input happens before anything is written.
     model = common.load_model(args)
+    settings = pipeline.with_resolved_precision(settings, model)
     photos = [images.prepare_photo(p, model.G.img_resolution, crop=crop) for p in args.photos]
     perceptual = common.load_perceptual(args, model.device)
     cache = None if args.no_cache else pipeline.ProjectionCache(pipeline.cache_root())
