@@ -44,7 +44,7 @@ NOISE_MODES = ("random", "const", "none")
 PRECISIONS = ("fp32", "fp16", "bf16")
 #: With precision='bf16', blocks below this resolution run in float32 (see :meth:`SynthesisBlock.compute_dtype`).
 BF16_MIN_RESOLUTION = 32
-EXP = {"bf16_min_res": 4, "styles_bf16": False, "demod_bf16": False, "torgb_fp32": False}
+EXP = {"bf16_min_res": BF16_MIN_RESOLUTION, "styles_bf16": False, "demod_bf16": False, "torgb_fp32": False}
 
 
 def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
