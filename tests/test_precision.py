@@ -253,3 +253,18 @@ def test_run_json_and_cache_key_hold_the_resolved_precision(tmp_path, monkeypatc
         main(["run", str(photo), "--model", str(model), "--age-vector", "pups", "--precision", "fp16",
               "--out", str(tmp_path / "x")])
     assert exc.value.code == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none is visible on this machine")
+@pytest.mark.parametrize("precision", ["auto", "fp32", "bf16"])
+def test_gpu_projection_runs_in_every_precision(tiny_realistic, random_lpips, precision):
+    import copy
+
+    G = copy.deepcopy(tiny_realistic).cuda()
+    target = G.synthesis(G.mapping(torch.randn(1, G.z_dim, device="cuda"), None), noise_mode="const",
+                         precision="fp32").clamp(-1, 1)
+    result = P.project(G, target, ProjectorSettings(steps=20, precision=precision),
+                       perceptual=copy.deepcopy(random_lpips).cuda())
+    assert result.settings.precision == {"auto": "fp16"}.get(precision, precision)
+    assert np.isfinite(result.lpips_curve).all() and result.lpips_curve[-1].mean() < result.lpips_curve[0].mean()

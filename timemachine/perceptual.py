@@ -77,17 +77,10 @@ class PerceptualDistance(torch.nn.Module):
     def __init__(self, vgg_weights: Union[str, os.PathLike, None] = None, offline: Optional[bool] = None,
                  progress=None):
         super().__init__()
-        import lpips
-
         source = resolve_vgg_weights(vgg_weights, offline=offline, progress=progress)
-        # pnet_rand=True: build the VGG16 without torchvision fetching anything; weights are loaded below.
-        # A fixed seed makes 'random' the same network in every process (projections stay reproducible
-        # and cacheable); fork_rng leaves the caller's random state alone.
-        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
-            warnings.simplefilter("ignore", UserWarning)  # lpips passes torchvision's deprecated 'pretrained'
-            torch.manual_seed(0)
-            model = lpips.LPIPS(net="vgg", version="0.1", pnet_rand=True, verbose=False)
+        model = _lpips_vgg16()
         if source == RANDOM:
+            _randomize_vgg16(model.net)
             warnings.warn("using a randomly initialised VGG16 (TIMEMACHINE_VGG_WEIGHTS=random): perceptual "
                           "distances are meaningless for real photos; use this only for tests and benchmarks",
                           RandomWeightsWarning, stacklevel=2)
@@ -136,6 +129,41 @@ class PerceptualDistance(torch.nn.Module):
 
     def forward(self, images_a: torch.Tensor, images_b: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
         return self.distance(self.features(images_a, precision), self.features(images_b, precision))
+
+
+def _lpips_vgg16():
+    """lpips' LPIPS-VGG16 v0.1 with its calibrated linear layers and an unfilled VGG16 trunk (the caller fills it).
+
+    ``lpips.LPIPS`` would build and randomly initialise torchvision's whole VGG16 (138M parameters, 102M of
+    them in the classifier that it drops) before any weights are loaded: ~1.5 s of waste in every process
+    (benchmarks/bench_startup.py).  It is built on the meta device instead (no memory, no initialisation);
+    then only the kept parts get memory: the trunk, the input scaling (constants) and the linear layers, which
+    are read from lpips' own weights file, as ``LPIPS(pretrained=True)`` reads them.
+    """
+    import lpips
+
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore", UserWarning)  # lpips passes torchvision's deprecated 'pretrained'
+        model = lpips.LPIPS(net="vgg", version="0.1", pretrained=False, pnet_rand=True, verbose=False)
+    model = model.to_empty(device="cpu")
+    model.scaling_layer = lpips.ScalingLayer()
+    path = os.path.join(os.path.dirname(lpips.__file__), "weights", "v0.1", "vgg.pth")
+    missing, unexpected = model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=False)
+    # ("lins.k" is another name of "link", the same module: loaded with it.)
+    if unexpected or any(not key.startswith(("net.", "scaling_layer.", "lins.")) for key in missing):
+        raise WeightsError(f"the lpips package's linear layers ({path}) do not fit LPIPS-VGG16 v0.1")
+    return model
+
+
+def _randomize_vgg16(vgg: torch.nn.Module) -> None:
+    """torchvision's VGG initialisation (He-normal weights, zero biases) from a fixed seed: 'random' is the same
+    network in every process (projections stay reproducible and cacheable); the caller's RNG is left alone."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(0)
+        for module in vgg.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                torch.nn.init.zeros_(module.bias)
 
 
 def _normalize_channels(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
