@@ -78,9 +78,8 @@ class PerceptualDistance(torch.nn.Module):
                  progress=None):
         super().__init__()
         source = resolve_vgg_weights(vgg_weights, offline=offline, progress=progress)
-        model = _lpips_vgg16()
+        model = _lpips_vgg16(random_trunk=source == RANDOM)
         if source == RANDOM:
-            _randomize_vgg16(model.net)
             warnings.warn("using a randomly initialised VGG16 (TIMEMACHINE_VGG_WEIGHTS=random): perceptual "
                           "distances are meaningless for real photos; use this only for tests and benchmarks",
                           RandomWeightsWarning, stacklevel=2)
@@ -131,20 +130,28 @@ class PerceptualDistance(torch.nn.Module):
         return self.distance(self.features(images_a, precision), self.features(images_b, precision))
 
 
-def _lpips_vgg16():
-    """lpips' LPIPS-VGG16 v0.1 with its calibrated linear layers and an unfilled VGG16 trunk (the caller fills it).
+def _lpips_vgg16(random_trunk: bool = False):
+    """lpips' LPIPS-VGG16 v0.1 with its calibrated linear layers; the VGG16 trunk random or unfilled.
 
-    ``lpips.LPIPS`` would build and randomly initialise torchvision's whole VGG16 (138M parameters, 102M of
-    them in the classifier that it drops) before any weights are loaded: ~1.5 s of waste in every process
-    (benchmarks/bench_startup.py).  It is built on the meta device instead (no memory, no initialisation);
-    then only the kept parts get memory: the trunk, the input scaling (constants) and the linear layers, which
-    are read from lpips' own weights file, as ``LPIPS(pretrained=True)`` reads them.
+    ``random_trunk``: torchvision's initialisation from a fixed seed, so that 'random' is the same network in
+    every process (projections stay reproducible and cacheable; the caller's RNG is left alone).  The draws
+    run through torchvision's whole VGG16, classifier included, as they always have: the same random network
+    as in every earlier version.  Otherwise the trunk is left for the caller to fill with real weights, and
+    building torchvision's VGG16 (138M parameters, 102M of them in the classifier that lpips drops) and
+    initialising it at random would be waste (~1.5 s per process, benchmarks/bench_startup.py): the model is
+    built on the meta device (no memory, no initialisation) and only the kept parts get memory - the trunk,
+    the input scaling (constants) and the linear layers, read from lpips' own weights file as
+    ``LPIPS(pretrained=True)`` reads them.
     """
     import lpips
 
-    with warnings.catch_warnings(), torch.device("meta"):
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
         warnings.simplefilter("ignore", UserWarning)  # lpips passes torchvision's deprecated 'pretrained'
-        model = lpips.LPIPS(net="vgg", version="0.1", pretrained=False, pnet_rand=True, verbose=False)
+        if random_trunk:
+            torch.manual_seed(0)
+            return lpips.LPIPS(net="vgg", version="0.1", pnet_rand=True, verbose=False)
+        with torch.device("meta"):
+            model = lpips.LPIPS(net="vgg", version="0.1", pretrained=False, pnet_rand=True, verbose=False)
     model = model.to_empty(device="cpu")
     model.scaling_layer = lpips.ScalingLayer()
     path = os.path.join(os.path.dirname(lpips.__file__), "weights", "v0.1", "vgg.pth")
@@ -153,17 +160,6 @@ def _lpips_vgg16():
     if unexpected or any(not key.startswith(("net.", "scaling_layer.", "lins.")) for key in missing):
         raise WeightsError(f"the lpips package's linear layers ({path}) do not fit LPIPS-VGG16 v0.1")
     return model
-
-
-def _randomize_vgg16(vgg: torch.nn.Module) -> None:
-    """torchvision's VGG initialisation (He-normal weights, zero biases) from a fixed seed: 'random' is the same
-    network in every process (projections stay reproducible and cacheable); the caller's RNG is left alone."""
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(0)
-        for module in vgg.modules():
-            if isinstance(module, torch.nn.Conv2d):
-                torch.nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                torch.nn.init.zeros_(module.bias)
 
 
 def _normalize_channels(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
