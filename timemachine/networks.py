@@ -29,10 +29,11 @@ Differences from the official code, none visible to callers of the official API:
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Hashable, Optional
 
 import numpy as np
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from stylegan_ops import bias_act as _bias_act
 from stylegan_ops import conv2d_resample as _conv2d_resample
@@ -44,7 +45,30 @@ NOISE_MODES = ("random", "const", "none")
 PRECISIONS = ("fp32", "fp16", "bf16")
 #: With precision='bf16', blocks below this resolution run in float32 (see :meth:`SynthesisBlock.compute_dtype`).
 BF16_MIN_RESOLUTION = 32
-EXP = {"bf16_min_res": BF16_MIN_RESOLUTION, "styles_bf16": False, "demod_bf16": False, "torgb_fp32": False}
+
+
+_DERIVED: WeakIdKeyDictionary = WeakIdKeyDictionary()  # parameter -> {what: ((storage, version), value)}
+
+
+def derived(param: torch.Tensor, what: Hashable, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``compute()``, a tensor made from ``param`` alone (a cast, a scaled copy, a sum of squares), kept for the
+    next call while ``param`` is unchanged: same storage, same version counter (every in-place change, an
+    optimiser step or ``load_state_dict``, bumps it).  Recomputed every time when a gradient must flow to
+    ``param`` (pivotal tuning).  A frozen generator (projection, rendering) then pays for these per-layer
+    weight preparations once instead of on every synthesis call.
+    """
+    if param.requires_grad and torch.is_grad_enabled():
+        return compute()
+    stamp = (param.untyped_storage().data_ptr(), param.storage_offset(), param._version)
+    entries = _DERIVED.get(param)
+    if entries is None:
+        entries = _DERIVED[param] = {}
+    hit = entries.get(what)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    value = compute()
+    entries[what] = (stamp, value)
+    return value
 
 
 def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
@@ -95,7 +119,7 @@ def demodulation_coefficients(weight: torch.Tensor, styles: torch.Tensor) -> tor
     Computed as ``styles**2 @ (sum_{ky,kx} weight**2).T``: the same sum, grouped so that the per-sample
     weights [N, O, I, kh, kw] are never built.  weight [O, I, kh, kw], styles [N, I] -> [N, O] float32.
     """
-    weight_sq = weight.to(torch.float32).square().sum(dim=[2, 3])  # [O, I]
+    weight_sq = derived(weight, "sum_sq", lambda: weight.to(torch.float32).square().sum(dim=[2, 3]))  # [O, I]
     return (styles.to(torch.float32).square() @ weight_sq.t() + 1e-8).rsqrt()
 
 
@@ -139,15 +163,13 @@ def modulated_conv2d(
         styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
 
     dcoefs = demodulation_coefficients(weight, styles) if demodulate else None  # [N, O]
-    if EXP["demod_bf16"] and x.dtype == torch.bfloat16 and demodulate:
-        wsq = weight.to(torch.bfloat16).square().sum(dim=[2, 3])
-        dcoefs = (styles.to(torch.bfloat16).square() @ wsq.t() + 1e-8).rsqrt()
 
     if not fused_modconv:
         # Scale the activations before and after one convolution with the shared weight.
         x = x * styles.to(x.dtype).reshape(batch_size, -1, 1, 1)
-        x = _conv2d_resample.conv2d_resample(x, weight.to(x.dtype), f=resample_filter, up=up, down=down,
-                                             padding=padding, flip_weight=flip_weight)
+        dtype = x.dtype
+        x = _conv2d_resample.conv2d_resample(x, derived(weight, dtype, lambda: weight.to(dtype)), f=resample_filter,
+                                             up=up, down=down, padding=padding, flip_weight=flip_weight)
         # x is the convolution's own output: with nothing to differentiate, scale it and add the noise in place.
         # (x requires grad whenever styles, and so dcoefs, do.)
         in_place = not torch.is_grad_enabled() or not (x.requires_grad or (noise is not None and noise.requires_grad))
@@ -208,12 +230,11 @@ class FullyConnectedLayer(torch.nn.Module):
         self.bias_gain = lr_multiplier
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight.to(x.dtype) * self.weight_gain
+        dtype = x.dtype
+        w = derived(self.weight, ("scaled", dtype, self.weight_gain), lambda: self.weight.to(dtype) * self.weight_gain)
         b = self.bias
         if b is not None:
-            b = b.to(x.dtype)
-            if self.bias_gain != 1:
-                b = b * self.bias_gain
+            b = derived(b, ("scaled", dtype, self.bias_gain), lambda: self.bias.to(dtype) * self.bias_gain)
         if self.activation == "linear" and b is not None:
             return torch.addmm(b.unsqueeze(0), x, w.t())
         x = x.matmul(w.t())
@@ -379,7 +400,7 @@ class SynthesisLayer(torch.nn.Module):
         if x.ndim != 4 or x.shape[1] != self.weight.shape[1] or x.shape[2:] != (in_resolution, in_resolution):
             raise ValueError(f"expected activations [N, {self.weight.shape[1]}, {in_resolution}, {in_resolution}], "
                              f"got {tuple(x.shape)}")
-        styles = self.affine(w.to(torch.bfloat16)).float() if EXP["styles_bf16"] and x.dtype == torch.bfloat16 else self.affine(w)
+        styles = self.affine(w)
 
         layer_noise = None
         if self.use_noise:
@@ -481,7 +502,7 @@ class SynthesisBlock(torch.nn.Module):
         float32.
         """
         if precision == "bf16":
-            return torch.bfloat16 if self.resolution >= EXP["bf16_min_res"] else torch.float32
+            return torch.bfloat16 if self.resolution >= BF16_MIN_RESOLUTION else torch.float32
         return torch.float16 if self.use_fp16 and not force_fp32 else torch.float32
 
     def layer_names(self) -> list[str]:
@@ -530,7 +551,7 @@ class SynthesisBlock(torch.nn.Module):
         if img is not None:
             img = _upfirdn2d.upsample2d(img, self.resample_filter)
         if self.is_last or self.architecture == "skip":
-            y = self.torgb(x.float() if EXP["torgb_fp32"] else x, next(w_iter), fused_modconv=fused_modconv)
+            y = self.torgb(x, next(w_iter), fused_modconv=fused_modconv)
             y = y.to(dtype=torch.float32, memory_format=torch.contiguous_format)
             img = img.add_(y) if img is not None else y
         return x, img
