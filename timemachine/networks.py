@@ -135,6 +135,7 @@ def modulated_conv2d(
     demodulate: bool = True,
     flip_weight: bool = True,
     fused_modconv: bool = True,
+    gain: float = 1,
 ) -> torch.Tensor:
     """StyleGAN2's modulated (and demodulated) convolution.
 
@@ -147,6 +148,8 @@ def modulated_conv2d(
         demodulate: normalise each output channel's per-sample weight to unit L2 norm.
         fused_modconv: True = build per-sample weights and run one grouped convolution; False = scale the
                   activations before and after a convolution with the shared weight (same result).
+        gain:     scale of the convolution's output (before the noise is added), folded into the demodulation
+                  coefficients (or, without demodulation, into the styles): no extra pass over the output.
 
     Returns:
         [N, O, H', W'] of x's dtype.
@@ -163,6 +166,11 @@ def modulated_conv2d(
         styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
 
     dcoefs = demodulation_coefficients(weight, styles) if demodulate else None  # [N, O]
+    if gain != 1:
+        if demodulate:
+            dcoefs = dcoefs * gain
+        else:
+            styles = styles * gain
 
     if not fused_modconv:
         # Scale the activations before and after one convolution with the shared weight.
@@ -415,14 +423,23 @@ class SynthesisLayer(torch.nn.Module):
         if fused_modconv is None:
             fused_modconv = default_fused_modconv(x, x.dtype, self.training, self.weight.shape[-1])
         flip_weight = self.up == 1
-        x = modulated_conv2d(x, self.weight, styles, noise=layer_noise, up=self.up, padding=self.padding,
-                             resample_filter=self.resample_filter, flip_weight=flip_weight,
-                             fused_modconv=fused_modconv)
         act_gain = self.act_gain * gain
         act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        # On the CPU, where every elementwise step is a pass over memory, the activation's gain is applied
+        # before it, folded into the demodulation, the noise and the bias: act(z) * g = act(z * g) for the
+        # positively homogeneous linear/relu/lrelu and g > 0.  (CUDA: the official order; bias_act is one kernel.)
+        bias, dtype = self.bias, x.dtype
+        if x.device.type == "cpu" and self.activation in ("linear", "relu", "lrelu") and act_gain > 0:
+            layer_noise = layer_noise * act_gain if layer_noise is not None else None
+            bias = derived(self.bias, ("scaled", dtype, act_gain), lambda: self.bias.to(dtype) * act_gain)
+            conv_gain, act_gain = act_gain, 1.0
+        else:
+            bias, conv_gain = bias.to(dtype), 1.0
+        x = modulated_conv2d(x, self.weight, styles, noise=layer_noise, up=self.up, padding=self.padding,
+                             resample_filter=self.resample_filter, flip_weight=flip_weight,
+                             fused_modconv=fused_modconv, gain=conv_gain)
         # x is modulated_conv2d's own output and needed by nothing else: bias_act may overwrite it.
-        return _bias_act.bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=act_gain, clamp=act_clamp,
-                                  inplace=True)
+        return _bias_act.bias_act(x, bias, act=self.activation, gain=act_gain, clamp=act_clamp, inplace=True)
 
 
 class ToRGBLayer(torch.nn.Module):
