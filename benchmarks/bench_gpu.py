@@ -60,7 +60,8 @@ def official_generator(checkout: str, G, device):
     official = OfficialGenerator(**copy.deepcopy(G.init_kwargs))
     missing, unexpected = official.load_state_dict(G.state_dict(), strict=False)
     if missing or unexpected:
-        raise SystemExit(f"NVIDIA's Generator does not take our weights: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise SystemExit(f"NVIDIA's Generator does not take our weights: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}")
     return official.eval().requires_grad_(False).to(device)
 
 

@@ -205,7 +205,8 @@ def main() -> None:
     parser.add_argument("--projection", action="store_true", help="also the projection measurement")
     parser.add_argument("--targets", type=int, default=6)
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--shared", default=os.environ.get("TIMEMACHINE_SHARED_DIR", os.path.join(REPO, "..", "shared")))
+    parser.add_argument("--shared", default=os.environ.get("TIMEMACHINE_SHARED_DIR",
+                                                           os.path.join(REPO, "..", "shared")))
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     import torch

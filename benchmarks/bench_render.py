@@ -121,8 +121,8 @@ def bench_synthesis(resolution: int, rounds: int, batch_sizes: list[int]) -> Non
                 t0 = time.perf_counter()
                 run(batch, path)
                 best[name, batch] = min(best[name, batch], (time.perf_counter() - t0) / batch)
-        print(f"  round {r + 1}/{rounds}, best so far, ms/frame " + "/".join(n.split()[0] + n.split()[1][:5] for n in PATHS)
-              + ": " + "  ".join(f"b{b} " + "/".join(f"{best[n, b] * 1e3:.0f}" for n in PATHS) for b in batch_sizes),
+        print(f"  round {r + 1}/{rounds}, best so far, ms/frame {' / '.join(PATHS)}: "
+              + "  ".join(f"b{b} " + "/".join(f"{best[n, b] * 1e3:.0f}" for n in PATHS) for b in batch_sizes),
               flush=True)
 
     ours_name, bf16_name, fused_name = tuple(PATHS)

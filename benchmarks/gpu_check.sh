@@ -31,10 +31,12 @@ if [ "$has_gpu" = 0 ]; then
     echo "no CUDA GPU visible: the build (the CPU-side part) is done; the GPU tests and figures need a GPU"
     exit 0
 fi
-$PY -c "import torch; print('GPU:', torch.cuda.get_device_name(0), '| torch', torch.__version__, '| CUDA', torch.version.cuda)"
+$PY -c "import torch; print('GPU:', torch.cuda.get_device_name(0), '| torch', torch.__version__,
+                          '| CUDA', torch.version.cuda)"
 
 echo "== 2/3 GPU tests"
-timeout 150 $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda_ops.py tests/test_parity.py tests/test_precision.py
+timeout 150 $PY -m pytest -q -p no:cacheprovider -m gpu \
+    tests/test_cuda_ops.py tests/test_parity.py tests/test_precision.py
 elapsed
 
 echo "== 3/3 GPU figures (AFHQ 512x512 architecture, random weights)"

@@ -121,7 +121,8 @@ def no_tf32():
 @gpu_only
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision, key, tolerance", [
-    ("fp32", "img_const", 1e-4), ("fp16", "img_const_default_precision", 2e-2), (None, "img_const_default_precision", 2e-2)])
+    ("fp32", "img_const", 1e-4), ("fp16", "img_const_default_precision", 2e-2),
+    (None, "img_const_default_precision", 2e-2)])
 def test_gpu_synthesis_matches_nvidia(tiny_G, tiny_ref, no_tf32, precision, key, tolerance):
     import copy
 

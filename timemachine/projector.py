@@ -183,7 +183,8 @@ def _check_targets(G: Generator, targets: torch.Tensor) -> torch.Tensor:
     return targets.to(torch.float32)
 
 
-def _preview(G: Generator, ws: torch.Tensor, noise: dict[str, torch.Tensor], precision: Optional[str] = None) -> np.ndarray:
+def _preview(G: Generator, ws: torch.Tensor, noise: dict[str, torch.Tensor],
+             precision: Optional[str] = None) -> np.ndarray:
     with torch.no_grad():
         img = G.synthesis(ws, noise_mode="const", noise=noise, precision=precision)
     return (img * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

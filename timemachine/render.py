@@ -32,7 +32,8 @@ with pivotal-tuning weights (``pti_delta``) is rendered with them (:func:`projec
 
 Synthesis runs on the device the generator is on, under ``torch.no_grad()``, in batches of
 ``batch_size`` walk frames.  Walk frame 0 is synthesised on its own, exactly as the projection's
-reconstruction is, so it equals ``projection.png`` bit for bit whatever the batch size; a walk frame whose
+reconstruction is, so it equals ``projection.png`` bit for bit whatever the batch size (when both use the same
+precision, as they do by default); a walk frame whose
 latent equals the one before it (e.g. every frame when strength is 0) is a copy, not synthesised again.
 Other frames depend on the batch size only by float rounding (batched BLAS and convolutions sum in another
 order: at most 1 level of 255 on a few pixels in float32, see tests/test_render.py).
