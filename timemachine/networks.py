@@ -428,16 +428,15 @@ class SynthesisLayer(torch.nn.Module):
         # On the CPU, where every elementwise step is a pass over memory, the activation's gain is applied
         # before it, folded into the demodulation, the noise and the bias: act(z) * g = act(z * g) for the
         # positively homogeneous linear/relu/lrelu and g > 0.  (CUDA: the official order; bias_act is one kernel.)
-        bias, dtype = self.bias, x.dtype
+        conv_gain = 1.0
         if x.device.type == "cpu" and self.activation in ("linear", "relu", "lrelu") and act_gain > 0:
             layer_noise = layer_noise * act_gain if layer_noise is not None else None
-            bias = derived(self.bias, ("scaled", dtype, act_gain), lambda: self.bias.to(dtype) * act_gain)
             conv_gain, act_gain = act_gain, 1.0
-        else:
-            bias, conv_gain = bias.to(dtype), 1.0
         x = modulated_conv2d(x, self.weight, styles, noise=layer_noise, up=self.up, padding=self.padding,
                              resample_filter=self.resample_filter, flip_weight=flip_weight,
                              fused_modconv=fused_modconv, gain=conv_gain)
+        dtype = x.dtype  # (under autocast, the convolution's output dtype)
+        bias = derived(self.bias, ("scaled", dtype, conv_gain), lambda: self.bias.to(dtype) * conv_gain)
         # x is modulated_conv2d's own output and needed by nothing else: bias_act may overwrite it.
         return _bias_act.bias_act(x, bias, act=self.activation, gain=act_gain, clamp=act_clamp, inplace=True)
 
