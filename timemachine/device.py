@@ -36,7 +36,7 @@ from typing import Optional, Union
 import torch
 
 from timemachine.errors import TimemachineError
-from timemachine.settings import PRECISION_CHOICES, check_precision
+from timemachine.settings import check_precision
 
 ENV_MALLOC_TUNING = "TIMEMACHINE_CPU_MALLOC_TUNING"
 ENV_DEVICE = "TIMEMACHINE_DEVICE"
@@ -203,8 +203,8 @@ def resolve_precision(precision: str, device: Union[str, torch.device, None] = N
 
     'auto': CUDA -> 'fp16' (the official float16 blocks); a CPU with native BF16 -> 'bf16'; any other CPU ->
     'fp32'.  An explicit 'bf16' or 'fp32' is kept as asked (bfloat16 on a CPU without native BF16 runs, but
-    slower than float32).  Raises the settings' error type for an unknown value, and
-    :class:`TimemachineError` for 'fp16' off CUDA (float16 convolutions on the CPU are ~70x slower).
+    slower than float32).  Raises :class:`TimemachineError` for an unknown value and for 'fp16' off CUDA
+    (float16 convolutions on the CPU are ~70x slower).
     """
     check_precision(precision, TimemachineError, allow_resolved=True)
     device_type = torch.device(device).type if device is not None else "cpu"
@@ -218,5 +218,5 @@ def resolve_precision(precision: str, device: Union[str, torch.device, None] = N
     return precision
 
 
-__all__ = ["Bf16Support", "PRECISION_CHOICES", "allocator_tuned", "cpu_bf16_support", "detect_cpu_bf16",
+__all__ = ["Bf16Support", "allocator_tuned", "cpu_bf16_support", "detect_cpu_bf16",
            "prepare_device", "resolve_device", "resolve_precision", "tune_cpu_allocator"]
