@@ -104,6 +104,19 @@ def test_auto_resolves_by_device_and_detection(monkeypatch):
         device_module.resolve_precision("fp8", "cpu")
 
 
+@pytest.mark.parametrize("native, expected", [(True, "bf16 (native BF16 on this CPU: forced by the test)"),
+                                               (False, "fp32 (no native BF16: forced by the test)")])
+def test_doctor_says_what_auto_runs_as(monkeypatch, capsys, tmp_path, native, expected):
+    from timemachine.cli import main
+
+    monkeypatch.setenv("TIMEMACHINE_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    force_detection(monkeypatch, native)
+    assert main(["doctor"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("precision auto")]
+    assert lines and lines[0].split(None, 2)[2] == expected
+
+
 def test_settings_check_their_precision():
     assert ProjectorSettings().precision == RenderSettings().precision == "auto" == PRECISION_CHOICES[0]
     with pytest.raises(ProjectionError, match="unknown precision 'half'"):
