@@ -12,19 +12,23 @@ Variants, each in its own worker process, taking turns round by round (best of a
                 reference ops (STYLEGAN_OPS_IMPL=ref), contiguous (NCHW) activations, glibc's default
                 allocator, the official projector's step otherwise.  (NVIDIA's own projector forced to float32 was measured at ~3.9 s/step on
                 this kind of machine, see issue #3: this stand-in is close to it.)
-* ``ours``      timemachine's ``projector.project`` as shipped (CPU defaults, tuned allocator).
+* ``ours``      timemachine's ``projector.project`` as shipped (CPU defaults, tuned allocator), float32;
+* ``ours-bf16`` the same with ``precision='bf16'`` (generator and LPIPS-VGG16 in bfloat16; latent, noise maps,
+                Adam and the loss in float32): what ``--precision auto`` runs on a CPU with native BF16.
 
-Breakdown per step (ours only; ``--no-breakdown`` skips it): G forward, VGG forward, VGG backward, G backward,
-noise regulariser (forward + backward), optimiser, measured by running the step's phases separately
-(``torch.autograd.grad`` to the image, then into G).
+Breakdown per step (ours variants; ``--no-breakdown`` skips it): G forward, VGG forward, VGG backward,
+G backward, noise regulariser (forward + backward), optimiser, measured by running the step's phases
+separately (``torch.autograd.grad`` to the image, then into G).
 
 FLOP efficiency: the step's FLOPs are counted with ``torch.utils.flop_counter`` (G and VGG forward, and
 their input-gradient backward: no weight gradients are needed); the lower bound is that count divided by
-the best sgemm rate measured in the same run.
+the best GEMM rate measured in the same run: sgemm for float32 variants, bf16 GEMM (float32 accumulation)
+for ``ours-bf16``.
 
 Usage::
 
     python benchmarks/bench_projector.py                  # 512x512, 4 rounds of 3 steps, with the breakdown
+                                                          # (ours: 3 steps after a first one, timed alike)
     python benchmarks/bench_projector.py --no-breakdown
 """
 
@@ -40,7 +44,9 @@ import warnings
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_generator import build_generator, sgemm_gflops  # noqa: E402
+from bench_generator import bf16_gemm_gflops, build_generator, sgemm_gflops  # noqa: E402
+
+PRECISION = {"official": None, "ours": "fp32", "ours-bf16": "bf16"}
 
 
 def make_inputs(resolution: int):
@@ -107,7 +113,7 @@ def worker(variant: str, resolution: int, steps: int, breakdown: bool, conn) -> 
     from timemachine import projector as P
 
     os.environ["STYLEGAN_OPS_IMPL"] = "ref" if variant == "official" else "auto"
-    if variant == "ours":
+    if variant != "official":
         from timemachine.device import tune_cpu_allocator
 
         tune_cpu_allocator()
@@ -115,26 +121,38 @@ def worker(variant: str, resolution: int, steps: int, breakdown: bool, conn) -> 
     flops = count_step_flops(G, perceptual, target)
     if variant == "official":
         step = official_step_fn(G, perceptual, target, fused_modconv=True)
-        run_steps = lambda: [step() for _ in range(steps)]  # noqa: E731
+
+        def run_steps() -> float:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step()
+            return (time.perf_counter() - t0) / steps
     else:
         stats = P.compute_w_stats(G, 1000)
-        settings = P.ProjectorSettings(steps=steps, w_avg_samples=1000)
-        run_steps = lambda: P.project(G, target, settings, perceptual=perceptual, w_stats=stats)  # noqa: E731
+        settings = P.ProjectorSettings(steps=steps + 1, w_avg_samples=1000, precision=PRECISION[variant])
+
+        def run_steps() -> float:
+            # Steady-state steps: from the end of the first step to the end of the last one, as the official
+            # variant's loop is timed (project()'s set-up - w_avg, target features, the checkpoint identity -
+            # is the fixed cost, see bench_startup.py).
+            ends = []
+            P.project(G, target, settings, perceptual=perceptual, w_stats=stats,
+                      callback=lambda event: ends.append(time.perf_counter()))
+            return (ends[-1] - ends[0]) / steps
     run_steps()  # warm-up
     conn.send(("ready", flops))
     while True:
         message = conn.recv()
         if message == "stop":
             return
-        t0 = time.perf_counter()
-        run_steps()
-        per_step = (time.perf_counter() - t0) / steps
-        parts = measure_breakdown(G, perceptual, target) if breakdown and variant == "ours" else None
-        conn.send((per_step, parts, sgemm_gflops()))
+        per_step = run_steps()
+        parts = measure_breakdown(G, perceptual, target, PRECISION[variant]) if breakdown and variant != "official" \
+            else None
+        conn.send((per_step, parts, sgemm_gflops(), bf16_gemm_gflops()))
 
 
-def measure_breakdown(G, perceptual, target) -> dict[str, float]:
-    """Seconds of each phase of one step, measured separately."""
+def measure_breakdown(G, perceptual, target, precision: str) -> dict[str, float]:
+    """Seconds of each phase of one step in ``precision``, measured separately."""
     import torch
 
     from timemachine import projector as P
@@ -143,14 +161,14 @@ def measure_breakdown(G, perceptual, target) -> dict[str, float]:
     noise = {name: torch.randn([1, 1, res, res]).requires_grad_(True) for name, res in P._noise_shapes(G).items()}
     optimizer = torch.optim.Adam([ws_leaf] + list(noise.values()), lr=0.01)
     with torch.no_grad():
-        target_features = perceptual.features(target)
+        target_features = perceptual.features(target, precision)
     t = {}
     s = time.perf_counter()
-    synth = G.synthesis(ws_leaf.repeat(1, G.num_ws, 1), noise_mode="const", noise=noise)
+    synth = G.synthesis(ws_leaf.repeat(1, G.num_ws, 1), noise_mode="const", noise=noise, precision=precision)
     t["G forward"] = time.perf_counter() - s
     s = time.perf_counter()
     synth_leaf = synth.detach().requires_grad_(True)
-    loss = perceptual.distance(perceptual.features(synth_leaf), target_features).sum()
+    loss = perceptual.distance(perceptual.features(synth_leaf, precision), target_features).sum()
     t["VGG forward"] = time.perf_counter() - s
     s = time.perf_counter()
     (grad_img,) = torch.autograd.grad(loss, [synth_leaf])
@@ -178,7 +196,7 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--breakdown", action=argparse.BooleanOptionalAction, default=True,
                         help="also time the phases of a step (ours); on by default")
-    parser.add_argument("--variants", default="official,ours")
+    parser.add_argument("--variants", default="official,ours,ours-bf16")
     args = parser.parse_args()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
 
@@ -194,40 +212,48 @@ def main() -> None:
     for variant, (_, conn) in workers.items():
         _, flops[variant] = conn.recv()
     best = {v: float("inf") for v in variants}
-    best_parts: dict[str, float] = {}
-    peak = 0.0
+    best_parts: dict[str, dict[str, float]] = {}
+    peak = bf16_peak = 0.0
+    load = [os.getloadavg()[0]]
     for r in range(args.rounds):
         for variant in variants:
             _, conn = workers[variant]
             conn.send("round")
-            per_step, parts, gemm = conn.recv()
+            per_step, parts, gemm, bf16_gemm = conn.recv()
             best[variant] = min(best[variant], per_step)
-            peak = max(peak, gemm)
+            peak, bf16_peak = max(peak, gemm), max(bf16_peak, bf16_gemm)
             for k, v in (parts or {}).items():
-                best_parts[k] = min(best_parts.get(k, float("inf")), v)
+                best_parts.setdefault(variant, {})[k] = min(best_parts.get(variant, {}).get(k, float("inf")), v)
+        load.append(os.getloadavg()[0])
         print(f"round {r + 1}/{args.rounds}: " + "  ".join(f"{v} {best[v]:.2f} s/step" for v in variants), flush=True)
     for proc, conn in workers.values():
         conn.send("stop")
         proc.join(timeout=10)
 
     gflop = flops[variants[0]] / 1e9
-    lower_bound = gflop / peak
     print()
-    print(f"resolution {args.resolution}; best of {args.rounds} interleaved rounds of {args.steps} steps")
-    print(f"step FLOPs (G + VGG forward and input gradients): {gflop:.0f} GFLOP; best sgemm {peak:.0f} GFLOP/s; "
-          f"FLOP lower bound {lower_bound:.2f} s/step")
+    print(f"resolution {args.resolution}; best of {args.rounds} interleaved rounds of {args.steps} steps; load "
+          f"average {min(load):.1f}-{max(load):.1f} (1 min, sampled each round)")
+    print(f"step FLOPs (G + VGG forward and input gradients): {gflop:.0f} GFLOP; best GEMM: sgemm {peak:.0f} "
+          f"GFLOP/s (lower bound {gflop / peak:.2f} s/step), bf16 {bf16_peak:.0f} GFLOP/s (lower bound "
+          f"{gflop / bf16_peak:.2f} s/step)")
     print()
-    print(f"{'variant':<10} {'s/step':>8} {'GFLOP/s':>9} {'x lower bound':>14} {'1000 steps':>11}")
+    print(f"{'variant':<10} {'s/step':>8} {'GFLOP/s':>9} {'x lower bound':>20} {'1000 steps':>11}")
     for v in variants:
-        print(f"{v:<10} {best[v]:>8.2f} {gflop / best[v]:>9.0f} {best[v] / lower_bound:>14.2f} "
+        is_bf16 = PRECISION[v] == "bf16"
+        bound = gflop / (bf16_peak if is_bf16 else peak)
+        gemm = "bf16" if is_bf16 else "sgemm"
+        print(f"{v:<10} {best[v]:>8.2f} {gflop / best[v]:>9.0f} {best[v] / bound:>8.2f} ({gemm} GEMM) "
               f"{best[v] * 1000 / 60:>9.1f} min")
-    if "official" in best and "ours" in best:
-        print(f"\nours vs official: {best['official'] / best['ours']:.2f}x faster per step")
-    if best_parts:
-        total = sum(best_parts.values())
-        print("\nbreakdown of one step (ours, each phase best of all rounds):")
-        for k, v in best_parts.items():
-            print(f"  {k:<13} {v * 1e3:7.0f} ms  {100 * v / total:5.1f} %")
+    print()
+    for v in variants:
+        if v != "official" and "official" in best:
+            print(f"{v} vs official: {best['official'] / best[v]:.2f}x faster per step")
+    for variant, parts in best_parts.items():
+        total = sum(parts.values())
+        print(f"\nbreakdown of one step ({variant}, each phase best of all rounds):")
+        for k, v in parts.items():
+            print(f"  {k:<17} {v * 1e3:7.0f} ms  {100 * v / total:5.1f} %")
 
 
 if __name__ == "__main__":

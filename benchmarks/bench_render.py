@@ -4,10 +4,12 @@ Builds the AFHQ 512x512 architecture with random weights (``bench_generator.buil
 start latent (mapped from z) and a random direction, and measures on the CPU:
 
 * ``synthesis``  frames/s of ``G.synthesis(ws, noise_mode='const')`` under ``torch.no_grad()`` for batch
-                 sizes 1, 2, 4, 8, on two paths: ours (our CPU defaults: 3x3 layers scale the activations
-                 around one shared-weight convolution, 1x1 ToRGB layers fused, channels-last activations)
-                 and fused (``fused_modconv=True, channels_last=False``: per-sample weights in a grouped
-                 convolution everywhere on contiguous activations, the official eval-mode float32 path).  All (path, batch) pairs are measured once per round, in
+                 sizes 1, 2, 4, 8, on three paths: ours (our CPU defaults in float32: 3x3 layers scale the
+                 activations around one shared-weight convolution, 1x1 ToRGB layers fused, channels-last
+                 activations), ours in bfloat16 (``precision='bf16'``, what ``--precision auto`` renders with
+                 on a CPU with native BF16) and fused (``fused_modconv=True, channels_last=False``:
+                 per-sample weights in a grouped convolution everywhere on contiguous activations, the
+                 official eval-mode float32 path).  All (path, batch) pairs are measured once per round, in
                  turn, for ``--rounds`` rounds; the best of the rounds is kept.
 * ``peak``       the RSS high-water mark of one synthesis call per batch size, each in a fresh process.
 * ``encoder``    the MP4 encoder's share of a render of ``--encoder-frames`` walk frames: the same frames
@@ -42,8 +44,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-PATHS = {"ours (defaults)": dict(fused_modconv=None, channels_last=None),
-         "fused (official, NCHW)": dict(fused_modconv=True, channels_last=False)}
+PATHS = {"ours (fp32)": dict(fused_modconv=None, channels_last=None, precision="fp32"),
+         "ours (bf16)": dict(fused_modconv=None, channels_last=None, precision="bf16"),
+         "fused (official, NCHW)": dict(fused_modconv=True, channels_last=False, precision="fp32")}
 
 
 def rss_bytes() -> int:
@@ -118,20 +121,22 @@ def bench_synthesis(resolution: int, rounds: int, batch_sizes: list[int]) -> Non
                 t0 = time.perf_counter()
                 run(batch, path)
                 best[name, batch] = min(best[name, batch], (time.perf_counter() - t0) / batch)
-        ours_name, fused_name = tuple(PATHS)
-        print(f"  round {r + 1}/{rounds}, best so far, ms/frame ours/fused: " + "  ".join(
-            f"b{b} {best[ours_name, b] * 1e3:.0f}/{best[fused_name, b] * 1e3:.0f}" for b in batch_sizes), flush=True)
+        print(f"  round {r + 1}/{rounds}, best so far, ms/frame {' / '.join(PATHS)}: "
+              + "  ".join(f"b{b} " + "/".join(f"{best[n, b] * 1e3:.0f}" for n in PATHS) for b in batch_sizes),
+              flush=True)
 
+    ours_name, bf16_name, fused_name = tuple(PATHS)
     print()
     print(f"synthesis at {resolution}x{resolution}, forward only (no grad), best of {rounds} interleaved rounds")
-    print(f"{'batch':>5} " + " ".join(f"{name:>28}" for name in PATHS) + f" {'fused/ours time':>16}")
-    ours_name, fused_name = tuple(PATHS)
+    print(f"{'batch':>5} " + " ".join(f"{name:>28}" for name in PATHS) + f" {'fused/ours':>11} {'fused/bf16':>11}")
     for b in batch_sizes:
         cells = " ".join(f"{1 / best[name, b]:>13.3f} frames/s {best[name, b] * 1e3:>6.0f} ms" for name in PATHS)
-        print(f"{b:>5} {cells} {best[fused_name, b] / best[ours_name, b]:>16.2f}")
-    base = best[ours_name, 1]
-    print("ours, speed-up over batch 1: " + ", ".join(f"batch {b}: {base / best[ours_name, b]:.2f}x"
-                                                      for b in batch_sizes))
+        print(f"{b:>5} {cells} {best[fused_name, b] / best[ours_name, b]:>11.2f} "
+              f"{best[fused_name, b] / best[bf16_name, b]:>11.2f}")
+    for name in (ours_name, bf16_name):
+        base = best[name, 1]
+        print(f"{name}, speed-up over batch 1: " + ", ".join(f"batch {b}: {base / best[name, b]:.2f}x"
+                                                             for b in batch_sizes))
 
 
 def peak_worker(resolution: int, batch: int, conn) -> None:
@@ -182,14 +187,14 @@ def textured_frames(count: int, resolution: int) -> list:
     return frames
 
 
-def bench_encoder(resolution: int, rounds: int, frames: int, batch: int) -> None:
+def bench_encoder(resolution: int, rounds: int, frames: int, batch: int, precision: str) -> None:
     from timemachine import render, video
     from timemachine.device import prepare_device
 
     prepare_device("cpu")
     G, latent, direction = make_inputs(resolution)
     settings = render.RenderSettings(frames=frames, hold_start=0, hold_end=0, batch_size=batch, crf=18,
-                                     preset="medium")
+                                     preset="medium", precision=precision)
     kept = [f.copy() for f in render.iter_frames(G, latent, direction, settings)]  # warm-up, frames for part (c)
     textured = textured_frames(frames, resolution)
     with tempfile.TemporaryDirectory() as tmp:
@@ -221,8 +226,8 @@ def bench_encoder(resolution: int, rounds: int, frames: int, batch: int) -> None
 
     synth, full, alone = best["synthesis only"], best["render_video to MP4"], best["encoder alone"]
     print()
-    print(f"MP4 encoder share, {frames} frames at {resolution}x{resolution}, batch {batch}, CRF 18 preset medium; "
-          f"best of {rounds} interleaved rounds")
+    print(f"MP4 encoder share, {frames} frames at {resolution}x{resolution}, batch {batch}, precision {precision}, "
+          f"CRF 18 preset medium; best of {rounds} interleaved rounds")
     print(f"  synthesis only            {synth:8.1f} s   {synth / frames * 1e3:6.0f} ms/frame")
     print(f"  render_video to MP4       {full:8.1f} s   {full / frames * 1e3:6.0f} ms/frame   ({size / 1e6:.2f} MB)")
     print(f"  encoder alone (from RAM)  {alone:8.1f} s   {alone / frames * 1e3:6.0f} ms/frame")
@@ -240,7 +245,7 @@ def bench_encoder(resolution: int, rounds: int, frames: int, batch: int) -> None
 # ----------------------------------------------------------------------------------------------------------
 
 
-def memory_worker(resolution: int, frames: int, batch: int, conn) -> None:
+def memory_worker(resolution: int, frames: int, batch: int, precision: str, conn) -> None:
     from timemachine import render
     from timemachine.device import prepare_device
 
@@ -256,7 +261,8 @@ def memory_worker(resolution: int, frames: int, batch: int, conn) -> None:
             samples[done] = (rss_bytes(), max_rss_bytes(), children_rss_bytes()[0], time.perf_counter() - started)
             conn.send(("sample", done, samples[done]))
 
-    settings = render.RenderSettings(frames=frames, hold_start=0, hold_end=0, batch_size=batch, preset="medium")
+    settings = render.RenderSettings(frames=frames, hold_start=0, hold_end=0, batch_size=batch, preset="medium",
+                                     precision=precision)
     with tempfile.TemporaryDirectory() as tmp:
         outputs = render.RenderOutputs(video=os.path.join(tmp, "v.mp4"), gif=os.path.join(tmp, "p.gif"))
         result = render.render_video(G, latent, direction, outputs, settings, progress=progress)
@@ -264,10 +270,10 @@ def memory_worker(resolution: int, frames: int, batch: int, conn) -> None:
     conn.send(("done", before, samples, max_rss_bytes(), result.seconds, sizes))
 
 
-def bench_memory(resolution: int, frames: int, batch: int) -> None:
+def bench_memory(resolution: int, frames: int, batch: int, precision: str) -> None:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=memory_worker, args=(resolution, frames, batch, child), daemon=True)
+    proc = ctx.Process(target=memory_worker, args=(resolution, frames, batch, precision, child), daemon=True)
     proc.start()
     mib = 2 ** 20
     while True:
@@ -306,6 +312,8 @@ def main() -> None:
     parser.add_argument("--encoder-frames", type=int, default=24)
     parser.add_argument("--frames", type=int, default=1000, help="walk frames of the memory part")
     parser.add_argument("--memory-resolutions", default="512")
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                        help="precision of the encoder and memory parts (the synthesis part measures both)")
     args = parser.parse_args()
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
 
@@ -320,11 +328,11 @@ def main() -> None:
         bench_peak(args.resolution, [int(b) for b in args.batch_sizes.split(",")])
         print()
     if "encoder" in parts:
-        bench_encoder(args.resolution, args.rounds, args.encoder_frames, args.batch)
+        bench_encoder(args.resolution, args.rounds, args.encoder_frames, args.batch, args.precision)
         print()
     if "memory" in parts:
         for resolution in [int(r) for r in args.memory_resolutions.split(",")]:
-            bench_memory(resolution, args.frames, args.batch)
+            bench_memory(resolution, args.frames, args.batch, args.precision)
             print()
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 

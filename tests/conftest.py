@@ -36,6 +36,17 @@ def _deterministic_seeds():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _float32_unless_asked(monkeypatch):
+    """Precision 'auto' resolves to float32 in every test, whatever this machine's CPU: results must not depend
+    on whether the CPU has native BF16.  The bfloat16 path is tested by asking for it by name, and the detection
+    itself in tests/test_precision.py (which forces it on and off)."""
+    from timemachine import device
+
+    monkeypatch.setattr(device, "cpu_bf16_support",
+                        lambda: device.Bf16Support(False, "forced off by tests/conftest.py"))
+
+
 @pytest.fixture(scope="session")
 def tiny_pkl() -> pathlib.Path:
     return require_shared(TINY_PKL)

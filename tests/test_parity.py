@@ -94,3 +94,63 @@ def test_bad_ws_shape_is_a_clear_error(tiny_G):
         tiny_G.synthesis(torch.zeros([1, 7, 64]))
     with pytest.raises(ValueError, match="noise_mode"):
         tiny_G.synthesis(torch.zeros([1, 8, 64]), noise_mode="bogus")
+
+
+@pytest.mark.parametrize("precision", ["fp32", None])
+def test_float32_by_name_is_the_parity_path(tiny_G, tiny_ref, precision):
+    """precision='fp32' (what --precision fp32, and 'auto' without native BF16, run) is the float32 parity path."""
+    img = tiny_G.synthesis(tiny_ref["ws"], noise_mode="const", precision=precision)
+    assert rel_err(img, tiny_ref["img_const"]) <= 1e-4
+
+
+# ---------------------------------------------------------------------------------------------- GPU
+# The same references on CUDA (benchmarks/gpu_check.sh runs these): float32 with TF32 off, the official
+# float16 blocks (what 'auto' runs on CUDA) with the custom CUDA kernels, and the gradient.
+
+gpu_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none is visible on this machine")
+
+
+@pytest.fixture()
+def no_tf32():
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@gpu_only
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision, key, tolerance", [
+    ("fp32", "img_const", 1e-4), ("fp16", "img_const_default_precision", 2e-2),
+    (None, "img_const_default_precision", 2e-2)])
+def test_gpu_synthesis_matches_nvidia(tiny_G, tiny_ref, no_tf32, precision, key, tolerance):
+    import copy
+
+    G = copy.deepcopy(tiny_G).cuda()
+    with torch.no_grad():
+        img = G.synthesis(tiny_ref["ws"].cuda(), noise_mode="const", precision=precision).cpu()
+    assert rel_err(img, tiny_ref[key]) <= tolerance
+
+
+@gpu_only
+@pytest.mark.gpu
+def test_gpu_gradient_wrt_ws_matches_nvidia(tiny_G, tiny_ref, no_tf32):
+    import copy
+
+    G = copy.deepcopy(tiny_G).cuda()
+    ws = tiny_ref["ws"][:1].cuda().requires_grad_(True)
+    img = G.synthesis(ws, noise_mode="const", precision="fp32")
+    (img * tiny_ref["grad_probe"].cuda()).sum().backward()
+    assert rel_err(ws.grad.cpu(), tiny_ref["grad_ws"]) <= 1e-4
+
+
+@gpu_only
+@pytest.mark.gpu
+def test_gpu_bf16_is_within_bf16_rounding(tiny_G, tiny_ref):
+    import copy
+
+    G = copy.deepcopy(tiny_G).cuda()
+    with torch.no_grad():
+        img = G.synthesis(tiny_ref["ws"].cuda(), noise_mode="const", precision="bf16").cpu()
+    ref = tiny_ref["img_const"]
+    assert 0 < ((img - ref).norm() / ref.norm()).item() < 1e-2

@@ -140,6 +140,7 @@ def test_upload_run_and_download_a_video(env):
     info = json.loads(Path(result.files["run"]).read_text())
     assert info["render"]["total_frames"] == 1 + 8 + 2
     assert info["projection"]["settings"]["steps"] == 3
+    assert info["projection"]["settings"]["precision"] == info["render"]["precision"] == "fp32"  # auto, no BF16
     assert info["age_vector"]["name"] == "pups" and info["photo"]["name"] == "dog.jpg"
     # framed 'auto' by default: no eye detector here, so the centre square, and the page says so
     assert info["photo"]["crop"] == "centre" and info["photo"]["alignment"]["requested"] == "auto"
@@ -168,6 +169,7 @@ def test_w_plus_pivotal_tuning_and_side_by_side(env):
     upload_photo(at)
     fast_settings(at)
     at.radio(key="space").set_value("w+")
+    at.radio(key="precision").set_value("bf16")
     at.checkbox(key="pti").check()
     at.checkbox(key="side_by_side").check()
     at.run()
@@ -180,6 +182,7 @@ def test_w_plus_pivotal_tuning_and_side_by_side(env):
     assert {"pti", "side_by_side"} <= set(files) and Path(files["pti"]).name == "projected_w.pti.safetensors"
     info = json.loads(Path(files["run"]).read_text())
     assert info["projection"]["settings"]["space"] == "w+" and info["projection"]["pti_settings"]["steps"] == 2
+    assert info["projection"]["settings"]["precision"] == info["render"]["precision"] == "bf16"
     assert len(at.get("video")) == 2
     labels = [b.label for b in at.get("download_button")]
     assert "Tuned weights (PTI)" in labels and "Side by side (MP4)" in labels

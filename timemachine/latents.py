@@ -80,16 +80,17 @@ class LatentFile:
         return {name: value.reshape(1, 1, *value.shape[-2:]).to(device, torch.float32)
                 for name, value in self.noise.items()}
 
-    def synthesize(self, G: "Generator") -> torch.Tensor:
+    def synthesize(self, G: "Generator", precision: Optional[str] = None) -> torch.Tensor:
         """The generator's image of this latent: float32 [1, 3, R, R] in about [-1, 1] on G's device, with the
-        latent's noise maps (the network's constant noise for layers it has none of) and PTI weights."""
+        latent's noise maps (the network's constant noise for layers it has none of) and PTI weights, in the
+        resolved ``precision`` ('fp32', 'bf16', 'fp16'; None = the network's default)."""
         from timemachine.projector import apply_weight_delta
 
         G_used = apply_weight_delta(G, self.pti_delta)
         device = G.mapping.w_avg.device
         with torch.no_grad():
             return G_used.synthesis(self.ws.unsqueeze(0).to(device, torch.float32), noise_mode="const",
-                                    noise=self.noise_maps(device))
+                                    noise=self.noise_maps(device), precision=precision)
 
 
 def pti_delta_path(latent_path: PathLike) -> str:

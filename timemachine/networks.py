@@ -15,7 +15,9 @@ Shapes and ranges:
 
 Precision: ``force_fp32=None`` (the default here) runs float32 on the CPU and the official float16 in the
 top ``num_fp16_res`` blocks on CUDA.  Float16 on the CPU is correct but ~70x slower in the backward pass,
-so it is used there only when asked for with ``force_fp32=False``.
+so it is used there only when asked for with ``force_fp32=False``.  ``precision=`` (not in the official API)
+says it by name, overriding ``force_fp32``: 'fp32', 'fp16' (the official float16 blocks) or 'bf16' (a
+bfloat16 path for CPUs with native BF16, see :meth:`SynthesisNetwork.forward`).
 
 Differences from the official code, none visible to callers of the official API:
     * ``noise_mode`` also accepts per-layer noise tensors through ``noise=`` (see :meth:`SynthesisNetwork.forward`).
@@ -27,10 +29,11 @@ Differences from the official code, none visible to callers of the official API:
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Hashable, Optional
 
 import numpy as np
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from stylegan_ops import bias_act as _bias_act
 from stylegan_ops import conv2d_resample as _conv2d_resample
@@ -38,6 +41,34 @@ from stylegan_ops import fma as _fma
 from stylegan_ops import upfirdn2d as _upfirdn2d
 
 NOISE_MODES = ("random", "const", "none")
+#: Synthesis precisions (``SynthesisNetwork.forward(precision=...)``); None there = the official rule.
+PRECISIONS = ("fp32", "fp16", "bf16")
+#: With precision='bf16', blocks below this resolution run in float32 (see :meth:`SynthesisBlock.compute_dtype`).
+BF16_MIN_RESOLUTION = 32
+
+
+_DERIVED: WeakIdKeyDictionary = WeakIdKeyDictionary()  # parameter -> {what: ((storage, version), value)}
+
+
+def derived(param: torch.Tensor, what: Hashable, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``compute()``, a tensor made from ``param`` alone (a cast, a scaled copy, a sum of squares), kept for the
+    next call while ``param`` is unchanged: same storage, same version counter (every in-place change, an
+    optimiser step or ``load_state_dict``, bumps it).  Recomputed every time when a gradient must flow to
+    ``param`` (pivotal tuning).  A frozen generator (projection, rendering) then pays for these per-layer
+    weight preparations once instead of on every synthesis call.
+    """
+    if param.requires_grad and torch.is_grad_enabled():
+        return compute()
+    stamp = (param.untyped_storage().data_ptr(), param.storage_offset(), param._version)
+    entries = _DERIVED.get(param)
+    if entries is None:
+        entries = _DERIVED[param] = {}
+    hit = entries.get(what)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    value = compute()
+    entries[what] = (stamp, value)
+    return value
 
 
 def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
@@ -88,7 +119,7 @@ def demodulation_coefficients(weight: torch.Tensor, styles: torch.Tensor) -> tor
     Computed as ``styles**2 @ (sum_{ky,kx} weight**2).T``: the same sum, grouped so that the per-sample
     weights [N, O, I, kh, kw] are never built.  weight [O, I, kh, kw], styles [N, I] -> [N, O] float32.
     """
-    weight_sq = weight.to(torch.float32).square().sum(dim=[2, 3])  # [O, I]
+    weight_sq = derived(weight, "sum_sq", lambda: weight.to(torch.float32).square().sum(dim=[2, 3]))  # [O, I]
     return (styles.to(torch.float32).square() @ weight_sq.t() + 1e-8).rsqrt()
 
 
@@ -104,6 +135,7 @@ def modulated_conv2d(
     demodulate: bool = True,
     flip_weight: bool = True,
     fused_modconv: bool = True,
+    gain: float = 1,
 ) -> torch.Tensor:
     """StyleGAN2's modulated (and demodulated) convolution.
 
@@ -116,6 +148,8 @@ def modulated_conv2d(
         demodulate: normalise each output channel's per-sample weight to unit L2 norm.
         fused_modconv: True = build per-sample weights and run one grouped convolution; False = scale the
                   activations before and after a convolution with the shared weight (same result).
+        gain:     scale of the convolution's output (before the noise is added), folded into the demodulation
+                  coefficients (or, without demodulation, into the styles): no extra pass over the output.
 
     Returns:
         [N, O, H', W'] of x's dtype.
@@ -132,12 +166,18 @@ def modulated_conv2d(
         styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
 
     dcoefs = demodulation_coefficients(weight, styles) if demodulate else None  # [N, O]
+    if gain != 1:
+        if demodulate:
+            dcoefs = dcoefs * gain
+        else:
+            styles = styles * gain
 
     if not fused_modconv:
         # Scale the activations before and after one convolution with the shared weight.
         x = x * styles.to(x.dtype).reshape(batch_size, -1, 1, 1)
-        x = _conv2d_resample.conv2d_resample(x, weight.to(x.dtype), f=resample_filter, up=up, down=down,
-                                             padding=padding, flip_weight=flip_weight)
+        dtype = x.dtype
+        x = _conv2d_resample.conv2d_resample(x, derived(weight, dtype, lambda: weight.to(dtype)), f=resample_filter,
+                                             up=up, down=down, padding=padding, flip_weight=flip_weight)
         # x is the convolution's own output: with nothing to differentiate, scale it and add the noise in place.
         # (x requires grad whenever styles, and so dcoefs, do.)
         in_place = not torch.is_grad_enabled() or not (x.requires_grad or (noise is not None and noise.requires_grad))
@@ -198,12 +238,11 @@ class FullyConnectedLayer(torch.nn.Module):
         self.bias_gain = lr_multiplier
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight.to(x.dtype) * self.weight_gain
+        dtype = x.dtype
+        w = derived(self.weight, ("scaled", dtype, self.weight_gain), lambda: self.weight.to(dtype) * self.weight_gain)
         b = self.bias
         if b is not None:
-            b = b.to(x.dtype)
-            if self.bias_gain != 1:
-                b = b * self.bias_gain
+            b = derived(b, ("scaled", dtype, self.bias_gain), lambda: self.bias.to(dtype) * self.bias_gain)
         if self.activation == "linear" and b is not None:
             return torch.addmm(b.unsqueeze(0), x, w.t())
         x = x.matmul(w.t())
@@ -384,14 +423,22 @@ class SynthesisLayer(torch.nn.Module):
         if fused_modconv is None:
             fused_modconv = default_fused_modconv(x, x.dtype, self.training, self.weight.shape[-1])
         flip_weight = self.up == 1
-        x = modulated_conv2d(x, self.weight, styles, noise=layer_noise, up=self.up, padding=self.padding,
-                             resample_filter=self.resample_filter, flip_weight=flip_weight,
-                             fused_modconv=fused_modconv)
         act_gain = self.act_gain * gain
         act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        # On the CPU, where every elementwise step is a pass over memory, the activation's gain is applied
+        # before it, folded into the demodulation, the noise and the bias: act(z) * g = act(z * g) for the
+        # positively homogeneous linear/relu/lrelu and g > 0.  (CUDA: the official order; bias_act is one kernel.)
+        conv_gain = 1.0
+        if x.device.type == "cpu" and self.activation in ("linear", "relu", "lrelu") and act_gain > 0:
+            layer_noise = layer_noise * act_gain if layer_noise is not None else None
+            conv_gain, act_gain = act_gain, 1.0
+        x = modulated_conv2d(x, self.weight, styles, noise=layer_noise, up=self.up, padding=self.padding,
+                             resample_filter=self.resample_filter, flip_weight=flip_weight,
+                             fused_modconv=fused_modconv, gain=conv_gain)
+        dtype = x.dtype  # (under autocast, the convolution's output dtype)
+        bias = derived(self.bias, ("scaled", dtype, conv_gain), lambda: self.bias.to(dtype) * conv_gain)
         # x is modulated_conv2d's own output and needed by nothing else: bias_act may overwrite it.
-        return _bias_act.bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=act_gain, clamp=act_clamp,
-                                  inplace=True)
+        return _bias_act.bias_act(x, bias, act=self.activation, gain=act_gain, clamp=act_clamp, inplace=True)
 
 
 class ToRGBLayer(torch.nn.Module):
@@ -460,20 +507,37 @@ class SynthesisBlock(torch.nn.Module):
             self.skip = Conv2dLayer(in_channels, out_channels, kernel_size=1, bias=False, up=2,
                                     resample_filter=resample_filter, channels_last=self.channels_last)
 
+    def compute_dtype(self, force_fp32: bool, precision: Optional[str] = None) -> torch.dtype:
+        """The dtype of this block's activations and convolutions.
+
+        float16 in the official float16 blocks unless ``force_fp32``; with ``precision='bf16'``, bfloat16 in
+        the blocks at :data:`BF16_MIN_RESOLUTION` and above (their convolutions hold nearly all the FLOPs;
+        the coarse blocks shape the whole image, and float32 there costs little time for a measured gain in
+        accuracy, see README: Performance); float32 otherwise.  Whatever the blocks' dtype, the styles,
+        demodulation coefficients and noise maps are computed in float32 and the image is accumulated in
+        float32.
+        """
+        if precision == "bf16":
+            return torch.bfloat16 if self.resolution >= BF16_MIN_RESOLUTION else torch.float32
+        return torch.float16 if self.use_fp16 and not force_fp32 else torch.float32
+
     def layer_names(self) -> list[str]:
         """Names of this block's synthesis layers in the order they consume ws."""
         return (["conv0"] if self.in_channels != 0 else []) + ["conv1"]
 
     def forward(self, x: Optional[torch.Tensor], img: Optional[torch.Tensor], ws: torch.Tensor,
                 force_fp32: Optional[bool] = None, fused_modconv: Optional[bool] = None,
-                noise: Optional[dict] = None, channels_last: Optional[bool] = None, **layer_kwargs):
+                noise: Optional[dict] = None, channels_last: Optional[bool] = None, precision: Optional[str] = None,
+                **layer_kwargs):
         if ws.ndim != 3 or ws.shape[1] != self.num_conv + self.num_torgb or ws.shape[2] != self.w_dim:
             raise ValueError(f"block b{self.resolution} expects ws [N, {self.num_conv + self.num_torgb}, "
                              f"{self.w_dim}], got {tuple(ws.shape)}")
-        if force_fp32 is None:
+        if precision is not None:
+            force_fp32 = precision != "fp16"
+        elif force_fp32 is None:
             force_fp32 = ws.device.type != "cuda"
         w_iter = iter(ws.unbind(dim=1))
-        dtype = torch.float16 if self.use_fp16 and not force_fp32 else torch.float32
+        dtype = self.compute_dtype(force_fp32, precision)
         if channels_last is None:
             channels_last = default_channels_last(ws.device, self.channels_last and not force_fp32)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -556,6 +620,7 @@ class SynthesisNetwork(torch.nn.Module):
     def forward(self, ws: torch.Tensor, noise_mode: str = "random", force_fp32: Optional[bool] = None,
                 fused_modconv: Optional[bool] = None, noise: Optional[dict] = None,
                 channels_last: Optional[bool] = None, resolution: Optional[int] = None,
+                precision: Optional[str] = None,
                 **layer_kwargs) -> torch.Tensor:
         """Synthesise images.
 
@@ -564,6 +629,12 @@ class SynthesisNetwork(torch.nn.Module):
             noise_mode:    'random' (fresh noise), 'const' (the stored ``noise_const`` buffers) or 'none'.
             force_fp32:    True = float32 everywhere; False = float16 in the top ``num_fp16_res`` blocks (the
                            official default); None = float32 on the CPU, float16 blocks on CUDA.
+            precision:     overrides ``force_fp32`` when given: 'fp32' (float32 everywhere), 'fp16' (the official
+                           float16 blocks) or 'bf16': bfloat16 activations, convolutions and matrix products
+                           (float32 accumulation inside oneDNN) in the blocks from :data:`BF16_MIN_RESOLUTION`
+                           up; the styles, demodulation coefficients, noise maps, the coarse blocks and the
+                           image itself stay float32.  Differs from float32 by rounding (PSNR >= 40 dB,
+                           tests/test_precision.py); gradients flow to ws and noise in float32.
             fused_modconv: modulation path, see :func:`modulated_conv2d`; None = :func:`default_fused_modconv`.
             noise:         optional {'b{res}.conv{k}': [N or 1, 1, res, res]} overriding noise_mode per layer.
             channels_last: lay out the activations channels-last (NHWC); None = :func:`default_channels_last`.
@@ -589,6 +660,8 @@ class SynthesisNetwork(torch.nn.Module):
             raise ValueError(f"ws must have shape [N, {self.num_ws}, {self.w_dim}], got {tuple(ws.shape)}")
         else:
             blocks = self.block_resolutions
+        if precision is not None and precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS} or None, got {precision!r}")
         ws = ws.to(torch.float32)
         block_noise: dict = {}
         for name, tensor in (noise or {}).items():
@@ -603,7 +676,7 @@ class SynthesisNetwork(torch.nn.Module):
             w_idx += block.num_conv
             x, img = block(x, img, block_ws, noise_mode=noise_mode, force_fp32=force_fp32,
                            fused_modconv=fused_modconv, noise=block_noise.get(f"b{res}"),
-                           channels_last=channels_last, **layer_kwargs)
+                           channels_last=channels_last, precision=precision, **layer_kwargs)
         return img
 
 

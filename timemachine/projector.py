@@ -15,7 +15,11 @@ too and renormalised after every step.  On top of it:
 * resumable checkpoints (:func:`project` with ``checkpoint_path``);
 * pivotal tuning (Roich et al. 2021, "Pivotal Tuning for Latent-based Editing of Real Images"):
   :func:`pivotal_tuning` fine-tunes a copy of the synthesis network around the found latent with LPIPS +
-  L2, regularised to stay unchanged away from the pivot; the result is a weight delta.
+  L2, regularised to stay unchanged away from the pivot; the result is a weight delta;
+* precision (``settings.precision``, resolved by :func:`timemachine.device.resolve_precision`): with 'bf16'
+  the generator's convolutions and LPIPS-VGG16 run in bfloat16; the latent, the noise maps, Adam's state,
+  the noise regulariser and the loss stay float32, and gradients reach the latent and the noise maps in
+  float32.  Pivotal tuning runs in float32.
 
 Shapes: targets [N, 3, R, R] float32 in [-1, 1] (R = G.img_resolution); latents [N, num_ws, w_dim];
 noise {layer: [N, 1, res, res]}.
@@ -38,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from timemachine import fs
+from timemachine.device import resolve_precision
 from timemachine.errors import ProjectionError, first_line, printable
 from timemachine.latents import LatentFile
 from timemachine.networks import Generator
@@ -189,9 +194,10 @@ def _check_targets(G: Generator, targets: torch.Tensor) -> torch.Tensor:
     return targets.to(torch.float32)
 
 
-def _preview(G: Generator, ws: torch.Tensor, noise: dict[str, torch.Tensor]) -> np.ndarray:
+def _preview(G: Generator, ws: torch.Tensor, noise: dict[str, torch.Tensor],
+             precision: Optional[str] = None) -> np.ndarray:
     with torch.no_grad():
-        img = G.synthesis(ws, noise_mode="const", noise=noise)
+        img = G.synthesis(ws, noise_mode="const", noise=noise, precision=precision)
     return (img * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
@@ -302,7 +308,8 @@ def project(
     Args:
         G:           generator (eval mode; it is not modified).
         targets:     [N, 3, R, R] (or [3, R, R]) float32 in [-1, 1].
-        settings:    :class:`ProjectorSettings` (default: official).
+        settings:    :class:`ProjectorSettings` (default: official); its precision is resolved for G's device
+                     (the returned ``Projection.settings`` holds the resolved value).
         perceptual:  LPIPS module (required; :func:`timemachine.pipeline.load_perceptual` builds one).
         callback:    called with a :class:`ProgressEvent` after every step.
         checkpoint_path: save the state there every ``settings.checkpoint_every`` steps and when done (atomically).
@@ -317,6 +324,8 @@ def project(
     settings.validate()
     targets = _check_targets(G, targets)
     device = G.mapping.w_avg.device
+    settings = dataclasses.replace(settings, precision=resolve_precision(settings.precision, device))
+    precision = settings.precision
     targets = targets.to(device)
     batch = targets.shape[0]
     perceptual = _required_perceptual(perceptual).to(device)
@@ -362,7 +371,7 @@ def project(
         optimizer.load_state_dict(optimizer_state)
 
     with torch.no_grad():
-        target_features = perceptual.features(targets)
+        target_features = perceptual.features(targets, precision)
 
     step = start_step
     while step < settings.steps and not finished:
@@ -372,8 +381,8 @@ def project(
         sigma = w_noise_scale(settings, step, w_std)
         w_noise = torch.cat([torch.randn(w_opt.shape[1:], generator=gen)[None] for gen in generators]).to(device) * sigma
         ws = (w_opt + w_noise).expand(-1, G.num_ws, -1) if rows == 1 else w_opt + w_noise
-        synth = G.synthesis(ws, noise_mode="const", noise=noise)
-        lpips = perceptual.distance(perceptual.features(synth), target_features)         # [N]
+        synth = G.synthesis(ws, noise_mode="const", noise=noise, precision=precision)
+        lpips = perceptual.distance(perceptual.features(synth, precision), target_features)  # [N]
         reg = noise_regularization(noise)                                                 # [N]
         loss = lpips.sum() + reg.sum() * settings.regularize_noise_weight
 
@@ -392,7 +401,7 @@ def project(
         if callback is not None:
             preview = None
             if settings.preview_every and (step % settings.preview_every == 0 or step == settings.steps):
-                preview = _preview(G, _broadcast(w_opt.detach(), G.num_ws), noise)
+                preview = _preview(G, _broadcast(w_opt.detach(), G.num_ws), noise, precision)
             callback(ProgressEvent("project", step, settings.steps, float(loss.detach()), lpips_np, preview))
         if settings.early_stop_patience and sigma == 0.0:
             total = float(loss.detach())

@@ -32,10 +32,16 @@ with pivotal-tuning weights (``pti_delta``) is rendered with them (:func:`projec
 
 Synthesis runs on the device the generator is on, under ``torch.no_grad()``, in batches of
 ``batch_size`` walk frames.  Walk frame 0 is synthesised on its own, exactly as the projection's
-reconstruction is, so it equals ``projection.png`` bit for bit whatever the batch size; a walk frame whose
+reconstruction is, so it equals ``projection.png`` bit for bit whatever the batch size (when both use the same
+precision, as they do by default); a walk frame whose
 latent equals the one before it (e.g. every frame when strength is 0) is a copy, not synthesised again.
 Other frames depend on the batch size only by float rounding (batched BLAS and convolutions sum in another
-order: at most 1 level of 255 on a few pixels, see tests/test_render.py).
+order: at most 1 level of 255 on a few pixels in float32, see tests/test_render.py).
+
+Precision (``settings.precision``, resolved by :func:`timemachine.device.resolve_precision` for the
+generator's device): 'bf16' synthesises in bfloat16 (see :meth:`timemachine.networks.SynthesisNetwork.forward`);
+its frames differ from float32 frames of the same latents by rounding, PSNR >= 40 dB
+(tests/test_precision.py).  :attr:`RenderResult.settings` records the resolved value.
 
 Frames stream: synthesis yields uint8 frames one batch at a time and the writers
 (:mod:`timemachine.video`) hold at most one frame each, so memory does not grow with the frame count.
@@ -66,11 +72,12 @@ import torch
 
 from timemachine import images as images_module
 from timemachine import video
-from timemachine.device import prepare_device
+from timemachine.device import prepare_device, resolve_precision
 from timemachine.errors import RenderError
 from timemachine.latents import LatentFile
 from timemachine.networks import Generator
-from timemachine.settings import EASINGS, MAX_FRAMES, RenderSettings, check_easing, check_int, total_frames
+from timemachine.settings import (EASINGS, MAX_FRAMES, RenderSettings, check_easing, check_int, check_precision,
+                                  total_frames)
 
 PathLike = Union[str, os.PathLike]
 #: progress(frames_done, total_frames), called after each frame has been given to every writer.
@@ -138,7 +145,7 @@ class RenderResult:
         writing_seconds:    time spent in the writers (feeding ffmpeg, GIF quantisation, PNG compression,
                             waiting for the encoders to finish).  ffmpeg encodes in its own process, in
                             parallel: its CPU time shows here only when synthesis outpaces it.
-        settings:           the settings used (:meth:`RenderSettings.to_dict`).
+        settings:           the settings used (:meth:`RenderSettings.to_dict`), precision resolved.
     """
 
     files: dict[str, str]
@@ -233,20 +240,27 @@ def check_inputs(G: Generator, latent: LatentFile, direction: Union[torch.Tensor
 
 def iter_walk_frames(G: Generator, latent: LatentFile, direction: Union[torch.Tensor, np.ndarray],
                      frames: int, strength: float = 1.0, easing: str = "smoothstep",
-                     batch_size: int = 2) -> Iterator[np.ndarray]:
+                     batch_size: int = 2, precision: str = RenderSettings.precision) -> Iterator[np.ndarray]:
     """The F walk frames in order, uint8 [R, R, 3] each (see the module docstring for the maths).
 
     Inputs are checked at once (:class:`RenderError`); frames are then made lazily, one batch at a time.
     A yielded frame is a view into the current batch: copy it to keep it past the next frame.
+    ``precision``: as :attr:`RenderSettings.precision`.
     """
     direction = check_inputs(G, latent, direction)
     check_int("the batch size", batch_size, 1, 4096)
     coefficients = walk_coefficients(frames, strength, easing)
-    return _walk_frames(G, latent, direction, coefficients, batch_size)
+    return _walk_frames(G, latent, direction, coefficients, batch_size, _resolve(G, precision))
+
+
+def _resolve(G: Generator, precision: str) -> str:
+    """``precision`` resolved for G's device (:class:`RenderError` for an unknown one)."""
+    check_precision(precision, RenderError, allow_resolved=True)
+    return resolve_precision(precision, generator_device(G))
 
 
 def _walk_frames(G: Generator, latent: LatentFile, direction: torch.Tensor, coefficients: np.ndarray,
-                 batch_size: int) -> Iterator[np.ndarray]:
+                 batch_size: int, precision: str) -> Iterator[np.ndarray]:
     from timemachine.projector import apply_weight_delta
 
     G_used = apply_weight_delta(G, latent.pti_delta)
@@ -266,7 +280,7 @@ def _walk_frames(G: Generator, latent: LatentFile, direction: torch.Tensor, coef
         batch_coefficients = torch.from_numpy(coefficients[[starts[j] for j in group]])
         with torch.no_grad():
             images = G_used.synthesis(walk_latents(ws, direction, batch_coefficients), noise_mode="const",
-                                      noise=noise)
+                                      noise=noise, precision=precision)
             pixels = images_module.from_tensor(images)  # uint8 [B, R, R, 3] on the CPU
         del images
         for j, frame in zip(group, pixels):
@@ -275,8 +289,10 @@ def _walk_frames(G: Generator, latent: LatentFile, direction: torch.Tensor, coef
 
 
 def frames_at(G: Generator, latent: LatentFile, direction: Union[torch.Tensor, np.ndarray],
-              ts: Sequence[float], strength: float = 1.0, easing: str = "smoothstep") -> np.ndarray:
-    """Frames at arbitrary times t (e.g. a UI slider): uint8 [len(ts), R, R, 3], one synthesis batch."""
+              ts: Sequence[float], strength: float = 1.0, easing: str = "smoothstep",
+              precision: str = RenderSettings.precision) -> np.ndarray:
+    """Frames at arbitrary times t (e.g. a UI slider): uint8 [len(ts), R, R, 3], one synthesis batch.
+    ``precision``: as :attr:`RenderSettings.precision`."""
     direction = check_inputs(G, latent, direction)
     t = np.asarray(ts, dtype=np.float64).reshape(-1)
     if t.size == 0 or not np.all((t >= 0) & (t <= 1)):
@@ -284,7 +300,8 @@ def frames_at(G: Generator, latent: LatentFile, direction: Union[torch.Tensor, n
     if not math.isfinite(float(strength)):
         raise RenderError(f"the strength must be a finite number, got {strength!r}")
     coefficients = (float(strength) * ease(t, easing)).astype(np.float32)
-    return np.stack(list(_walk_frames(G, latent, direction, coefficients, batch_size=max(1, t.size))))
+    return np.stack(list(_walk_frames(G, latent, direction, coefficients, batch_size=max(1, t.size),
+                                      precision=_resolve(G, precision))))
 
 
 class _FrameSpool:
@@ -331,7 +348,7 @@ def _planned_frames(G: Generator, latent: LatentFile, direction: torch.Tensor, s
     """(walk index, frame) for each output frame of :func:`frame_plan`."""
     plan = frame_plan(settings.frames, settings.hold_start, settings.hold_end, settings.pingpong)
     coefficients = walk_coefficients(settings.frames, settings.strength, settings.easing)
-    walk = _walk_frames(G, latent, direction, coefficients, settings.batch_size)
+    walk = _walk_frames(G, latent, direction, coefficients, settings.batch_size, _resolve(G, settings.precision))
     spool = _FrameSpool(os.fspath(spool_dir) if spool_dir is not None else None) if settings.pingpong else None
     try:
         next_new, last_index, last_frame = 0, -1, None
@@ -381,6 +398,7 @@ def render_video(G: Generator, latent: LatentFile, direction: Union[torch.Tensor
     started = time.perf_counter()
     settings = settings or RenderSettings()
     settings.validate()
+    settings = dataclasses.replace(settings, precision=_resolve(G, settings.precision))
     direction = check_inputs(G, latent, direction)
     requested = outputs.requested()
     if not requested:

@@ -39,6 +39,16 @@ CRF_RANGE = (1, 51)
 #: may hold (see :data:`timemachine.age.vector.MAX_DIRECTION_ABS`), so frames are never NaN.
 MAX_STRENGTH = 10.0
 
+#: Numeric precisions a user may choose for the generator, LPIPS-VGG16 and the projector:
+#: 'auto' = bfloat16 on CPUs with native BF16 arithmetic, float32 on other CPUs, the official float16 blocks on
+#: CUDA (resolved by :func:`timemachine.device.resolve_precision`); 'bf16' = bfloat16 convolutions and matrix
+#: products with float32 accumulation (styles, demodulation, noise, latents, optimiser state and losses stay
+#: float32); 'fp32' = float32 everywhere.
+PRECISION_CHOICES = ("auto", "bf16", "fp32")
+#: 'auto' resolved on CUDA: the official float16 blocks (not a user's choice; recorded in results and cache keys).
+RESOLVED_FP16 = "fp16"
+DEFAULT_PRECISION = "auto"
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Projection
@@ -63,6 +73,8 @@ class ProjectorSettings:
         checkpoint_every:     with a checkpoint path, save the state every this many steps.
         batch_size:           photos projected together (memory grows with it; a photo's result does not
                               depend on its batch, unless early stopping is on, which projects photo by photo).
+        precision:            one of :data:`PRECISION_CHOICES` (or, once resolved, 'fp16'); a projection's
+                              result depends on it, so the resolved value is part of its cache key.
     """
 
     space: str = "w"
@@ -79,6 +91,7 @@ class ProjectorSettings:
     early_stop_min_delta: float = 1e-3
     preview_every: int = 0
     checkpoint_every: int = 50
+    precision: str = DEFAULT_PRECISION
     batch_size: int = 8
 
     #: Fields that change how a projection is run or reported, not its result (left out of store keys).
@@ -102,6 +115,7 @@ class ProjectorSettings:
                 raise ProjectionError(f"{name} must be between 0 and 100000, got {getattr(self, name)}")
         if not 1 <= self.batch_size <= MAX_BATCH:
             raise ProjectionError(f"the batch size must be between 1 and {MAX_BATCH}, got {self.batch_size}")
+        check_precision(self.precision, ProjectionError, allow_resolved=True)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -173,6 +187,8 @@ class RenderSettings:
         gif_every:  the GIF keeps one frame in ``gif_every`` (same duration, fewer frames, smaller file).
         gif_size:   the GIF's longer side in pixels (frames are shrunk), or None for full size.
         labels:     caption the panels of the side-by-side video.
+        precision:  synthesis precision, one of :data:`PRECISION_CHOICES` (or, once resolved, 'fp16').  bfloat16
+                    frames differ from float32 ones by rounding: PSNR >= 40 dB (tests/test_precision.py).
     """
 
     frames: int = 96
@@ -188,6 +204,7 @@ class RenderSettings:
     gif_every: int = 2
     gif_size: Optional[int] = 256
     labels: bool = True
+    precision: str = DEFAULT_PRECISION
 
     def validate(self) -> None:
         """Raise :class:`RenderError` (one sentence) for settings that cannot work."""
@@ -213,6 +230,7 @@ class RenderSettings:
         check_int("the GIF frame step", self.gif_every, 1, MAX_FRAMES)
         if self.gif_size is not None:
             check_int("the GIF size", self.gif_size, 8, 8192)
+        check_precision(self.precision, RenderError, allow_resolved=True)
 
     @property
     def total_frames(self) -> int:
@@ -268,6 +286,14 @@ def check_int(what: str, value: Any, low: int, high: int, hint: str = "") -> Non
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
         raise RenderError(f"{what} must be a whole number from {low} to {high}, got {value!r}"
                           + (f" ({hint})" if hint else ""))
+
+
+def check_precision(precision: Any, error: type = ValueError, allow_resolved: bool = False) -> None:
+    """Raise ``error`` (one sentence) unless ``precision`` is one of :data:`PRECISION_CHOICES` (or 'fp16',
+    the resolved form of 'auto' on CUDA, with ``allow_resolved``)."""
+    allowed = PRECISION_CHOICES + ((RESOLVED_FP16,) if allow_resolved else ())
+    if not isinstance(precision, str) or precision not in allowed:
+        raise error(f"unknown precision {precision!r}; use one of: {', '.join(PRECISION_CHOICES)}")
 
 
 def check_easing(easing: str) -> None:

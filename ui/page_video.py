@@ -15,7 +15,8 @@ import ui_framing
 import ui_vectors
 import ui_work
 from timemachine import pipeline
-from timemachine.settings import EASINGS, ProjectorSettings, PTISettings, RenderSettings
+from timemachine.pipeline import system
+from timemachine.settings import EASINGS, PRECISION_CHOICES, ProjectorSettings, PTISettings, RenderSettings
 
 SLOT = "video"
 
@@ -82,6 +83,12 @@ def settings_section() -> tuple[ProjectorSettings, Optional[PTISettings], Render
             seed = st.number_input("Seed", 0, 2**31 - 1, official.seed, key="seed",
                                    help=f"Seeds the projection's random noise ({official.seed} as the official "
                                         "projector).")
+            precision = st.radio("Precision", PRECISION_CHOICES, key="precision", horizontal=True,
+                                 index=PRECISION_CHOICES.index(fast.precision),
+                                 help=f"auto: bf16 where the server's CPU has native BF16 "
+                                      f"({system.bf16_words()}), fp32 on other CPUs, the official float16 "
+                                      "blocks on a GPU. bf16 projects and renders about twice as fast; its results "
+                                      "differ from fp32 by rounding.")
         with right:
             st.markdown("**Video**")
             frames = st.number_input("Walk frames", 2, 960, short.frames, step=8, key="frames",
@@ -95,13 +102,14 @@ def settings_section() -> tuple[ProjectorSettings, Optional[PTISettings], Render
             hold_end = st.number_input("Hold the young animal (frames)", 0, 240, short.hold_end, key="hold_end")
             pingpong = st.checkbox("Walk back again (seamless loop)", key="pingpong")
             side_by_side = st.checkbox("Also a side-by-side video (photo | reconstruction | young)", key="side_by_side")
-    projection = dataclasses.replace(fast, space=space, steps=int(steps), seed=int(seed))
+    projection = dataclasses.replace(fast, space=space, steps=int(steps), seed=int(seed), precision=precision)
     projection.validate()
     pti_settings = dataclasses.replace(fast_pti, steps=int(pti_steps)) if pti else None
     if pti_settings:
         pti_settings.validate()
     render_settings = dataclasses.replace(short, frames=int(frames), fps=float(fps), easing=easing,
-                                          hold_start=int(hold_start), hold_end=int(hold_end), pingpong=bool(pingpong))
+                                          hold_start=int(hold_start), hold_end=int(hold_end), pingpong=bool(pingpong),
+                                          precision=precision)
     render_settings.validate()
     return projection, pti_settings, render_settings, bool(side_by_side)
 

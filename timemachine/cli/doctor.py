@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         _line("device", f"cuda: {torch.cuda.get_device_name(0)} ({torch.cuda.device_count()} GPU(s))")
     else:
         _line("device", f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    _line("precision auto", system.precision_status())
     cuda_home = system.cuda_home()
     _line("nvcc", os.path.join(cuda_home, "bin", "nvcc") if cuda_home else "not found (CUDA ops cannot be built)")
     _line("ops implementation", "reference (forced by STYLEGAN_OPS_IMPL=ref)" if system.ops_forced_reference()

@@ -16,7 +16,7 @@ import torch
 
 from timemachine.cache import ProjectionCache
 from timemachine.checkpoint import model_fingerprint
-from timemachine.device import prepare_device
+from timemachine.device import prepare_device, resolve_precision
 from timemachine.env import Environment
 from timemachine.errors import LOWER_BATCH, OutOfMemory
 from timemachine.fs import ContentStore
@@ -141,6 +141,12 @@ def find_detector(env: Environment, download: bool = False, progress=None) -> tu
 
     report = (lambda name, done, total: progress(done, total)) if progress is not None else None
     return detect.find_detector(open_zoo(env), download=download, progress=report)
+
+
+def with_resolved_precision(settings, model: LoadedModel):
+    """A copy of projector or render ``settings`` with ``precision`` resolved for the model's device ('auto' ->
+    'bf16', 'fp32' or 'fp16', see :func:`timemachine.device.resolve_precision`): what results and keys record."""
+    return dataclasses.replace(settings, precision=resolve_precision(settings.precision, model.device))
 
 
 def perceptual_id(perceptual: PerceptualDistance) -> str:

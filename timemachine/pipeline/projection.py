@@ -57,10 +57,11 @@ def settings_key(settings: projector.ProjectorSettings) -> dict:
 
 
 def store_key(pipe: "Pipeline", image: np.ndarray, request: ProjectionRequest) -> str:
-    """The projection store's key of ``image`` projected as ``request`` says."""
-    from timemachine.pipeline.components import perceptual_id
+    """The projection store's key of ``image`` projected as ``request`` says (precision resolved)."""
+    from timemachine.pipeline.components import perceptual_id, with_resolved_precision
 
-    return projection_key(image, pipe.model.fingerprint, settings_key(request.settings),
+    return projection_key(image, pipe.model.fingerprint, settings_key(with_resolved_precision(request.settings,
+                                                                                              pipe.model)),
                           request.pti.to_dict() if request.pti else None, perceptual_id(pipe.perceptual()))
 
 
@@ -77,12 +78,14 @@ def check(pipe: "Pipeline", request: ProjectionRequest) -> None:
             raise ValueError(f"photos must be uint8 [{R}, {R}, 3]")
 
 
-def _measure(pipe: "Pipeline", latent: LatentFile, target: torch.Tensor) -> tuple[np.ndarray, float, float]:
-    """Reconstruction uint8 [R, R, 3], its LPIPS and PSNR against target [1, 3, R, R]."""
+def _measure(pipe: "Pipeline", latent: LatentFile, target: torch.Tensor,
+             precision: str) -> tuple[np.ndarray, float, float]:
+    """Reconstruction uint8 [R, R, 3], its LPIPS and PSNR against target [1, 3, R, R], in the resolved
+    ``precision`` (a render in the same precision starts with exactly this image)."""
     device = pipe.model.device
-    img = latent.synthesize(pipe.G)
+    img = latent.synthesize(pipe.G, precision)
     with torch.no_grad():
-        lpips = float(pipe.perceptual()(img, target.to(device))[0])
+        lpips = float(pipe.perceptual()(img, target.to(device), precision)[0])
     psnr = float(projector.psnr(img, target.to(device))[0])
     return images.from_tensor(img)[0], lpips, psnr
 
@@ -116,7 +119,7 @@ def _project_batch(pipe: "Pipeline", request: ProjectionRequest, targets: torch.
         single = result.select(j)
         run: dict[str, Any] = {"steps_run": single.steps_run, "seconds": round(time.perf_counter() - started, 3)}
         if request.pti is not None:
-            _, lpips0, psnr0 = _measure(pipe, single.latent(0), targets[i:i + 1])
+            _, lpips0, psnr0 = _measure(pipe, single.latent(0), targets[i:i + 1], request.settings.precision)
             run.update(lpips_before_pti=lpips0, psnr_before_pti=psnr0)
             single = projector.pivotal_tuning(pipe.G, single, targets[i:i + 1], request.pti,
                                               perceptual=pipe.perceptual(), callback=on_step)
@@ -139,6 +142,9 @@ def project(pipe: "Pipeline", request: ProjectionRequest,
             progress: Optional[ProgressCallback] = None) -> list[PhotoProjection]:
     """Project the request's photos (see the module docstring); one :class:`PhotoProjection` per photo."""
     check(pipe, request)
+    from timemachine.pipeline.components import with_resolved_precision
+
+    request = dataclasses.replace(request, settings=with_resolved_precision(request.settings, pipe.model))
     store = pipe.projections if request.use_cache else None
     photos = [photo.image for photo in request.photos]
     keys = [store_key(pipe, image, request) for image in photos]
@@ -160,7 +166,7 @@ def project(pipe: "Pipeline", request: ProjectionRequest,
     results = []
     for i, latent in enumerate(latents):
         assert latent is not None
-        reconstruction, lpips, psnr = _measure(pipe, latent, targets[i:i + 1])
+        reconstruction, lpips, psnr = _measure(pipe, latent, targets[i:i + 1], request.settings.precision)
         metrics = {"lpips": lpips, "psnr": psnr, "cached": cached[i], "steps_run": latent.meta.get("steps_run"),
                    "seconds": 0.0 if cached[i] else latent.meta.get("seconds", 0.0)}
         for key in ("lpips_before_pti", "psnr_before_pti", "pti_steps_run"):

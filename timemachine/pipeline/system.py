@@ -1,4 +1,5 @@
-"""What this installation has and can do, for ``timemachine doctor``: the CUDA ops, ffmpeg, the CPU.
+"""What this installation has and can do, for ``timemachine doctor``: the CUDA ops, ffmpeg, the CPU's
+precision.
 
 The faces ask here instead of reaching into the ops package (``stylegan_ops``) themselves.
 """
@@ -61,3 +62,24 @@ def ffmpeg_status() -> str:
     except Exception:  # imageio-ffmpeg raises RuntimeError when it finds no binary
         found = shutil.which("ffmpeg")
         return found if found else "not found (videos cannot be written; install imageio-ffmpeg)"
+
+
+def precision_status() -> str:
+    """What precision 'auto' runs as here, and why (the device, the CPU's BF16 support)."""
+    from timemachine.device import cpu_bf16_support, resolve_device, resolve_precision
+
+    device = resolve_device(None)
+    if device.type == "cuda":
+        return "fp16 (the official float16 blocks on the GPU)"
+    support = cpu_bf16_support()
+    if support.native:
+        return f"bf16 (native BF16 on this CPU: {support.detail})"
+    return f"{resolve_precision('auto', device, bf16_native=False)} (no native BF16: {support.detail})"
+
+
+def bf16_words() -> str:
+    """Whether this CPU has native BF16, in a few words for a help text."""
+    from timemachine.device import cpu_bf16_support
+
+    support = cpu_bf16_support()
+    return f"{'detected' if support.native else 'not detected'} here: {support.detail}"

@@ -32,7 +32,7 @@ from timemachine.pipeline.requests import AgeEdit, AgeVideoRequest, RenderReques
 from timemachine.pipeline import scoring
 from timemachine.settings import RenderSettings, ScoreSettings
 
-from timemachine.pipeline.components import memory_errors
+from timemachine.pipeline.components import memory_errors, with_resolved_precision
 
 if TYPE_CHECKING:
     from timemachine.pipeline.components import LoadedModel, Pipeline
@@ -163,6 +163,7 @@ def check_output_directory(directory) -> None:
 def video_key(pipe: "Pipeline", request: AgeVideoRequest, vector, settings: RenderSettings) -> str:
     """Hex SHA-256 of everything the video of ``request`` depends on."""
     projection = dataclasses.replace(request.projection, photos=[request.photo])
+    settings = with_resolved_precision(settings, pipe.model)
     h = hashlib.sha256(b"timemachine-video-v2\0")
     h.update(store_key(pipe, request.photo.image, projection).encode())
     h.update(vector.direction.contiguous().numpy().tobytes())
@@ -307,7 +308,7 @@ def _is_builtin(pipe: "Pipeline", walk: Walk) -> bool:
 
 def _strip(pipe: "Pipeline", latent: LatentFile, direction: torch.Tensor, settings: RenderSettings) -> list:
     frames = render_module.frames_at(pipe.G, latent, direction, STRIP_TIMES, strength=settings.strength,
-                                     easing=settings.easing)
+                                     easing=settings.easing, precision=settings.precision)
     return [(t, frame) for t, frame in zip(STRIP_TIMES, frames)]
 
 
@@ -355,7 +356,7 @@ def age_video(pipe: "Pipeline", request: AgeVideoRequest,
     report(progress, "pti", 1, 1, "projection done", preview=projection.reconstruction)
     run_info: dict[str, Any] = {
         "photo": projection.photo_info,
-        "projection": {"settings": request.projection.settings.to_dict(),
+        "projection": {"settings": with_resolved_precision(request.projection.settings, pipe.model).to_dict(),
                        "pti_settings": request.projection.pti.to_dict() if request.projection.pti else None,
                        "perceptual": projection.latent.meta.get("perceptual"), "metrics": projection.metrics},
         "timings": {"project_seconds": round(project_seconds, 3)},
