@@ -17,14 +17,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import LATENTS_DIR, make_small_generator, mutate_bytes, require_shared
 from timemachine import age
 from timemachine.checkpoint import model_fingerprint, save_generator
 from timemachine.cli import main
 from timemachine.env import Environment
 from timemachine.errors import AgeVectorError, AlreadyExists
 from timemachine.latents import load_latent, save_latent
-
-from conftest import LATENTS_DIR, make_small_generator, mutate_bytes, require_shared
 
 FP = "0123456789abcdef"
 OTHER_FP = "fedcba9876543210"

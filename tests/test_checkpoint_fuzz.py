@@ -25,8 +25,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import address_space_limit
-from official_pickle import (Call, GlobalRef, LOAD_FROM_BYTES, Raw, binbytes_payload_spans, dumps, dumps_snapshot,
-                             legacy_torch_save, make_generator, snapshot_of, tensor_call)
+from official_pickle import (
+    LOAD_FROM_BYTES,
+    Call,
+    GlobalRef,
+    Raw,
+    binbytes_payload_spans,
+    dumps,
+    dumps_snapshot,
+    legacy_torch_save,
+    make_generator,
+    snapshot_of,
+    tensor_call,
+)
 from timemachine.checkpoint import CheckpointError, load_generator, save_generator
 from timemachine.networks import Generator
 

@@ -33,11 +33,21 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import REPO_ROOT, make_small_generator
-from official_pickle import (LOAD_FROM_BYTES, Call, EasyDict, Raw, dumps, dumps_snapshot, make_generator,
-                             record_init_args, snapshot_of, storage_bytes, tensor_call)
-from timemachine import fs, images
+from official_pickle import (
+    LOAD_FROM_BYTES,
+    Call,
+    EasyDict,
+    Raw,
+    dumps,
+    dumps_snapshot,
+    make_generator,
+    record_init_args,
+    snapshot_of,
+    storage_bytes,
+    tensor_call,
+)
+from timemachine import fs, images, video
 from timemachine import projector as P
-from timemachine import video
 from timemachine.checkpoint import CheckpointError, load_generator, save_generator
 from timemachine.errors import LatentError, ProjectionError, RenderError, TimemachineError
 from timemachine.latents import load_latent, pti_delta_path, save_latent

@@ -24,8 +24,17 @@ from PIL import Image, ImageCms, features
 
 from timemachine import images
 from timemachine.errors import ImageError
-from timemachine.images import CropBox, from_tensor, load_image, parse_crop, prepare_photo, resize, save_png
-from timemachine.images import square_crop, to_tensor
+from timemachine.images import (
+    CropBox,
+    from_tensor,
+    load_image,
+    parse_crop,
+    prepare_photo,
+    resize,
+    save_png,
+    square_crop,
+    to_tensor,
+)
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 

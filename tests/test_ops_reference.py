@@ -16,12 +16,11 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+import naive_ops as naive  # tests/naive_ops.py
 from stylegan_ops import bias_act as _bias_act
 from stylegan_ops import conv2d_resample as _conv2d_resample
 from stylegan_ops import fma as _fma
 from stylegan_ops import upfirdn2d as _upfirdn2d
-
-import naive_ops as naive  # tests/naive_ops.py
 
 
 @pytest.fixture(autouse=True, scope="module")

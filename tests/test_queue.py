@@ -30,8 +30,16 @@ from conftest import REPO_ROOT, make_small_generator
 from timemachine import age
 from timemachine.checkpoint import model_fingerprint, save_generator
 from timemachine.env import Environment
-from timemachine.pipeline import (AgeEdit, AgeVideoRequest, InProcessExecutor, JobSpec, Photo, ProjectionRequest,
-                                  QueueFull, VideoOutputs)
+from timemachine.pipeline import (
+    AgeEdit,
+    AgeVideoRequest,
+    InProcessExecutor,
+    JobSpec,
+    Photo,
+    ProjectionRequest,
+    QueueFull,
+    VideoOutputs,
+)
 from timemachine.settings import ProjectorSettings, QueueSettings, RenderSettings
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -329,9 +337,9 @@ def test_a_worker_killed_mid_job_gives_it_to_another_and_nothing_half_written_sh
 
 
 def test_cli_runs_through_the_workers_write_what_a_local_run_writes(queue, home, tmp_path, capsys):
-    from timemachine.cli import main
-
     from PIL import Image
+
+    from timemachine.cli import main
 
     photo_file = tmp_path / "dog.png"
     Image.fromarray((np.random.RandomState(80).rand(80, 96, 3) * 255).astype(np.uint8)).save(photo_file)

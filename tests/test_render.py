@@ -23,8 +23,20 @@ from timemachine.errors import RenderError
 from timemachine.images import from_tensor
 from timemachine.latents import LatentFile
 from timemachine.projector import apply_weight_delta
-from timemachine.render import (EASINGS, RenderOutputs, RenderSettings, ease, frame_plan, frames_at, iter_frames,
-                                iter_walk_frames, render_video, total_frames, walk_coefficients, walk_latents)
+from timemachine.render import (
+    EASINGS,
+    RenderOutputs,
+    RenderSettings,
+    ease,
+    frame_plan,
+    frames_at,
+    iter_frames,
+    iter_walk_frames,
+    render_video,
+    total_frames,
+    walk_coefficients,
+    walk_latents,
+)
 
 # ----------------------------------------------------------------------------------------------------------
 # Helpers

@@ -26,11 +26,11 @@ from PIL import Image
 
 from conftest import REPO_ROOT
 from timemachine import age
-from timemachine.env import Environment
 from timemachine.checkpoint import model_fingerprint, save_generator
 from timemachine.cli import main
-from timemachine.settings import MAX_MODEL_UPLOAD_MB
+from timemachine.env import Environment
 from timemachine.pipeline import BUG_MESSAGE, STRIP_TIMES
+from timemachine.settings import MAX_MODEL_UPLOAD_MB
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402

@@ -44,8 +44,17 @@ import numpy as np
 import torch
 
 from timemachine import fs
-from timemachine.age import AgeVector, build_vector, check_notes, check_species, check_vector_name, heldout_accuracy
-from timemachine.age import check_strength, normalize_layers, resolve_layers
+from timemachine.age import (
+    AgeVector,
+    build_vector,
+    check_notes,
+    check_species,
+    check_strength,
+    check_vector_name,
+    heldout_accuracy,
+    normalize_layers,
+    resolve_layers,
+)
 from timemachine.errors import LOWER_BATCH, AgeVectorError, OutOfMemory, printable
 from timemachine.settings import DiscoverySettings
 

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import streamlit as st
-import ui_work
 
+import ui_work
 from timemachine import errors, pipeline
 from timemachine.env import ENV_UI_SERVER_MODELS, Environment
 from timemachine.errors import TimemachineError

@@ -37,8 +37,17 @@ from typing import Any, Iterator, Optional, Union
 
 from timemachine import fs
 from timemachine.age.layers import normalize_layers
-from timemachine.age.vector import (FILE_SUFFIX, NAME_RE, AgeVector, check_notes, check_species, check_strength,
-                                    check_vector_name, MAX_NUM_WS, MAX_W_DIM)
+from timemachine.age.vector import (
+    FILE_SUFFIX,
+    MAX_NUM_WS,
+    MAX_W_DIM,
+    NAME_RE,
+    AgeVector,
+    check_notes,
+    check_species,
+    check_strength,
+    check_vector_name,
+)
 from timemachine.env import Paths
 from timemachine.errors import AgeVectorError, AlreadyExists, first_line, printable, quoted
 

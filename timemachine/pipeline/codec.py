@@ -403,17 +403,22 @@ def decode_error(data: Any) -> TimemachineError:
 
 def _register_defaults() -> None:
     from timemachine.age import AgeVector
-    from timemachine.latents import LatentFile
-    from timemachine.pipeline import requests
-    from timemachine.pipeline.projection import PhotoProjection
-    from timemachine.pipeline.vectors import BuiltExample, VectorBuildResult
-    from timemachine.pipeline.discovery import DiscoverResult
-    from timemachine.pipeline.videos import AgeVideoResult
-    from timemachine.settings import DiscoverySettings, ProjectorSettings, PTISettings, RenderSettings, VectorSettings
-
     from timemachine.align import AlignmentRequest
     from timemachine.images import CropBox
-    from timemachine.settings import ScoreSettings
+    from timemachine.latents import LatentFile
+    from timemachine.pipeline import requests
+    from timemachine.pipeline.discovery import DiscoverResult
+    from timemachine.pipeline.projection import PhotoProjection
+    from timemachine.pipeline.vectors import BuiltExample, VectorBuildResult
+    from timemachine.pipeline.videos import AgeVideoResult
+    from timemachine.settings import (
+        DiscoverySettings,
+        ProjectorSettings,
+        PTISettings,
+        RenderSettings,
+        ScoreSettings,
+        VectorSettings,
+    )
 
     for cls in (AlignmentRequest, CropBox, ScoreSettings, requests.Photo, requests.AgeEdit, requests.AgeVideoRequest, requests.VectorBuildRequest,
                 requests.PreviewStripRequest, requests.DiscoverRequest, ProjectorSettings, PTISettings,

@@ -42,8 +42,19 @@ from typing import Any, Optional
 from timemachine.env import Environment
 from timemachine.errors import TimemachineError, first_line, printable
 from timemachine.pipeline import codec
-from timemachine.pipeline.executor import (BUG_MESSAGE, CANCELLED, DONE, FAILED, FINISHED, RUNNING, Executor,
-                                           JobCancelled, JobHandle, QueueFull, poll)
+from timemachine.pipeline.executor import (
+    BUG_MESSAGE,
+    CANCELLED,
+    DONE,
+    FAILED,
+    FINISHED,
+    RUNNING,
+    Executor,
+    JobCancelled,
+    JobHandle,
+    QueueFull,
+    poll,
+)
 from timemachine.pipeline.jobs import JobSpec, PipelineCache, job_kind, run_job
 from timemachine.pipeline.progress import Progress
 from timemachine.settings import QueueSettings

@@ -28,8 +28,18 @@ from typing import Any, Callable, Deque, Optional
 
 from timemachine.env import Environment
 from timemachine.errors import TimemachineError
-from timemachine.pipeline.executor import (BUG_MESSAGE, CANCELLED, DONE, FAILED, QUEUED, RUNNING, Executor,
-                                           JobCancelled, JobHandle, QueueFull)
+from timemachine.pipeline.executor import (
+    BUG_MESSAGE,
+    CANCELLED,
+    DONE,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    Executor,
+    JobCancelled,
+    JobHandle,
+    QueueFull,
+)
 from timemachine.pipeline.jobs import JobSpec, PipelineCache, run_job
 from timemachine.pipeline.progress import Progress
 from timemachine.settings import QueueSettings

@@ -21,11 +21,10 @@ from timemachine import images, projector
 from timemachine.cache import projection_key
 from timemachine.fs import write_json
 from timemachine.latents import LatentFile, save_latent
+from timemachine.pipeline.components import memory_errors
 from timemachine.pipeline.progress import ProgressCallback, report
 from timemachine.pipeline.requests import ProjectionRequest
 from timemachine.projector import ProgressEvent
-
-from timemachine.pipeline.components import memory_errors
 
 if TYPE_CHECKING:
     from timemachine.pipeline.components import Pipeline

@@ -16,9 +16,14 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from timemachine.align import AlignmentRequest
-
-from timemachine.settings import (DiscoverySettings, ProjectorSettings, PTISettings, RenderSettings, ScoreSettings,
-                                  VectorSettings)
+from timemachine.settings import (
+    DiscoverySettings,
+    ProjectorSettings,
+    PTISettings,
+    RenderSettings,
+    ScoreSettings,
+    VectorSettings,
+)
 
 PathLike = Union[str, os.PathLike]
 

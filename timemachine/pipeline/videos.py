@@ -22,17 +22,17 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import numpy as np
 import torch
 
-from timemachine import images, render as render_module
+from timemachine import images
+from timemachine import render as render_module
 from timemachine.errors import AgeVectorError, LatentError, RenderError, TimemachineError, printable
 from timemachine.fs import write_json
 from timemachine.latents import LatentFile, load_latent, save_latent
+from timemachine.pipeline import scoring
+from timemachine.pipeline.components import memory_errors
 from timemachine.pipeline.progress import ProgressCallback, report
 from timemachine.pipeline.projection import PhotoProjection, store_key
 from timemachine.pipeline.requests import AgeEdit, AgeVideoRequest, RenderRequest
-from timemachine.pipeline import scoring
 from timemachine.settings import RenderSettings, ScoreSettings
-
-from timemachine.pipeline.components import memory_errors
 
 if TYPE_CHECKING:
     from timemachine.pipeline.components import LoadedModel, Pipeline
