@@ -110,7 +110,7 @@ def redis_url(home):
         except redis.ConnectionError:
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
-                raise RuntimeError("redis-server did not start")
+                raise RuntimeError("redis-server did not start") from None
             time.sleep(0.05)
     client.close()
     yield f"redis://127.0.0.1:{port}/0"
@@ -250,7 +250,8 @@ def test_a_visitor_may_have_only_so_many_unfinished_jobs(executor, home):
     executor.settings = QueueSettings(per_visitor=1)
     if not executor.remote:
         executor.queue.settings = executor.settings
-    first = executor.submit(job(home, "project", ProjectionRequest(photos=[photo(40)], settings=ENDLESS), owner="greedy"))
+    first = executor.submit(job(home, "project", ProjectionRequest(photos=[photo(40)], settings=ENDLESS),
+                                owner="greedy"))
     try:
         with pytest.raises(QueueFull, match="1 unfinished job"):
             executor.submit(job(home, "project", ProjectionRequest(photos=[photo(41)], settings=FAST), owner="greedy"))

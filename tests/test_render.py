@@ -60,7 +60,8 @@ def make_direction(G, seed: int = 2, scale: float = 1.0) -> torch.Tensor:
 def synthesize(G, ws: torch.Tensor, latent: LatentFile) -> np.ndarray:
     """uint8 [R, R, 3] of ws [num_ws, w_dim] with the latent's noise, batch of one (as the pipeline does)."""
     with torch.no_grad():
-        img = G.synthesis(ws.unsqueeze(0), noise_mode="const", noise={k: v[None, None] for k, v in latent.noise.items()})
+        img = G.synthesis(ws.unsqueeze(0), noise_mode="const",
+                          noise={k: v[None, None] for k, v in latent.noise.items()})
     return from_tensor(img)[0]
 
 

@@ -229,22 +229,24 @@ def _clip_to_rectangle(polygon: np.ndarray, width: float, height: float) -> list
     points = [p for p in polygon]
     edges = ((0, 0.0, False), (0, float(width), True), (1, 0.0, False), (1, float(height), True))
     for axis, limit, keep_below in edges:
-        def inside(p: np.ndarray) -> bool:
-            return p[axis] <= limit if keep_below else p[axis] >= limit
-
         clipped = []
         for i, current in enumerate(points):
             previous = points[i - 1]
-            if inside(current):
-                if not inside(previous):
+            if _inside(current, axis, limit, keep_below):
+                if not _inside(previous, axis, limit, keep_below):
                     clipped.append(_cross(previous, current, axis, limit))
                 clipped.append(current)
-            elif inside(previous):
+            elif _inside(previous, axis, limit, keep_below):
                 clipped.append(_cross(previous, current, axis, limit))
         points = clipped
         if not points:
             break
     return points
+
+
+def _inside(p: np.ndarray, axis: int, limit: float, keep_below: bool) -> bool:
+    """Whether point ``p`` lies on the kept side of the line ``p[axis] == limit``."""
+    return bool(p[axis] <= limit) if keep_below else bool(p[axis] >= limit)
 
 
 def _cross(a: np.ndarray, b: np.ndarray, axis: int, limit: float) -> np.ndarray:

@@ -85,8 +85,12 @@ def _whole(low: int, high: int) -> tuple[_Check, str]:
 
 
 def _real(low: float, high: float, low_open: bool = False) -> tuple[_Check, str]:
-    check = (lambda v: _is_number(v) and (low < v if low_open else low <= v) and v <= high)
-    return check, f"a finite number {'above' if low_open else 'from'} {low:g} {'and at most' if low_open else 'to'} {high:g}"
+    def check(v: Any) -> bool:
+        return _is_number(v) and (low < v if low_open else low <= v) and v <= high
+
+    if low_open:
+        return check, f"a finite number above {low:g} and at most {high:g}"
+    return check, f"a finite number from {low:g} to {high:g}"
 
 
 def _optional(rule: tuple[_Check, str]) -> tuple[_Check, str]:

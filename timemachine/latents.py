@@ -289,7 +289,8 @@ def load_latent(path: PathLike, num_ws: Optional[int] = None, w_dim: Optional[in
     except Exception as exc:  # untrusted bytes: numpy/zipfile/zlib raise many kinds for a damaged file
         raise LatentError(f"{shown} is not a readable .npz latent file ({first_line(exc)})") from None
     if "w" not in arrays:
-        raise LatentError(f"{shown} has no 'w' array (keys: {', '.join(quoted(k, 40) for k in sorted(arrays)[:8]) or 'none'})")
+        keys = ", ".join(quoted(k, 40) for k in sorted(arrays)[:8]) or "none"
+        raise LatentError(f"{shown} has no 'w' array (keys: {keys})")
     w = arrays["w"]
     if w.ndim == 3:
         w = w[0]

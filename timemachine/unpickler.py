@@ -303,7 +303,8 @@ def _numpy_scalar(dtype, data=None):
 
 def _numpy_dtype(name, align=False, copy=False):
     if not isinstance(name, str) or len(name) > _MAX_DTYPE_NAME:
-        raise CheckpointError(f"the file holds a numpy dtype that is not named by a string (of at most {_MAX_DTYPE_NAME} characters)")
+        raise CheckpointError("the file holds a numpy dtype that is not named by a string "
+                              f"(of at most {_MAX_DTYPE_NAME} characters)")
     try:
         dtype = np.dtype(name, align, copy)
     except (TypeError, ValueError):

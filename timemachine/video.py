@@ -605,7 +605,8 @@ class SideBySideWriter:
         for panel in panels:
             _check_frame(panel)
         if labels is not None and len(labels) != len(panels) + 1:
-            raise ValueError(f"{len(panels) + 1} labels needed (one per panel and one for the frame), got {len(labels)}")
+            raise ValueError(f"{len(panels) + 1} labels needed (one per panel and one for the frame), "
+                             f"got {len(labels)}")
         sizes = {panel.shape[:2] for panel in panels}
         if len(sizes) > 1:
             raise ValueError("all side-by-side panels must have the same size")

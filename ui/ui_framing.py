@@ -90,7 +90,8 @@ def _marked(photo: dict[str, Any], record: Optional[dict[str, Any]], points: Opt
         corners = [tuple(float(v) * scale for v in corner) for corner in record["crop"]["corners"]]
         draw.polygon(corners, outline=(255, 196, 0), width=line)
         if record.get("eyes"):
-            points = [record["eyes"]["left"], record["eyes"]["right"]] + ([record["nose"]] if record.get("nose") else [])
+            nose = [record["nose"]] if record.get("nose") else []
+            points = [record["eyes"]["left"], record["eyes"]["right"]] + nose
     for (x, y), colour in zip(points or [], MARK_COLOURS):
         r = 3 * line
         draw.ellipse([x * scale - r, y * scale - r, x * scale + r, y * scale + r], outline=colour, width=line)

@@ -278,7 +278,8 @@ def add_age_arguments(parser: argparse.ArgumentParser, required: bool = True) ->
                        help="how far to walk along the vector (default: the vector's own); 'auto': the smallest "
                             "strength whose last frame CLIP finds young without changing the coat colour")
     group.add_argument("--layers", default=None, metavar="GROUPS|RANGES",
-                       help="layers to edit: coarse, middle, fine, all, or indices like 0-7 (default: the vector's own)")
+                       help="layers to edit: coarse, middle, fine, all, or indices like 0-7 "
+                            "(default: the vector's own)")
     group.add_argument("--force-model", action="store_true",
                        help="apply a vector built for another model anyway (results are usually meaningless)")
 
@@ -292,7 +293,8 @@ def age_edit(args: argparse.Namespace):
 
 def add_render_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("video")
-    group.add_argument("--frames", type=int, default=RENDER.frames, help="frames of the walk from adult to young (>= 2)")
+    group.add_argument("--frames", type=int, default=RENDER.frames,
+                       help="frames of the walk from adult to young (>= 2)")
     group.add_argument("--fps", type=float, default=RENDER.fps, help="frames per second")
     group.add_argument("--easing", choices=EASINGS, default=RENDER.easing, help="speed profile of the walk")
     group.add_argument("--hold-start", type=int, default=RENDER.hold_start,

@@ -420,10 +420,10 @@ def _register_defaults() -> None:
         VectorSettings,
     )
 
-    for cls in (AlignmentRequest, CropBox, ScoreSettings, requests.Photo, requests.AgeEdit, requests.AgeVideoRequest, requests.VectorBuildRequest,
-                requests.PreviewStripRequest, requests.DiscoverRequest, ProjectorSettings, PTISettings,
-                RenderSettings, VectorSettings, DiscoverySettings, PhotoProjection, BuiltExample, LatentFile,
-                AgeVector):
+    for cls in (AlignmentRequest, CropBox, ScoreSettings, requests.Photo, requests.AgeEdit, requests.AgeVideoRequest,
+                requests.VectorBuildRequest, requests.PreviewStripRequest, requests.DiscoverRequest, ProjectorSettings,
+                PTISettings, RenderSettings, VectorSettings, DiscoverySettings, PhotoProjection, BuiltExample,
+                LatentFile, AgeVector):
         register_type(cls)
     register_type(requests.ProjectionRequest, ("checkpoint",))
     register_type(requests.VideoOutputs, ("directory",))

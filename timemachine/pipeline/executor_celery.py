@@ -6,9 +6,9 @@ first free worker.  Each worker runs one job at a time (concurrency 1, prefetch 
 once it has finished (``acks_late``), so a job whose worker dies is given to another one: at once when the
 worker's pool process dies (``reject_on_worker_lost``), after the broker's visibility timeout when the whole
 worker vanishes (a live worker renews the jobs it holds, so a long job is never handed out twice).  Models and
-VGG16 are loaded once per worker process and reused (:class:`~timemachine.pipeline.jobs.PipelineCache`).  Results are files in the home directory that faces and
-workers share (the projection and video stores, keyed by content), so a repeated request is served from the
-stores by any worker.
+VGG16 are loaded once per worker process and reused (:class:`~timemachine.pipeline.jobs.PipelineCache`).
+Results are files in the home directory that faces and workers share (the projection and video stores, keyed by
+content), so a repeated request is served from the stores by any worker.
 
 What a job leaves in Redis besides Celery's own keys (all expire after ``QueueSettings.job_ttl``)::
 

@@ -170,7 +170,8 @@ def project(pipe: "Pipeline", request: ProjectionRequest,
     return results
 
 
-def write_projection(out_dir: Union[str, os.PathLike], result: PhotoProjection, summary: dict[str, Any]) -> dict[str, str]:
+def write_projection(out_dir: Union[str, os.PathLike], result: PhotoProjection,
+                     summary: dict[str, Any]) -> dict[str, str]:
     """Write ``projected_w.npz`` (+ ``.pti.safetensors``), ``projection.png``, ``target.png`` and
     ``projection.json`` (``summary`` + metrics) into ``out_dir``, each file atomically.  Returns their paths."""
     out = Path(out_dir)

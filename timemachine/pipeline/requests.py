@@ -204,7 +204,8 @@ class DiscoverRequest:
 
     Attributes:
         name:       the library name of the new vector.
-        settings:   samples, seed, truncation, resolution, confidence (:class:`~timemachine.settings.DiscoverySettings`).
+        settings:   samples, seed, truncation, resolution, confidence
+                    (:class:`~timemachine.settings.DiscoverySettings`).
         species:    'dog', 'cat' or 'wild' (the prompt ensembles); None = the zoo model's species.
         breed:      keep only the samples CLIP assigns to this breed; None = every sample.
         young, adult: prompts replacing the species' ensembles; None = the ensembles.

@@ -96,7 +96,8 @@ def precheck(env: Environment, request: VectorBuildRequest) -> str:
         raise AlreadyExists(f"an age vector named {request.name!r} already exists")
     for example in request.examples:
         if example.data is None and not (example.path is not None and os.path.isfile(example.path)):
-            raise AgeVectorError(f"no such file: {printable(example.path if example.path is not None else example.name)}")
+            shown = example.path if example.path is not None else example.name
+            raise AgeVectorError(f"no such file: {printable(shown)}")
     return method
 
 
@@ -127,7 +128,8 @@ def _read_example(pipe: "Pipeline", example: VectorExample) -> BuiltExample:
         recorded = latent.meta.get("model_fingerprint")
         if recorded is not None and recorded != pipe.model.fingerprint:
             raise AgeVectorError(f"{example.role} latent {printable(example.name)} was projected with another "
-                                 f"model ({printable(recorded)}), not with {pipe.model.spec} ({pipe.model.fingerprint})")
+                                 f"model ({printable(recorded)}), "
+                                 f"not with {pipe.model.spec} ({pipe.model.fingerprint})")
         return BuiltExample(example.role, example.name, "latent", latent=latent)
     photo = pipe.prepare_photo(source, alignment=example.alignment or AlignmentRequest(), name=example.name)
     return BuiltExample(example.role, example.name, "photo", image=photo.image, info=photo.info)

@@ -203,8 +203,9 @@ def _stored_result(pipe: "Pipeline", key: str) -> Optional[AgeVideoResult]:
     except (OSError, ValueError, KeyError, TypeError, LatentError):
         pipe.videos.discard(key)
         return None
-    return AgeVideoResult(files=files, run_info=run_info, strip=strip, metrics=dict(info.get("metrics", {}), cached=True),
-                          key=key, reused=True, latent=latent, model_fingerprint=info.get("model_fingerprint", ""))
+    return AgeVideoResult(files=files, run_info=run_info, strip=strip,
+                          metrics=dict(info.get("metrics", {}), cached=True), key=key, reused=True, latent=latent,
+                          model_fingerprint=info.get("model_fingerprint", ""))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -278,9 +279,11 @@ def _write_walk(pipe: "Pipeline", walk: Walk, out: Path, progress: Optional[Prog
         "versions": _versions(),
         "model": {"spec": model.spec, "fingerprint": model.fingerprint, "resolution": model.G.img_resolution,
                   "zoo": model.zoo},
-        "age_vector": {**vector.metadata(), "layers_used": vector.default_layers if edit.layers is None else edit.layers,
+        "age_vector": {**vector.metadata(),
+                       "layers_used": vector.default_layers if edit.layers is None else edit.layers,
                        "chosen": walk.chosen, "builtin": _is_builtin(pipe, walk),
-                       "forced_onto_other_model": bool(edit.force_model and vector.model_fingerprint != model.fingerprint)},
+                       "forced_onto_other_model": bool(edit.force_model
+                                                       and vector.model_fingerprint != model.fingerprint)},
         "render": {**result.settings, "total_frames": result.total_frames, "walk_frames": result.walk_frames,
                    "synthesized_frames": result.synthesized_frames},
         "files": {k: os.path.relpath(v, out) for k, v in files.items()},
