@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -226,6 +226,7 @@ def _bias_act_cuda(dim: int, act: str, alpha, gain, clamp):
         return _cuda_cache[key]
     ext = plugin.get_plugin("bias_act")
     empty = torch.empty([0])
+    BiasActCudaGrad = _bias_act_cuda_grad(ext, dim, spec, alpha, gain, clamp)
 
     class BiasActCuda(torch.autograd.Function):
         @staticmethod
@@ -256,6 +257,15 @@ def _bias_act_cuda(dim: int, act: str, alpha, gain, clamp):
                 db = dx.sum([i for i in range(dx.ndim) if i != dim])
             return dx, db
 
+    _cuda_cache[key] = BiasActCuda
+    return BiasActCuda
+
+
+def _bias_act_cuda_grad(ext: Any, dim: int, spec: Any, alpha: float, gain: float, clamp: float) -> type:
+    """The autograd Function of the kernel's gradient (grad=1), whose own backward is the grad=2 kernel; for
+    the resolved parameters of :func:`_bias_act_cuda`."""
+    empty = torch.empty([0])
+
     class BiasActCudaGrad(torch.autograd.Function):
         @staticmethod
         def forward(ctx, dy, x, b, y):  # pylint: disable=arguments-differ
@@ -277,8 +287,7 @@ def _bias_act_cuda(dim: int, act: str, alpha, gain, clamp):
                 d_b = d_x.sum([i for i in range(d_x.ndim) if i != dim])
             return d_dy, d_x, d_b, d_y
 
-    _cuda_cache[key] = BiasActCuda
-    return BiasActCuda
+    return BiasActCudaGrad
 
 
 def self_check() -> None:
