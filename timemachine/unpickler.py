@@ -146,15 +146,19 @@ class PersistentRecord:
     opcode (which skips ``__init__``) is checked too.
     """
 
-    def __new__(cls, meta: Any = None):
+    class_name: str
+    version: Any
+    state: dict
+
+    def __new__(cls, meta: Any = None) -> "PersistentRecord":
         if not isinstance(meta, dict) or meta.get("type") != "class" or not isinstance(meta.get("state"), dict):
             raise CheckpointError("the file holds a persistent object with malformed metadata")
         if not isinstance(meta.get("class_name"), str):
             raise CheckpointError("the file holds a persistent object without a class name")
         self = super().__new__(cls)
-        self.class_name: str = meta["class_name"]
+        self.class_name = meta["class_name"]
         self.version = meta.get("version")
-        self.state: dict = meta["state"]
+        self.state = meta["state"]
         return self
 
     def __setstate__(self, state: Any) -> None:  # BUILD opcodes must not alter a record
@@ -646,6 +650,7 @@ def _check_one_pickle(view: Any, size: int, where: str, allowed: frozenset, limi
                 if calls > limits.max_calls:
                     raise CheckpointError(f"refusing to load: {where} makes more than {limits.max_calls} calls, "
                                           "far more than network pickles")
+            assert pos is not None   # genops knows positions in a stream with tell(): mmap, file, BytesIO
             _check_argument(name, arg, pos, size, len(walk.memo), where, limits)
             walk.step(name, arg)
     except _Underflow:
