@@ -446,8 +446,8 @@ def test_interruption_leaves_no_partial_file(small_G, latent, direction, tmp_pat
 def test_ffmpeg_failing_is_a_render_error(small_G, latent, direction, tmp_path, monkeypatch):
     # An encoder that dies: ffmpeg is given an option it rejects, so it exits non-zero.
     original = video.Mp4Writer._command
-    monkeypatch.setattr(video.Mp4Writer, "_command", lambda self: original(self)[:-1] + ["-no-such-option", "x",
-                                                                                         self.temp_path])
+    monkeypatch.setattr(video.Mp4Writer, "_command",
+                        lambda self, size: original(self, size)[:-1] + ["-no-such-option", "x", self.temp_path])
     with pytest.raises(RenderError, match="ffmpeg"):
         render_video(small_G, latent, direction, RenderOutputs.in_directory(tmp_path, gif=True), quick())
     assert os.listdir(tmp_path) == []
