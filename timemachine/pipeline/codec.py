@@ -54,7 +54,7 @@ MAX_STORED_RESULTS = 64
 DTYPES = frozenset({"|b1", "|u1", "|i1", "<u2", "<i2", "<i4", "<i8", "<f2", "<f4", "<f8"})
 _LATENT_FILE = "projected_w.npz"
 
-_TYPES: dict[str, type] = {}
+_TYPES: dict[str, type[Any]] = {}
 #: Fields that hold paths (a path, or a dict of paths): they travel as home-relative paths.
 _PATH_FIELDS: dict[str, frozenset[str]] = {}
 

@@ -386,6 +386,7 @@ def _safe_url(url: Optional[str]) -> str:
 @dataclasses.dataclass
 class _WorkerConfig:
     env: Environment
+    broker_url: str          # env.broker_url, known to be set
     settings: QueueSettings
     device: Optional[str]
 
@@ -402,7 +403,7 @@ def _worker_state() -> dict[str, Any]:
     with _STATE_LOCK:
         if _STATE.get("pid") != os.getpid():
             _STATE.clear()
-            _STATE.update(pid=os.getpid(), redis=_redis(_CONFIG.env.broker_url),
+            _STATE.update(pid=os.getpid(), redis=_redis(_CONFIG.broker_url),
                           pipelines=PipelineCache(_CONFIG.env, device=_CONFIG.device))
         return _STATE
 
@@ -539,7 +540,7 @@ def run_worker(env: Environment, settings: Optional[QueueSettings] = None, *, na
     settings.validate()
     if not env.broker_url:
         raise BrokerError("no broker configured: set TIMEMACHINE_BROKER_URL=redis://host:port/db")
-    _CONFIG = _WorkerConfig(env=env, settings=settings, device=device)
+    _CONFIG = _WorkerConfig(env=env, broker_url=env.broker_url, settings=settings, device=device)
     app = celery_app(env.broker_url, settings)
     _check_reachable(env.broker_url)
     _Heartbeat(env.broker_url, settings.visibility_timeout).start()

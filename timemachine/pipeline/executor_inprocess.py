@@ -56,14 +56,19 @@ class Job(JobHandle):
     Extra attributes: ``submitted``, ``started``, ``finished_at`` (time.monotonic), ``waited_seconds``.
     """
 
+    status: str
+    result: Any
+    error: Optional[str]
+    exception: Optional[TimemachineError]
+
     def __init__(self, fn: Callable[["JobContext"], Any], label: str, owner: str, queue: "JobQueue"):
         self.id = secrets.token_hex(16)
         self.label = label
         self.owner = owner
         self.status = QUEUED
-        self.result: Any = None
-        self.error: Optional[str] = None
-        self.exception: Optional[TimemachineError] = None
+        self.result = None
+        self.error = None
+        self.exception = None
         self.worker = "this process"
         self.submitted = time.monotonic()
         self.started: Optional[float] = None

@@ -151,10 +151,10 @@ def project(pipe: "Pipeline", request: ProjectionRequest,
     for batch in batches:
         with memory_errors(f"projecting {len(batch)} photo{'s' if len(batch) > 1 else ''}", len(batch)):
             projected = _project_batch(pipe, request, targets, batch, progress)
-        for i, latent in projected.items():
+        for i, new_latent in projected.items():
             if store is not None:
-                store.put(keys[i], latent)
-            latents[i] = latent
+                store.put(keys[i], new_latent)
+            latents[i] = new_latent
 
     results = []
     for i, latent in enumerate(latents):

@@ -118,7 +118,7 @@ def resolved_render(edit: AgeEdit, vector, settings: RenderSettings) -> RenderSe
     is chosen when the edit asks for the automatic one), validated."""
     if edit.auto_strength and edit.strength != "auto":
         raise RenderError(f"the strength must be a number or 'auto', not {printable(edit.strength)!r}")
-    strength = vector.default_strength if edit.strength is None or edit.auto_strength else edit.strength
+    strength = vector.default_strength if edit.strength is None or isinstance(edit.strength, str) else edit.strength
     resolved = dataclasses.replace(settings, strength=strength)
     resolved.validate()
     return resolved
@@ -388,6 +388,7 @@ def age_video(pipe: "Pipeline", request: AgeVideoRequest,
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             result = write(Path(out_dir))
         else:
+            assert key is not None   # made above for a video bound for the store
             result = _store_video(pipe, key, write, strip, projection.metrics)
     result.strip, result.metrics, result.projection, result.key = strip, projection.metrics, projection, key
     result.latent = projection.latent
@@ -405,6 +406,7 @@ def render(pipe: "Pipeline", request: RenderRequest, progress: Optional[Progress
 
         raise LatentError(f"{request.latent} was projected with another model (fingerprint {fingerprint}, this one "
                           f"is {pipe.model.fingerprint})", remedy=FORCE_MODEL)
+    assert request.outputs.directory is not None   # check_render refused a request without one
     out = Path(request.outputs.directory)
     out.mkdir(parents=True, exist_ok=True)
     run_info = {"latent": os.path.abspath(os.fspath(request.latent)),
