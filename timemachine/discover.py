@@ -65,10 +65,12 @@ PathLike = Union[str, os.PathLike]
 #: ``labeller(images uint8 [N, H, W, 3]) -> P(young) float [N]`` (NaN = no label).
 Labeller = Callable[[np.ndarray], np.ndarray]
 class Model(Protocol):
-    """What discovery needs of a loaded model (e.g. a ``timemachine.pipeline.LoadedModel``)."""
+    """What discovery needs of a loaded model (e.g. a ``timemachine.pipeline.LoadedModel``): the generator, its
+    fingerprint and the name it was loaded by (recorded in the vector)."""
 
     G: "Generator"
     fingerprint: str
+    spec: str
 
 
 #: ``progress(samples done, samples in all)``, after every chunk (cached chunks included).

@@ -127,7 +127,9 @@ def save_latent(path: PathLike, ws: torch.Tensor, noise: Optional[dict[str, torc
         arrays["meta"] = np.array(json.dumps(meta, sort_keys=True))
     with fs.PendingFile(path) as pending:
         with pending.open("wb") as f:
-            np.savez(f, **arrays)
+            # numpy's stub types savez's allow_pickle (bool) beside **kwds, so a dict of arrays could be read as
+            # setting it; these keys are 'w', 'meta' and 'noise/...'.
+            np.savez(f, **arrays)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -364,11 +364,13 @@ class VectorLibrary:
             taken = {entry.name for entry in entries}
             root = _builtin_root()
             for name in builtin_names():
+                builtin: Optional[AgeVector] = None
+                problem: Optional[str] = None
                 try:
-                    vector, problem = load_builtin(name), None
+                    builtin = load_builtin(name)
                 except AgeVectorError as exc:
-                    vector, problem = None, str(exc)
-                entries.append(LibraryEntry(name, Path(str(root.joinpath(name + FILE_SUFFIX))), vector, problem,
+                    problem = str(exc)
+                entries.append(LibraryEntry(name, Path(str(root.joinpath(name + FILE_SUFFIX))), builtin, problem,
                                             builtin=True, shadowed=name in taken))
             entries.sort(key=lambda e: (e.name, e.builtin))
         return entries
