@@ -131,9 +131,10 @@ def _eyes(photo: dict[str, Any], key: str) -> pipeline.AlignmentRequest:
         st.session_state.setdefault(f"nose_y_{key}", float(round(0.6 * height)))
         a.number_input("Nose x", 0.0, float(width), key=f"nose_x_{key}", step=1.0, format="%.0f")
         b.number_input("Nose y", 0.0, float(height), key=f"nose_y_{key}", step=1.0, format="%.0f")
-    eyes = tuple((st.session_state[names[i]], st.session_state[names[i + 1]]) for i in (0, 2))
+    left = (st.session_state[names[0]], st.session_state[names[1]])
+    right = (st.session_state[names[2]], st.session_state[names[3]])
     nose = (st.session_state[f"nose_x_{key}"], st.session_state[f"nose_y_{key}"]) if use_nose else None
-    return pipeline.AlignmentRequest("eyes", eyes=eyes, nose=nose, explicit=True)
+    return pipeline.AlignmentRequest("eyes", eyes=(left, right), nose=nose, explicit=True)
 
 
 def _take_click(click: Optional[dict], photo: dict[str, Any], key: str, names: list[str], use_nose: bool) -> None:
