@@ -25,7 +25,8 @@ Part 2, detector time per photo on the CPU: the real networks when their weights
 signatures and about the same multiply-adds (tests/onnx_standins.py: 3.1 G for YOLOX-Tiny at 416, 2.7 G for
 RTMPose-m at 256) - which of the two ran is printed; real networks (depthwise convolutions, attention) may
 run faster or slower than a plain convolution stack of the same arithmetic.  The cut itself (align.cut at 512,
-and at 256 without supersampling, as a UI preview would) is timed too.  Best of N runs (the machine may be shared; the load average is printed).
+and at 256 without supersampling, as a UI preview would) is timed too.  Best of N runs (the machine may be
+shared; the load average is printed).
 
 Usage::
 

@@ -10,6 +10,7 @@ each kernel forced; bias_act forward and forward+backward.  Needs a CUDA GPU.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -40,6 +41,16 @@ def report(name: str, timings: dict[str, float]) -> None:
     ref = timings["ref"]
     cells = "  ".join(f"{impl} {ms:8.3f} ms ({ref / ms:5.2f}x)" for impl, ms in timings.items())
     print(f"{name:44s} {cells}")
+
+
+def bias_act_forward(x: torch.Tensor, b: torch.Tensor, impl: str) -> None:
+    with torch.no_grad():
+        bias_act.bias_act(x, b, act="lrelu", clamp=256, impl=impl)
+
+
+def bias_act_forward_backward(x: torch.Tensor, b: torch.Tensor, dy: torch.Tensor, impl: str) -> None:
+    y = bias_act.bias_act(x, b, act="lrelu", clamp=256, impl=impl)
+    torch.autograd.grad(y, [x, b], dy)
 
 
 def main() -> int:
@@ -74,35 +85,29 @@ def main() -> int:
         x = torch.randn([args.batch, channels, size, size], device=device, dtype=dtype)
         p = upfirdn2d._parse_padding(padding)
         gain = up * up
+        public = functools.partial(upfirdn2d.upfirdn2d, x, f, up=up, down=down, padding=padding, gain=gain)
         timings = {
-            "ref": time_ms(lambda: upfirdn2d.upfirdn2d(x, f, up=up, down=down, padding=padding, gain=gain,
-                                                       impl="ref"), args.repeats),
-            "cuda": time_ms(lambda: upfirdn2d.upfirdn2d(x, f, up=up, down=down, padding=padding, gain=gain,
-                                                        impl="cuda"), args.repeats),
-            "general": time_ms(lambda: ext.upfirdn2d(x, f, up, up, down, down, *p, False, gain, kernel=0),
+            "ref": time_ms(functools.partial(public, impl="ref"), args.repeats),
+            "cuda": time_ms(functools.partial(public, impl="cuda"), args.repeats),
+            "general": time_ms(functools.partial(ext.upfirdn2d, x, f, up, up, down, down, *p, False, gain, kernel=0),
                                args.repeats),
-            "tiled": time_ms(lambda: ext.upfirdn2d(x, f, up, up, down, down, *p, False, gain, kernel=1),
+            "tiled": time_ms(functools.partial(ext.upfirdn2d, x, f, up, up, down, down, *p, False, gain, kernel=1),
                              args.repeats),
         }
         report(f"upfirdn2d {label}", timings)
 
-    for label, shape in [("lrelu 128ch 256px", [args.batch, 128, 256, 256]), ("lrelu 512ch 16px", [args.batch, 512, 16, 16])]:
+    bias_act_workloads = [("lrelu 128ch 256px", [args.batch, 128, 256, 256]),
+                          ("lrelu 512ch 16px", [args.batch, 512, 16, 16])]
+    for label, shape in bias_act_workloads:
         x = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
         b = torch.randn([shape[1]], device=device, dtype=dtype, requires_grad=True)
         dy = torch.randn(shape, device=device, dtype=dtype)
-
-        def forward(impl):
-            with torch.no_grad():
-                bias_act.bias_act(x, b, act="lrelu", clamp=256, impl=impl)
-
-        def forward_backward(impl):
-            y = bias_act.bias_act(x, b, act="lrelu", clamp=256, impl=impl)
-            torch.autograd.grad(y, [x, b], dy)
-
         report(f"bias_act forward, {label}",
-               {impl: time_ms(lambda: forward(impl), args.repeats) for impl in ("ref", "cuda")})
+               {impl: time_ms(functools.partial(bias_act_forward, x, b, impl), args.repeats)
+                for impl in ("ref", "cuda")})
         report(f"bias_act forward+backward, {label}",
-               {impl: time_ms(lambda: forward_backward(impl), args.repeats) for impl in ("ref", "cuda")})
+               {impl: time_ms(functools.partial(bias_act_forward_backward, x, b, dy, impl), args.repeats)
+                for impl in ("ref", "cuda")})
     return 0
 
 

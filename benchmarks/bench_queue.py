@@ -218,9 +218,9 @@ def main() -> None:
         ratio = results["inprocess"] / seconds
         print(f"{name:<12} {seconds:8.2f} {rate:9.1f} {ratio:13.2f}x")
     lo, lq = statistics.median(local_latency), statistics.median(queue_latency)
-    print(f"one job of {args.latency_frames} frames at a time, median of {args.latency_jobs}: in-process {lo * 1000:.0f} ms, one worker "
-          f"{lq * 1000:.0f} ms: the queue adds {(lq - lo) * 1000:.0f} ms per job (client polling every "
-          f"{args.poll * 1000:.0f} ms)")
+    print(f"one job of {args.latency_frames} frames at a time, median of {args.latency_jobs}: "
+          f"in-process {lo * 1000:.0f} ms, one worker {lq * 1000:.0f} ms: "
+          f"the queue adds {(lq - lo) * 1000:.0f} ms per job (client polling every {args.poll * 1000:.0f} ms)")
     print(f"2 workers / 1 worker throughput: {results['celery-1'] / results['celery-2']:.2f}x")
 
 

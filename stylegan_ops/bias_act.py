@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Optional
+from types import ModuleType
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -124,8 +125,8 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, ac
     spec, resolved_alpha, resolved_gain, resolved_clamp = _resolve_params(act, alpha, gain, clamp)
     if act == "linear" and b is None and resolved_gain == 1 and resolved_clamp < 0:
         return x  # nothing to do; every implementation returns x itself (no autograd Function around it)
-    if chosen == "cuda" and plugin.get_plugin("bias_act") is not None:
-        return _bias_act_cuda(dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp).apply(x, b)
+    if chosen == "cuda" and (ext := plugin.get_plugin("bias_act")) is not None:
+        return _bias_act_cuda(ext, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp).apply(x, b)
     if chosen == "cpu" and act in _CPU_ACTIVATIONS and resolved_gain > 0:
         return _BiasActCPU.apply(x, b, dim, act, resolved_alpha, resolved_gain, resolved_clamp, inplace)
     return bias_act_ref(x, b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
@@ -219,13 +220,13 @@ def _memory_format(x: torch.Tensor) -> torch.memory_format:
 _cuda_cache: dict = {}
 
 
-def _bias_act_cuda(dim: int, act: str, alpha, gain, clamp):
+def _bias_act_cuda(ext: ModuleType, dim: int, act: str, alpha, gain, clamp) -> type[torch.autograd.Function]:
     spec, alpha, gain, clamp = _resolve_params(act, alpha, gain, clamp)
     key = (dim, act, alpha, gain, clamp)
     if key in _cuda_cache:
         return _cuda_cache[key]
-    ext = plugin.get_plugin("bias_act")
     empty = torch.empty([0])
+    BiasActCudaGrad = _bias_act_cuda_grad(ext, dim, spec, alpha, gain, clamp)
 
     class BiasActCuda(torch.autograd.Function):
         @staticmethod
@@ -252,9 +253,19 @@ def _bias_act_cuda(dim: int, act: str, alpha, gain, clamp):
                 dx = dy
                 if act != "linear" or gain != 1 or clamp >= 0:
                     dx = BiasActCudaGrad.apply(dy, x, b, y)
-            if ctx.needs_input_grad[1]:
-                db = dx.sum([i for i in range(dx.ndim) if i != dim])
+                if ctx.needs_input_grad[1]:
+                    db = dx.sum([i for i in range(dx.ndim) if i != dim])
             return dx, db
+
+    _cuda_cache[key] = BiasActCuda
+    return BiasActCuda
+
+
+def _bias_act_cuda_grad(ext: ModuleType, dim: int, spec: Any, alpha: float, gain: float,
+                        clamp: float) -> type[torch.autograd.Function]:
+    """The autograd Function of the kernel's gradient (grad=1), whose own backward is the grad=2 kernel; for
+    the resolved parameters of :func:`_bias_act_cuda`."""
+    empty = torch.empty([0])
 
     class BiasActCudaGrad(torch.autograd.Function):
         @staticmethod
@@ -273,12 +284,11 @@ def _bias_act_cuda(dim: int, act: str, alpha, gain, clamp):
                 d_dy = BiasActCudaGrad.apply(d_dx, x, b, y)
             if spec.has_2nd_grad and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
                 d_x = ext.bias_act(d_dx, b, x, y, dy, 2, dim, spec.cuda_idx, alpha, gain, clamp)
-            if spec.has_2nd_grad and ctx.needs_input_grad[2]:
-                d_b = d_x.sum([i for i in range(d_x.ndim) if i != dim])
+                if ctx.needs_input_grad[2]:
+                    d_b = d_x.sum([i for i in range(d_x.ndim) if i != dim])
             return d_dy, d_x, d_b, d_y
 
-    _cuda_cache[key] = BiasActCuda
-    return BiasActCuda
+    return BiasActCudaGrad
 
 
 def self_check() -> None:

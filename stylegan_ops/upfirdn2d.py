@@ -17,7 +17,8 @@ device, any order of gradients) and ``'cuda'`` (``csrc/upfirdn2d.cu``), chosen a
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from types import ModuleType
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -136,8 +137,9 @@ def upfirdn2d(x: torch.Tensor, f: Optional[torch.Tensor], up: IntPair = 1, down:
     if not (isinstance(x, torch.Tensor) and x.ndim == 4):
         raise ValueError("x must be a 4D tensor [N, C, H, W]")
     _check_filter(f, x)
-    if plugin.choose_impl(impl, x) == "cuda" and plugin.get_plugin("upfirdn2d") is not None:
-        return _upfirdn2d_cuda(up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain).apply(x, f)
+    if plugin.choose_impl(impl, x) == "cuda" and (ext := plugin.get_plugin("upfirdn2d")) is not None:
+        return _upfirdn2d_cuda(ext, up=up, down=down, padding=padding, flip_filter=flip_filter,
+                               gain=gain).apply(x, f)
     return upfirdn2d_ref(x, f, up=up, down=down, padding=padding, flip_filter=flip_filter, gain=gain)
 
 
@@ -230,15 +232,14 @@ def downsample2d(x: torch.Tensor, f: Optional[torch.Tensor], down: IntPair = 2, 
 _cuda_cache: dict = {}
 
 
-def _upfirdn2d_cuda(up: IntPair = 1, down: IntPair = 1, padding: IntPair = 0, flip_filter: bool = False,
-                    gain: float = 1):
+def _upfirdn2d_cuda(ext: ModuleType, up: IntPair = 1, down: IntPair = 1, padding: IntPair = 0,
+                    flip_filter: bool = False, gain: float = 1) -> type[torch.autograd.Function]:
     upx, upy = _parse_scaling(up)
     downx, downy = _parse_scaling(down)
     padx0, padx1, pady0, pady1 = _parse_padding(padding)
     key = (upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip_filter, gain)
     if key in _cuda_cache:
         return _cuda_cache[key]
-    ext = plugin.get_plugin("upfirdn2d")
 
     class Upfirdn2dCuda(torch.autograd.Function):
         @staticmethod
@@ -267,7 +268,7 @@ def _upfirdn2d_cuda(up: IntPair = 1, down: IntPair = 1, padding: IntPair = 0, fl
                  fh - pady0 - 1, ih * upy - oh * downy + pady0 - upy + 1]
             dx = None
             if ctx.needs_input_grad[0]:
-                dx = _upfirdn2d_cuda(up=[downx, downy], down=[upx, upy], padding=p,
+                dx = _upfirdn2d_cuda(ext, up=[downx, downy], down=[upx, upy], padding=p,
                                      flip_filter=not flip_filter, gain=gain).apply(dy, f)
             return dx, None
 
@@ -284,7 +285,7 @@ def self_check() -> None:
     gen = torch.Generator(device="cuda").manual_seed(0)
     f2d = setup_filter([1, 3, 3, 1], device=torch.device("cuda"))
     fsep = setup_filter(torch.rand([9], generator=gen, device="cuda").cpu(), device=torch.device("cuda"))
-    cases = [
+    cases: list[dict[str, Any]] = [
         dict(f=f2d, up=2, padding=[2, 1, 2, 1], gain=4),
         dict(f=f2d, down=2, padding=1),
         dict(f=f2d, padding=[1, 2, 2, 1]),

@@ -17,14 +17,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import LATENTS_DIR, make_small_generator, mutate_bytes, require_shared
 from timemachine import age
 from timemachine.checkpoint import model_fingerprint, save_generator
 from timemachine.cli import main
 from timemachine.env import Environment
 from timemachine.errors import AgeVectorError, AlreadyExists
 from timemachine.latents import load_latent, save_latent
-
-from conftest import LATENTS_DIR, make_small_generator, mutate_bytes, require_shared
 
 FP = "0123456789abcdef"
 OTHER_FP = "fedcba9876543210"
@@ -826,7 +825,8 @@ def test_cli_build_list_show_set_rename_export_import_delete(model_file, small_m
     other = library().load("other")
     for name in ("yorkshire-o",):
         edit = library().load(name).masked_direction()
-        assert abs(float(edit.flatten() @ other.direction.flatten())) < 1e-4 * float(edit.norm() * other.direction.norm())
+        bound = 1e-4 * float(edit.norm() * other.direction.norm())
+        assert abs(float(edit.flatten() @ other.direction.flatten())) < bound
     assert main(["age-vector", "build", "yorkie-o", "--puppy", str(pet_photos["puppies"][0]), "--adult",
                  str(pet_photos["adults"][0]), "--orthogonal-to", "other", *_projection_args(model_file)]) == 0
     built = library().load("yorkie-o")
@@ -848,7 +848,8 @@ def test_cli_build_list_show_set_rename_export_import_delete(model_file, small_m
     (["age-vector", "set", "missing", "--strength", "1"], "no age vector named 'missing'"),
     (["age-vector", "export", "missing", "out.safetensors"], "no age vector named 'missing'"),
     (["age-vector", "import", "nofile.safetensors"], "no age vector file"),
-    (["age-vector", "build", "../x", "--puppy", "a.png", "--adult", "b.png", "--model", "m"], "invalid age vector name"),
+    (["age-vector", "build", "../x", "--puppy", "a.png", "--adult", "b.png", "--model", "m"],
+     "invalid age vector name"),
     (["age-vector", "build", "v", "--puppy", "a.png", "b.png", "--adult", "c.png", "--method", "pair",
       "--model", "m"], "exactly one puppy"),
     (["age-vector", "build", "v", "--puppy", "a.png", "--adult", "c.png", "--method", "linear", "--model", "m"],
@@ -965,7 +966,8 @@ def test_fuzzed_vector_headers_load_or_raise_age_vector_error(tmp_path, valid_ve
     body = valid_vector_bytes[8 + header_len:]
     tensor = next(k for k in header if k != "__metadata__")
     meta_keys = sorted(header.get("__metadata__", {}))
-    json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats() | st.text(max_size=8),
+    scalars = st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats() | st.text(max_size=8)
+    json_values = st.recursive(scalars,
                                lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
                                                                                           max_size=4), max_leaves=8)
 

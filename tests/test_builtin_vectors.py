@@ -10,12 +10,11 @@ import shutil
 import pytest
 import torch
 
+from conftest import LATENTS_DIR, REPO_ROOT, require_shared
 from timemachine import age, errors
 from timemachine.checkpoint import model_fingerprint
 from timemachine.cli import main
 from timemachine.env import Environment
-
-from conftest import LATENTS_DIR, REPO_ROOT, require_shared
 
 FP = "0123456789abcdef"
 

@@ -24,15 +24,35 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import address_space_limit
-from official_pickle import (LOAD_FROM_BYTES, ORDERED_DICT, REBUILD_PARAMETER, RECONSTRUCT_PERSISTENT_OBJ, Call,
-                             EasyDict, GlobalRef, OFFICIAL_GLOBALS, Raw, SetItem, binbytes_payload_spans, dumps,
-                             dumps_snapshot, legacy_torch_save, make_generator, persistent, pickle_globals,
-                             record_init_args, snapshot_of, storage_bytes, tensor_call, write_official_pickle)
+from official_pickle import (
+    LOAD_FROM_BYTES,
+    OFFICIAL_GLOBALS,
+    ORDERED_DICT,
+    REBUILD_PARAMETER,
+    RECONSTRUCT_PERSISTENT_OBJ,
+    Call,
+    EasyDict,
+    GlobalRef,
+    Raw,
+    SetItem,
+    binbytes_payload_spans,
+    dumps,
+    dumps_snapshot,
+    legacy_torch_save,
+    make_generator,
+    persistent,
+    pickle_globals,
+    record_init_args,
+    snapshot_of,
+    storage_bytes,
+    tensor_call,
+    write_official_pickle,
+)
 from timemachine import checkpoint, unpickler
 from timemachine.checkpoint import CheckpointError, load_generator, model_fingerprint, save_generator
-from timemachine.unpickler import read_network_pickle
 from timemachine.errors import TimemachineError
 from timemachine.networks import Generator
+from timemachine.unpickler import read_network_pickle
 
 TINY_CONFIG = dict(z_dim=64, w_dim=64, c_dim=0, img_resolution=32, img_channels=3,
                    mapping_kwargs=dict(num_layers=8),

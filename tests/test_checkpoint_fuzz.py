@@ -25,8 +25,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import address_space_limit
-from official_pickle import (Call, GlobalRef, LOAD_FROM_BYTES, Raw, binbytes_payload_spans, dumps, dumps_snapshot,
-                             legacy_torch_save, make_generator, snapshot_of, tensor_call)
+from official_pickle import (
+    LOAD_FROM_BYTES,
+    Call,
+    GlobalRef,
+    Raw,
+    binbytes_payload_spans,
+    dumps,
+    dumps_snapshot,
+    legacy_torch_save,
+    make_generator,
+    snapshot_of,
+    tensor_call,
+)
 from timemachine.checkpoint import CheckpointError, load_generator, save_generator
 from timemachine.networks import Generator
 
@@ -343,43 +354,52 @@ def restructured_safetensors(good: bytes, draw) -> bytes:
         kind = draw(st.sampled_from(["config", "config", "new option", "drop option", "deep", "dtype", "shape",
                                      "offsets", "drop tensor", "rename tensor", "metadata"]))
         if kind in ("config", "new option", "drop option"):
-            sections = [config] + [config[k] for k in ("mapping_kwargs", "synthesis_kwargs")
-                                   if isinstance(config.get(k), dict)]
-            section = sections[draw(st.integers(0, len(sections) - 1))]
-            keys = sorted(section) or ["x"]
-            key = draw(st.sampled_from(keys)) if kind != "new option" else draw(
-                st.sampled_from(["lr_multiplier", "conv_clamp", "w_avg_beta", "num_fp16_res", "embed_features",
-                                 "resample_filter", "kernel_size", "architecture", "activation", "magic"]))
-            if kind == "drop option":
-                section.pop(key, None)
-            else:
-                section[key] = draw(st.sampled_from(INTERESTING_JSON))
+            _mutate_config(config, kind, draw)
         elif kind == "deep":
             config_text = json.dumps(config)[:-1] + ', "deep": ' + _nested(draw(st.sampled_from([50, 5000]))) + "}"
         elif kind == "metadata":
             header["__metadata__"][draw(st.sampled_from(["format", "format_version", "config"]))] = draw(
                 st.sampled_from(["", "1", "2", "timemachine-generator", "{}", "[]", "\x1b[2J"]))
         else:
-            name = draw(st.sampled_from(names))
-            if name not in header:
-                continue
-            entry = header[name]
-            if kind == "dtype":
-                entry["dtype"] = draw(st.sampled_from(["F16", "F64", "BF16", "I32", "U8", "BOOL", "F8_E4M3", "Q"]))
-            elif kind == "shape":
-                entry["shape"] = draw(st.sampled_from([[], [0], [1], [2 ** 31], [2 ** 62, 2], list(
-                    reversed(entry["shape"])), entry["shape"] + [1]]))
-            elif kind == "offsets":
-                a, b = entry["data_offsets"]
-                entry["data_offsets"] = draw(st.sampled_from([[a, a], [b, a], [0, b - a], [a, b + 4], [a, 2 ** 62]]))
-            elif kind == "drop tensor":
-                del header[name]
-            else:
-                header[draw(st.sampled_from(["extra", name + "\x1b[2J", "synthesis.b4.conv1.weight"]))] = \
-                    header.pop(name)
+            _mutate_tensor_entry(header, draw(st.sampled_from(names)), kind, draw)
     header["__metadata__"]["config"] = config_text if config_text is not None else json.dumps(config)
     text = json.dumps(header).encode()
     return len(text).to_bytes(8, "little") + text + body
+
+
+def _mutate_config(config: dict, kind: str, draw) -> None:
+    """'config': an option of the configuration (or of its mapping/synthesis sections) set to an edge value;
+    'new option': a known or unknown option added with one; 'drop option': an option removed."""
+    sections = [config] + [config[k] for k in ("mapping_kwargs", "synthesis_kwargs") if isinstance(config.get(k), dict)]
+    section = sections[draw(st.integers(0, len(sections) - 1))]
+    keys = sorted(section) or ["x"]
+    key = draw(st.sampled_from(keys)) if kind != "new option" else draw(
+        st.sampled_from(["lr_multiplier", "conv_clamp", "w_avg_beta", "num_fp16_res", "embed_features",
+                         "resample_filter", "kernel_size", "architecture", "activation", "magic"]))
+    if kind == "drop option":
+        section.pop(key, None)
+    else:
+        section[key] = draw(st.sampled_from(INTERESTING_JSON))
+
+
+def _mutate_tensor_entry(header: dict, name: str, kind: str, draw) -> None:
+    """The header's entry of tensor ``name`` (if still there) given another dtype, shape or offsets, dropped,
+    or renamed."""
+    if name not in header:
+        return
+    entry = header[name]
+    if kind == "dtype":
+        entry["dtype"] = draw(st.sampled_from(["F16", "F64", "BF16", "I32", "U8", "BOOL", "F8_E4M3", "Q"]))
+    elif kind == "shape":
+        entry["shape"] = draw(st.sampled_from([[], [0], [1], [2 ** 31], [2 ** 62, 2], list(
+            reversed(entry["shape"])), entry["shape"] + [1]]))
+    elif kind == "offsets":
+        a, b = entry["data_offsets"]
+        entry["data_offsets"] = draw(st.sampled_from([[a, a], [b, a], [0, b - a], [a, b + 4], [a, 2 ** 62]]))
+    elif kind == "drop tensor":
+        del header[name]
+    else:
+        header[draw(st.sampled_from(["extra", name + "\x1b[2J", "synthesis.b4.conv1.weight"]))] = header.pop(name)
 
 
 @pytest.mark.timeout(120)

@@ -14,9 +14,9 @@ from PIL import Image
 
 from conftest import make_small_generator
 from timemachine import age
-from timemachine.env import Environment
 from timemachine.checkpoint import model_fingerprint, save_generator
 from timemachine.cli import main
+from timemachine.env import Environment
 from timemachine.latents import save_latent
 
 

@@ -12,11 +12,10 @@ import json
 import numpy as np
 import pytest
 
+from conftest import REPO_ROOT
 from timemachine import age
 from timemachine.cli import main
 from timemachine.env import Environment
-
-from conftest import REPO_ROOT
 
 RANDOM_RUN = ["--species", "dog", "--confidence", "0.505", "--min-confident", "5", "--batch-size", "16"]
 
@@ -73,7 +72,6 @@ def test_discover_runs_end_to_end_on_the_afhq_architecture(tmp_path, capsys):
 
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
     from bench_generator import build_generator
-
     from timemachine.checkpoint import save_generator
 
     model = tmp_path / "afhq512.safetensors"

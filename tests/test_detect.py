@@ -23,7 +23,6 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 import onnx_standins as standins  # noqa: E402
-
 from timemachine import align, detect  # noqa: E402
 from timemachine.detect import AnimalDetection, Keypoint, OnnxAnimalDetector  # noqa: E402
 from timemachine.errors import WeightsError  # noqa: E402

@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import make_small_generator
 from timemachine import discover
 from timemachine.checkpoint import model_fingerprint
 from timemachine.errors import AgeVectorError
 from timemachine.pipeline import LoadedModel
-
-from conftest import make_small_generator
 
 
 def centre_brightness(images: np.ndarray) -> np.ndarray:

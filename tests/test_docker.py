@@ -132,7 +132,8 @@ def test_every_compose_service_has_a_health_check_that_exists():
         test = services[name]["healthcheck"]["test"][1:]
         assert test[:3] == ["timemachine", "worker", "--check"]
         # the check pings the worker of the same --name
-        assert test[test.index("--name") + 1] == services[name]["command"][services[name]["command"].index("--name") + 1]
+        command = services[name]["command"]
+        assert test[test.index("--name") + 1] == command[command.index("--name") + 1]
         build_parser().parse_args(test[1:])                # a command line the CLI accepts
 
 

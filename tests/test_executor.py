@@ -14,12 +14,24 @@ import numpy as np
 import pytest
 import torch
 
-from timemachine.errors import AgeVectorError, AlreadyExists, REPLACE, TimemachineError
+from timemachine.errors import REPLACE, AgeVectorError, AlreadyExists, TimemachineError
 from timemachine.latents import LatentFile
-from timemachine.pipeline import (BUG_MESSAGE, AgeEdit, AgeVideoRequest, JobSpec, Photo, PreviewStripRequest,
-                                  Progress, ProjectionRequest, QueueFull, RenderRequest, VectorBuildRequest,
-                                  VectorExample, VideoOutputs)
-from timemachine.pipeline import codec
+from timemachine.pipeline import (
+    BUG_MESSAGE,
+    AgeEdit,
+    AgeVideoRequest,
+    JobSpec,
+    Photo,
+    PreviewStripRequest,
+    Progress,
+    ProjectionRequest,
+    QueueFull,
+    RenderRequest,
+    VectorBuildRequest,
+    VectorExample,
+    VideoOutputs,
+    codec,
+)
 from timemachine.pipeline.executor_inprocess import JobQueue
 from timemachine.pipeline.videos import AgeVideoResult
 from timemachine.settings import ProjectorSettings, PTISettings, QueueSettings, RenderSettings, VectorSettings

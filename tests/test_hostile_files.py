@@ -33,11 +33,21 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import REPO_ROOT, make_small_generator
-from official_pickle import (LOAD_FROM_BYTES, Call, EasyDict, Raw, dumps, dumps_snapshot, make_generator,
-                             record_init_args, snapshot_of, storage_bytes, tensor_call)
-from timemachine import fs, images
+from official_pickle import (
+    LOAD_FROM_BYTES,
+    Call,
+    EasyDict,
+    Raw,
+    dumps,
+    dumps_snapshot,
+    make_generator,
+    record_init_args,
+    snapshot_of,
+    storage_bytes,
+    tensor_call,
+)
+from timemachine import fs, images, video
 from timemachine import projector as P
-from timemachine import video
 from timemachine.checkpoint import CheckpointError, load_generator, save_generator
 from timemachine.errors import LatentError, ProjectionError, RenderError, TimemachineError
 from timemachine.latents import load_latent, pti_delta_path, save_latent
@@ -324,8 +334,10 @@ CONFIG_CASES = {
     "resample_filter NaN": (dict(synthesis_kwargs=dict(resample_filter=[1, float("nan")])),
                             r"synthesis resample_filter=<a list> is out of range"),
     "kernel_size even": (dict(synthesis_kwargs=dict(kernel_size=2)), r"synthesis kernel_size=2 is out of range"),
-    "unknown key": (dict(synthesis_kwargs=dict(magic=1)), r"unsupported generator option\(s\): synthesis_kwargs\.magic"),
-    "unknown top key with escapes": (dict(**{"use\x1b]0;x\x07": 1}), r"unsupported generator option\(s\): use\\x1b\]0;x\\x07"),
+    "unknown key": (dict(synthesis_kwargs=dict(magic=1)),
+                    r"unsupported generator option\(s\): synthesis_kwargs\.magic"),
+    "unknown top key with escapes": (dict(**{"use\x1b]0;x\x07": 1}),
+                                     r"unsupported generator option\(s\): use\\x1b\]0;x\\x07"),
     "integer of 5000 digits": (dict(z_dim=10 ** 4000), r"integer|z_dim=<a \d+-bit integer> is out of range"),
     "integer of 30 digits": (dict(z_dim=10 ** 30), r"z_dim=<a 100-bit integer> is out of range"),
     "mapping_kwargs a list": (dict(mapping_kwargs=[1]), r"mapping_kwargs is not a dict"),

@@ -24,8 +24,17 @@ from PIL import Image, ImageCms, features
 
 from timemachine import images
 from timemachine.errors import ImageError
-from timemachine.images import CropBox, from_tensor, load_image, parse_crop, prepare_photo, resize, save_png
-from timemachine.images import square_crop, to_tensor
+from timemachine.images import (
+    CropBox,
+    from_tensor,
+    load_image,
+    parse_crop,
+    prepare_photo,
+    resize,
+    save_png,
+    square_crop,
+    to_tensor,
+)
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 
@@ -105,8 +114,8 @@ def cyan_prints_red_profile() -> bytes:
     """A CMYK printer profile (lut8 A2B0 to Lab) in which cyan ink looks red; a naive conversion gives cyan."""
     clut = b""
     for c in (0, 1):
-        for m in (0, 1):
-            for y in (0, 1):
+        for _m in (0, 1):
+            for _y in (0, 1):
                 for k in (0, 1):
                     # Lab encoded in lut8: L 0..100 -> 0..255, a and b -128..127 -> 0..255.
                     clut += bytes((0, 128, 128) if k else (138, 208, 195) if c else (255, 128, 128))

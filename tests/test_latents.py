@@ -198,24 +198,28 @@ def fuzzed_latent(draw) -> bytes:
                                                  "values": ["nan", "inf", "huge"], "version": [2, 3]}[kind]))
         else:
             target["fortran"] = True
-    entries = []
-    for name, m in members.items():
-        try:
-            dtype = np.dtype(m["descr"])
-            count = int(np.prod(m["shape"])) if all(n >= 0 for n in m["shape"]) else 0
-        except (TypeError, ValueError):
-            dtype, count = np.dtype("u1"), 0
-        if dtype.hasobject or count * dtype.itemsize > 1 << 16:
-            raw = draw(st.binary(max_size=64))
-        elif dtype.kind == "f":
-            raw = _values(m["values"], count, dtype)
-        else:
-            raw = bytes(count * dtype.itemsize)
-        raw = raw if m["cut"] == "exact" else raw[:len(raw) // 2] if m["cut"] == "short" else raw + bytes(8)
-        entries.append((name, npy_member(m["descr"], m["shape"], m.get("fortran", False), raw, m["version"])))
+    entries = [(name, _member_bytes(m, draw)) for name, m in members.items()]
     if meta is not None:
         entries.append(("meta.npy", _meta_member(meta)))
     return zip_archive(entries + extra, draw(st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])))
+
+
+def _member_bytes(m: dict, draw) -> bytes:
+    """The .npy member that the description ``m`` (descr, shape, values, cut, version, fortran) of
+    :func:`fuzzed_latent` asks for; random bytes where the descr or shape would make it large or of objects."""
+    try:
+        dtype = np.dtype(m["descr"])
+        count = int(np.prod(m["shape"])) if all(n >= 0 for n in m["shape"]) else 0
+    except (TypeError, ValueError):
+        dtype, count = np.dtype("u1"), 0
+    if dtype.hasobject or count * dtype.itemsize > 1 << 16:
+        raw = draw(st.binary(max_size=64))
+    elif dtype.kind == "f":
+        raw = _values(m["values"], count, dtype)
+    else:
+        raw = bytes(count * dtype.itemsize)
+    raw = raw if m["cut"] == "exact" else raw[:len(raw) // 2] if m["cut"] == "short" else raw + bytes(8)
+    return npy_member(m["descr"], m["shape"], m.get("fortran", False), raw, m["version"])
 
 
 @settings(max_examples=200, derandomize=True, deadline=None, database=None,

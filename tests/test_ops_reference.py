@@ -8,6 +8,7 @@ Gradients are checked with torch.autograd.gradcheck / gradgradcheck in float64.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -16,12 +17,11 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+import naive_ops as naive  # tests/naive_ops.py
 from stylegan_ops import bias_act as _bias_act
 from stylegan_ops import conv2d_resample as _conv2d_resample
 from stylegan_ops import fma as _fma
 from stylegan_ops import upfirdn2d as _upfirdn2d
-
-import naive_ops as naive  # tests/naive_ops.py
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -178,17 +178,17 @@ def _check_resampling_helper(which: str, x: np.ndarray, f, factor, padding, flip
         (cx0, cx1), (cy0, cy1) = naive.centring_padding_same(fw), naive.centring_padding_same(fh)
         up, down, total_gain = 1, 1, gain
         out_h, out_w = h + py0 + py1, w + px0 + px1
-        call = lambda: _upfirdn2d.filter2d(torch.from_numpy(x), f, **common)
+        call = functools.partial(_upfirdn2d.filter2d, torch.from_numpy(x), f, **common)
     elif which == "upsample2d":
         (cx0, cx1), (cy0, cy1) = naive.centring_padding_up(fw, fx), naive.centring_padding_up(fh, fy)
         up, down, total_gain = factor, 1, gain * fx * fy
         out_h, out_w = h * fy + py0 + py1, w * fx + px0 + px1
-        call = lambda: _upfirdn2d.upsample2d(torch.from_numpy(x), f, up=factor, **common)
+        call = functools.partial(_upfirdn2d.upsample2d, torch.from_numpy(x), f, up=factor, **common)
     else:
         (cx0, cx1), (cy0, cy1) = naive.centring_padding_down(fw, fx), naive.centring_padding_down(fh, fy)
         up, down, total_gain = 1, factor, gain
         out_h, out_w = (h + py0 + py1) // fy, (w + px0 + px1) // fx
-        call = lambda: _upfirdn2d.downsample2d(torch.from_numpy(x), f, down=factor, **common)
+        call = functools.partial(_upfirdn2d.downsample2d, torch.from_numpy(x), f, down=factor, **common)
     padding_with_centring = [px0 + cx0, px1 + cx1, py0 + cy0, py1 + cy1]
     try:
         expected = naive.upfirdn2d_naive(x, taps, up=up, down=down, padding=padding_with_centring, flip_filter=flip,
@@ -268,7 +268,7 @@ def _grad_case_filter(spec):
 def test_upfirdn2d_ref_gradients(case):
     case = dict(case, f=_grad_case_filter(case["f"]))
     x = torch.from_numpy(random_array(6, (1, 2, 4, 3))).requires_grad_(True)
-    op = lambda x: _upfirdn2d.upfirdn2d_ref(x, **case)
+    op = functools.partial(_upfirdn2d.upfirdn2d_ref, **case)
     assert torch.autograd.gradcheck(op, (x,))
     assert torch.autograd.gradgradcheck(op, (x,))
 
@@ -361,7 +361,7 @@ def test_bias_act_ref_gradients(act, clamp):
     x = _away_from_kinks(torch.from_numpy(random_array(8, (2, 3, 2, 2), scale=2.0)), b, act, clamp)
     x.requires_grad_(True)
     b.requires_grad_(True)
-    op = lambda x, b: _bias_act.bias_act_ref(x, b, act=act, clamp=clamp)
+    op = functools.partial(_bias_act.bias_act_ref, act=act, clamp=clamp)
     assert torch.autograd.gradcheck(op, (x, b))
     if _bias_act.activation_funcs[act].has_2nd_grad:
         assert torch.autograd.gradgradcheck(op, (x, b))
@@ -510,7 +510,7 @@ def test_conv2d_resample_gradients(name):
     x = torch.from_numpy(random_array(11, (1, groups, 5, 4))).requires_grad_(True)
     w = torch.from_numpy(random_array(12, (groups, 1, kh, kw))).requires_grad_(True)
     for op in (_conv2d_resample.conv2d_resample, _conv2d_resample.conv2d_resample_ref):
-        assert torch.autograd.gradcheck(lambda x, w: op(x, w, **args), (x, w))
+        assert torch.autograd.gradcheck(functools.partial(op, **args), (x, w))
 
 
 # ------------------------------------------------------------------------------------------------------

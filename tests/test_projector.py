@@ -115,7 +115,8 @@ def test_pivotal_tuning_improves_the_fit_and_stays_local(projection_w, small_G, 
     G_tuned = P.apply_weight_delta(small_G, tuned.pti_delta)
     w_far = small_G.mapping(torch.randn(4, small_G.z_dim, generator=torch.Generator().manual_seed(9)), None)
     with torch.no_grad():
-        change_far = (G_tuned.synthesis(w_far, noise_mode="const") - small_G.synthesis(w_far, noise_mode="const")).abs().mean()
+        change_far = (G_tuned.synthesis(w_far, noise_mode="const")
+                      - small_G.synthesis(w_far, noise_mode="const")).abs().mean()
         change_pivot = (P.reconstruct(small_G, tuned) - P.reconstruct(small_G, pivot)).abs().mean()
     assert change_far < change_pivot
     assert P.apply_weight_delta(small_G, None) is small_G

@@ -30,8 +30,16 @@ from conftest import REPO_ROOT, make_small_generator
 from timemachine import age
 from timemachine.checkpoint import model_fingerprint, save_generator
 from timemachine.env import Environment
-from timemachine.pipeline import (AgeEdit, AgeVideoRequest, InProcessExecutor, JobSpec, Photo, ProjectionRequest,
-                                  QueueFull, VideoOutputs)
+from timemachine.pipeline import (
+    AgeEdit,
+    AgeVideoRequest,
+    InProcessExecutor,
+    JobSpec,
+    Photo,
+    ProjectionRequest,
+    QueueFull,
+    VideoOutputs,
+)
 from timemachine.settings import ProjectorSettings, QueueSettings, RenderSettings
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -102,7 +110,7 @@ def redis_url(home):
         except redis.ConnectionError:
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
-                raise RuntimeError("redis-server did not start")
+                raise RuntimeError("redis-server did not start") from None
             time.sleep(0.05)
     client.close()
     yield f"redis://127.0.0.1:{port}/0"
@@ -242,7 +250,8 @@ def test_a_visitor_may_have_only_so_many_unfinished_jobs(executor, home):
     executor.settings = QueueSettings(per_visitor=1)
     if not executor.remote:
         executor.queue.settings = executor.settings
-    first = executor.submit(job(home, "project", ProjectionRequest(photos=[photo(40)], settings=ENDLESS), owner="greedy"))
+    first = executor.submit(job(home, "project", ProjectionRequest(photos=[photo(40)], settings=ENDLESS),
+                                owner="greedy"))
     try:
         with pytest.raises(QueueFull, match="1 unfinished job"):
             executor.submit(job(home, "project", ProjectionRequest(photos=[photo(41)], settings=FAST), owner="greedy"))
@@ -329,9 +338,9 @@ def test_a_worker_killed_mid_job_gives_it_to_another_and_nothing_half_written_sh
 
 
 def test_cli_runs_through_the_workers_write_what_a_local_run_writes(queue, home, tmp_path, capsys):
-    from timemachine.cli import main
-
     from PIL import Image
+
+    from timemachine.cli import main
 
     photo_file = tmp_path / "dog.png"
     Image.fromarray((np.random.RandomState(80).rand(80, 96, 3) * 255).astype(np.uint8)).save(photo_file)

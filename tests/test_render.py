@@ -23,8 +23,20 @@ from timemachine.errors import RenderError
 from timemachine.images import from_tensor
 from timemachine.latents import LatentFile
 from timemachine.projector import apply_weight_delta
-from timemachine.render import (EASINGS, RenderOutputs, RenderSettings, ease, frame_plan, frames_at, iter_frames,
-                                iter_walk_frames, render_video, total_frames, walk_coefficients, walk_latents)
+from timemachine.render import (
+    EASINGS,
+    RenderOutputs,
+    RenderSettings,
+    ease,
+    frame_plan,
+    frames_at,
+    iter_frames,
+    iter_walk_frames,
+    render_video,
+    total_frames,
+    walk_coefficients,
+    walk_latents,
+)
 
 # ----------------------------------------------------------------------------------------------------------
 # Helpers
@@ -48,7 +60,8 @@ def make_direction(G, seed: int = 2, scale: float = 1.0) -> torch.Tensor:
 def synthesize(G, ws: torch.Tensor, latent: LatentFile) -> np.ndarray:
     """uint8 [R, R, 3] of ws [num_ws, w_dim] with the latent's noise, batch of one (as the pipeline does)."""
     with torch.no_grad():
-        img = G.synthesis(ws.unsqueeze(0), noise_mode="const", noise={k: v[None, None] for k, v in latent.noise.items()})
+        img = G.synthesis(ws.unsqueeze(0), noise_mode="const",
+                          noise={k: v[None, None] for k, v in latent.noise.items()})
     return from_tensor(img)[0]
 
 
@@ -433,8 +446,8 @@ def test_interruption_leaves_no_partial_file(small_G, latent, direction, tmp_pat
 def test_ffmpeg_failing_is_a_render_error(small_G, latent, direction, tmp_path, monkeypatch):
     # An encoder that dies: ffmpeg is given an option it rejects, so it exits non-zero.
     original = video.Mp4Writer._command
-    monkeypatch.setattr(video.Mp4Writer, "_command", lambda self: original(self)[:-1] + ["-no-such-option", "x",
-                                                                                         self.temp_path])
+    monkeypatch.setattr(video.Mp4Writer, "_command",
+                        lambda self, size: original(self, size)[:-1] + ["-no-such-option", "x", self.temp_path])
     with pytest.raises(RenderError, match="ffmpeg"):
         render_video(small_G, latent, direction, RenderOutputs.in_directory(tmp_path, gif=True), quick())
     assert os.listdir(tmp_path) == []

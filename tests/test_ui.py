@@ -26,11 +26,11 @@ from PIL import Image
 
 from conftest import REPO_ROOT
 from timemachine import age
-from timemachine.env import Environment
 from timemachine.checkpoint import model_fingerprint, save_generator
 from timemachine.cli import main
-from timemachine.settings import MAX_MODEL_UPLOAD_MB
+from timemachine.env import Environment
 from timemachine.pipeline import BUG_MESSAGE, STRIP_TIMES
+from timemachine.settings import MAX_MODEL_UPLOAD_MB
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
@@ -315,7 +315,8 @@ def test_a_photo_over_the_size_limit_is_refused(env, monkeypatch):
     at = new_app()
     upload_photo(at, photo_bytes(size=(200, 200), fmt="PNG"), name="huge.png")
     assert not at.exception
-    assert any(e.startswith("huge.png is larger than the limit of 2000 bytes") for e in texts(at.error)), texts(at.error)
+    errors = texts(at.error)
+    assert any(e.startswith("huge.png is larger than the limit of 2000 bytes") for e in errors), errors
 
 
 def test_an_uploaded_model_file_is_loaded_safely(env, small_G):
@@ -342,7 +343,8 @@ def test_an_uploaded_model_file_is_loaded_safely(env, small_G):
         def __reduce__(self):
             return (os.system, ("touch " + str(env["tmp"] / "pwned"),))
 
-    at.sidebar.file_uploader(key="model_upload").set_value(("evil.pkl", pickle.dumps(Evil()), "application/octet-stream"))
+    at.sidebar.file_uploader(key="model_upload").set_value(("evil.pkl", pickle.dumps(Evil()),
+                                                            "application/octet-stream"))
     at.run()
     assert not at.exception
     errors = texts(at.sidebar.error)
@@ -607,7 +609,8 @@ def test_installed_wheel_carries_the_app_and_the_command_finds_it(tmp_path):
         assert f"timemachine/ui/{module}" in names
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
                    check=True, capture_output=True)
-    probe = "from timemachine.cli.ui import app_path, streamlit_command; print(app_path()); print(streamlit_command('h', 1)[4])"
+    probe = ("from timemachine.cli.ui import app_path, streamlit_command; "
+             "print(app_path()); print(streamlit_command('h', 1)[4])")
     env = dict(os.environ, PYTHONPATH=str(site))
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, check=True, capture_output=True,
                          text=True).stdout.splitlines()

@@ -229,22 +229,24 @@ def _clip_to_rectangle(polygon: np.ndarray, width: float, height: float) -> list
     points = [p for p in polygon]
     edges = ((0, 0.0, False), (0, float(width), True), (1, 0.0, False), (1, float(height), True))
     for axis, limit, keep_below in edges:
-        def inside(p: np.ndarray) -> bool:
-            return p[axis] <= limit if keep_below else p[axis] >= limit
-
         clipped = []
         for i, current in enumerate(points):
             previous = points[i - 1]
-            if inside(current):
-                if not inside(previous):
+            if _inside(current, axis, limit, keep_below):
+                if not _inside(previous, axis, limit, keep_below):
                     clipped.append(_cross(previous, current, axis, limit))
                 clipped.append(current)
-            elif inside(previous):
+            elif _inside(previous, axis, limit, keep_below):
                 clipped.append(_cross(previous, current, axis, limit))
         points = clipped
         if not points:
             break
     return points
+
+
+def _inside(p: np.ndarray, axis: int, limit: float, keep_below: bool) -> bool:
+    """Whether point ``p`` lies on the kept side of the line ``p[axis] == limit``."""
+    return bool(p[axis] <= limit) if keep_below else bool(p[axis] >= limit)
 
 
 def _cross(a: np.ndarray, b: np.ndarray, axis: int, limit: float) -> np.ndarray:
@@ -539,6 +541,21 @@ def align_photo(img: np.ndarray, resolution: int, *, method: str = "centre",
     an unknown method, or arguments that do not belong to the method.  ``name`` names the photo in errors.
     """
     _check_image(img)
+    _check_method_arguments(method, eyes=eyes, nose=nose, box=box)
+    if method == "box":
+        if box is None:
+            raise ImageError("the 'box' alignment needs a crop box (X,Y,SIZE)")
+        return _square(img, resolution, box, requested="box", notices=(), name=name)
+    if method == "centre":
+        return _square(img, resolution, None, requested="centre", notices=(), name=name)
+    if method == "eyes":
+        return _align_on_given_eyes(img, resolution, eyes, nose, framing, supersample, name)
+    return _align_auto(img, resolution, detector, detector_missing, framing, supersample, name)
+
+
+def _check_method_arguments(method: str, *, eyes: Optional[tuple[Point, Point]], nose: Optional[Point],
+                            box: Optional[CropBox]) -> None:
+    """``method`` is known, and only its own arguments (eyes and nose for 'eyes', box for 'box') are given."""
     if method not in METHODS:
         raise ImageError(f"unknown alignment {method!r}; use one of: {', '.join(METHODS)}")
     if eyes is not None and method != "eyes":
@@ -547,22 +564,27 @@ def align_photo(img: np.ndarray, resolution: int, *, method: str = "centre",
         raise ImageError(f"a crop box was given, but the alignment is {method!r}")
     if nose is not None and method != "eyes":
         raise ImageError(f"a nose position was given, but the alignment is {method!r}")
+
+
+def _align_on_given_eyes(img: np.ndarray, resolution: int, eyes: Optional[tuple[Point, Point]],
+                         nose: Optional[Point], framing: Framing, supersample: int,
+                         name: Optional[str]) -> AlignedPhoto:
+    """'eyes': align on the two given eye positions (and the nose, if given), each inside the photo."""
     height, width = img.shape[:2]
     where = f" of {name}" if name else ""
-    if method == "box":
-        if box is None:
-            raise ImageError("the 'box' alignment needs a crop box (X,Y,SIZE)")
-        return _square(img, resolution, box, requested="box", notices=(), name=name)
-    if method == "centre":
-        return _square(img, resolution, None, requested="centre", notices=(), name=name)
-    if method == "eyes":
-        if eyes is None or len(eyes) != 2:
-            raise ImageError("the 'eyes' alignment needs the positions of both eyes")
-        for point in (*eyes, *((nose,) if nose is not None else ())):
-            _check_inside(point, width, height, where)
-        return _on_eyes(img, resolution, eyes[0], eyes[1], nose, framing, supersample, requested="eyes",
-                        detection=None, notices=())
-    # auto
+    if eyes is None or len(eyes) != 2:
+        raise ImageError("the 'eyes' alignment needs the positions of both eyes")
+    for point in (*eyes, *((nose,) if nose is not None else ())):
+        _check_inside(point, width, height, where)
+    return _on_eyes(img, resolution, eyes[0], eyes[1], nose, framing, supersample, requested="eyes",
+                    detection=None, notices=())
+
+
+def _align_auto(img: np.ndarray, resolution: int, detector: Optional["Detector"], detector_missing: Optional[str],
+                framing: Framing, supersample: int, name: Optional[str]) -> AlignedPhoto:
+    """'auto': align on the largest usable face ``detector`` finds; the centre square, with a notice saying
+    why, without a detector or without a usable face."""
+    height, width = img.shape[:2]
     if detector is None:
         reason = detector_missing or "no eye detector is available"
         return _square(img, resolution, None, requested="auto", name=name, notices=(

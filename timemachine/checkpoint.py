@@ -85,8 +85,12 @@ def _whole(low: int, high: int) -> tuple[_Check, str]:
 
 
 def _real(low: float, high: float, low_open: bool = False) -> tuple[_Check, str]:
-    check = (lambda v: _is_number(v) and (low < v if low_open else low <= v) and v <= high)
-    return check, f"a finite number {'above' if low_open else 'from'} {low:g} {'and at most' if low_open else 'to'} {high:g}"
+    def check(v: Any) -> bool:
+        return _is_number(v) and (low < v if low_open else low <= v) and v <= high
+
+    if low_open:
+        return check, f"a finite number above {low:g} and at most {high:g}"
+    return check, f"a finite number from {low:g} to {high:g}"
 
 
 def _optional(rule: tuple[_Check, str]) -> tuple[_Check, str]:
@@ -230,8 +234,20 @@ def _collect_tensors(record: PersistentRecord, prefix: str = "",
     if prefix.count(".") >= _MAX_MODULE_DEPTH:
         raise CheckpointError(f"{where}: the network's modules are nested too deeply")
     seen.add(id(record))
-    tensors: dict[str, torch.Tensor] = {}
     state = record.state
+    tensors = _own_tensors(state, prefix, where)
+    for name, child in _str_key_items(state.get("_modules"), f"{where}: _modules"):
+        if child is None:
+            continue
+        if not isinstance(child, PersistentRecord):
+            raise CheckpointError(f"{printable(prefix + name)} is not a network module")
+        tensors.update(_collect_tensors(child, prefix + name + ".", seen))
+    return tensors
+
+
+def _own_tensors(state: dict, prefix: str, where: str) -> dict[str, torch.Tensor]:
+    """A module's own parameters and persistent buffers (not its children's), named ``prefix + name``."""
+    tensors: dict[str, torch.Tensor] = {}
     non_persistent = state.get("_non_persistent_buffers_set", None) or set()
     if not isinstance(non_persistent, (set, frozenset)) or not all(isinstance(n, str) for n in non_persistent):
         raise CheckpointError(f"{where}: malformed _non_persistent_buffers_set")
@@ -244,12 +260,6 @@ def _collect_tensors(record: PersistentRecord, prefix: str = "",
             if value._backward_hooks:
                 raise CheckpointError(f"the file attaches hooks to the tensor {printable(prefix + name)}")
             tensors[prefix + name] = value
-    for name, child in _str_key_items(state.get("_modules"), f"{where}: _modules"):
-        if child is None:
-            continue
-        if not isinstance(child, PersistentRecord):
-            raise CheckpointError(f"{printable(prefix + name)} is not a network module")
-        tensors.update(_collect_tensors(child, prefix + name + ".", seen))
     return tensors
 
 
@@ -404,30 +414,12 @@ def _load_safetensors(path: str) -> Generator:
     shown = printable(path)
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            if metadata.get("format") != SAFETENSORS_FORMAT:
-                raise CheckpointError("the safetensors file is not a timemachine generator (no 'format' header)")
-            if metadata.get("format_version") != SAFETENSORS_VERSION:
-                raise CheckpointError(f"unsupported generator file version {_shown(metadata.get('format_version'))}")
-            if "config" not in metadata:
-                raise CheckpointError("the generator file lacks its configuration (no 'config' header)")
-            try:
-                config = json.loads(metadata["config"], parse_int=_json_integer)
-            except json.JSONDecodeError:
-                raise CheckpointError("the generator file's configuration is not valid JSON") from None
-            except RecursionError:
-                raise CheckpointError("the generator's configuration is nested too deeply") from None
-            G = _meta_generator(config)
+            G = _meta_generator(_config_from_header(f.metadata() or {}))
             expected = G.state_dict()
             names = list(f.keys())
             _check_names(expected, names)
             for name in names:   # from the header alone: nothing is read before every shape is known right
-                piece = f.get_slice(name)
-                _check_shape(name, tuple(piece.get_shape()), expected[name])
-                dtype = _SAFETENSORS_DTYPES.get(piece.get_dtype())
-                if dtype != torch.float32:
-                    raise CheckpointError(f"tensor {name} is {dtype or printable(piece.get_dtype(), 16)}, "
-                                          f"expected {torch.float32}")
+                _check_slice(name, f.get_slice(name), expected[name])
             tensors = {name: f.get_tensor(name) for name in names}
     except CheckpointError:
         raise
@@ -438,6 +430,33 @@ def _load_safetensors(path: str) -> Generator:
     except Exception as exc:  # e.g. a header whose fields have the wrong JSON types
         raise CheckpointError(f"damaged safetensors file: {first_line(exc)}") from None
     return _filled(G, _check_tensors(expected, tensors, dtype=torch.float32))
+
+
+def _config_from_header(metadata: dict[str, str]) -> Any:
+    """The generator's configuration (``G.init_kwargs``, parsed JSON, not yet validated) from a timemachine
+    safetensors header."""
+    if metadata.get("format") != SAFETENSORS_FORMAT:
+        raise CheckpointError("the safetensors file is not a timemachine generator (no 'format' header)")
+    if metadata.get("format_version") != SAFETENSORS_VERSION:
+        raise CheckpointError(f"unsupported generator file version {_shown(metadata.get('format_version'))}")
+    if "config" not in metadata:
+        raise CheckpointError("the generator file lacks its configuration (no 'config' header)")
+    try:
+        return json.loads(metadata["config"], parse_int=_json_integer)
+    except json.JSONDecodeError:
+        raise CheckpointError("the generator file's configuration is not valid JSON") from None
+    except RecursionError:
+        raise CheckpointError("the generator's configuration is nested too deeply") from None
+
+
+def _check_slice(name: str, piece: Any, target: torch.Tensor) -> None:
+    """A tensor of the file, as its header describes it (a safetensors slice), has ``target``'s shape and is
+    float32."""
+    _check_shape(name, tuple(piece.get_shape()), target)
+    dtype = _SAFETENSORS_DTYPES.get(piece.get_dtype())
+    if dtype != torch.float32:
+        raise CheckpointError(f"tensor {name} is {dtype or printable(piece.get_dtype(), 16)}, "
+                              f"expected {torch.float32}")
 
 
 def load_generator(path: PathLike, device: Optional[Union[str, torch.device]] = None,

@@ -183,9 +183,11 @@ def _quiet_open_clip():
         logging.disable(previous)
 
 
-def build_clip(architecture: str = ARCHITECTURE, weights: str = RANDOM) -> torch.nn.Module:
+def build_clip(architecture: str = ARCHITECTURE, weights: str = RANDOM) -> Any:
     """The open_clip model ``architecture`` (eval, no gradients) with ``weights``: 'random' (seeded, warns) or
-    a ``.safetensors`` state dict (checked tensor by tensor)."""
+    a ``.safetensors`` state dict (checked tensor by tensor).  An ``open_clip.CLIP`` or ``CustomTextCLIP``
+    (``encode_image``, ``encode_text``, ``logit_scale``, ``visual.image_size``); typed Any because open_clip
+    ships no type information."""
     try:
         import open_clip
     except ImportError:   # pragma: no cover - a dependency

@@ -206,7 +206,7 @@ def non_maximum_suppression(boxes: np.ndarray, scores: np.ndarray, iou: float) -
     return kept
 
 
-def box_to_centre_scale(box: Sequence[float], input_size: tuple[int, int],
+def box_to_centre_scale(box: Union[Sequence[float], np.ndarray], input_size: tuple[int, int],
                         padding: float = BOX_PADDING) -> tuple[np.ndarray, np.ndarray]:
     """MMPose's GetBBoxCenterScale + TopdownAffine's aspect fix: box [x0, y0, x1, y1] -> (centre [2], scale
     [2] = (width, height) in photo pixels of the region that fills an input of ``input_size`` = (w, h)).
@@ -322,7 +322,8 @@ class OnnxAnimalDetector:
         points = [Keypoint(float(x), float(y), float(s), bool(s >= self.keypoint_threshold and s > 0))
                   for (x, y), s in zip(photo, scores)]
         names = AP10K_KEYPOINTS[:len(points)]
-        return AnimalDetection(box=tuple(float(v) for v in box), score=float(score), label=label,
+        x0, y0, x1, y1 = (float(v) for v in box)
+        return AnimalDetection(box=(x0, y0, x1, y1), score=float(score), label=label,
                                left_eye=points[0], right_eye=points[1], nose=points[2],
                                others={n: p for n, p in zip(names[3:], points[3:])})
 
@@ -350,7 +351,7 @@ class OnnxAnimalDetector:
         if shape is None or len(shape) != 4 or shape[1] != 3 or len(outputs) < 2 or any(o is None for o in outs):
             raise bad
         h, w = shape[2], shape[3]
-        (_, kx, wx), (_, ky, wy) = (o if len(o) == 3 else (0, 0, 0) for o in outs)  # type: ignore[misc]
+        (_, kx, wx), (_, ky, wy) = (o if o is not None and len(o) == 3 else (0, 0, 0) for o in outs)
         if kx != ky or kx < 3 or wx % w or wy % h or wx // w != wy // h or wx == 0:
             raise bad
         return (w, h), float(wx // w), kx

@@ -44,8 +44,17 @@ import numpy as np
 import torch
 
 from timemachine import fs
-from timemachine.age import AgeVector, build_vector, check_notes, check_species, check_vector_name, heldout_accuracy
-from timemachine.age import check_strength, normalize_layers, resolve_layers
+from timemachine.age import (
+    AgeVector,
+    build_vector,
+    check_notes,
+    check_species,
+    check_strength,
+    check_vector_name,
+    heldout_accuracy,
+    normalize_layers,
+    resolve_layers,
+)
 from timemachine.errors import LOWER_BATCH, AgeVectorError, OutOfMemory, printable
 from timemachine.settings import DiscoverySettings
 
@@ -56,10 +65,12 @@ PathLike = Union[str, os.PathLike]
 #: ``labeller(images uint8 [N, H, W, 3]) -> P(young) float [N]`` (NaN = no label).
 Labeller = Callable[[np.ndarray], np.ndarray]
 class Model(Protocol):
-    """What discovery needs of a loaded model (e.g. a ``timemachine.pipeline.LoadedModel``)."""
+    """What discovery needs of a loaded model (e.g. a ``timemachine.pipeline.LoadedModel``): the generator, its
+    fingerprint and the name it was loaded by (recorded in the vector)."""
 
     G: "Generator"
     fingerprint: str
+    spec: str
 
 
 #: ``progress(samples done, samples in all)``, after every chunk (cached chunks included).

@@ -49,7 +49,7 @@ class TimemachineError(Exception):
         return (_rebuild_error, (type(self), str(self), self.remedy))
 
 
-def _rebuild_error(cls: type, message: str, remedy: Optional[str]) -> "TimemachineError":
+def _rebuild_error(cls: type["TimemachineError"], message: str, remedy: Optional[str]) -> "TimemachineError":
     error = cls.__new__(cls)
     TimemachineError.__init__(error, message, remedy=remedy)
     return error

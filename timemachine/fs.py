@@ -271,7 +271,7 @@ class ContentStore:
 
     def entries(self) -> list[Path]:
         """Every entry's directory, most recently used first."""
-        found = []
+        found: list[Path] = []
         try:
             shards = [p for p in self.root.iterdir() if len(p.name) == 2 and p.is_dir()]
         except OSError:

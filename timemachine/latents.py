@@ -128,7 +128,9 @@ def save_latent(path: PathLike, ws: torch.Tensor, noise: Optional[dict[str, torc
         arrays["meta"] = np.array(json.dumps(meta, sort_keys=True))
     with fs.PendingFile(path) as pending:
         with pending.open("wb") as f:
-            np.savez(f, **arrays)
+            # numpy's stub types savez's allow_pickle (bool) beside **kwds, so a dict of arrays could be read as
+            # setting it; these keys are 'w', 'meta' and 'noise/...'.
+            np.savez(f, **arrays)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -277,6 +279,16 @@ def load_latent(path: PathLike, num_ws: Optional[int] = None, w_dim: Optional[in
     """
     path = os.fspath(path)
     shown = printable(path)
+    arrays = _read_file_arrays(path, shown)
+    ws = _latent_w(arrays, shown, num_ws, w_dim)
+    noise = _latent_noise(arrays, shown)
+    meta = _read_meta(arrays["meta"], shown) if "meta" in arrays else {}
+    pti_delta = _load_pti_delta(path, meta.get("pti_delta")) if meta.get("pti_delta") else None
+    return LatentFile(ws=ws, noise=noise, meta=meta, pti_delta=pti_delta)
+
+
+def _read_file_arrays(path: str, shown: str) -> dict[str, np.ndarray]:
+    """The arrays of the .npz file at ``path`` (at most :data:`MAX_LATENT_FILE_BYTES`), by member name."""
     if not os.path.isfile(path):
         raise LatentError(f"no latent file at {shown}")
     if os.path.getsize(path) > MAX_LATENT_FILE_BYTES:
@@ -284,13 +296,20 @@ def load_latent(path: PathLike, num_ws: Optional[int] = None, w_dim: Optional[in
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_LATENT_FILE_BYTES + 1)
-        arrays = _read_arrays(data, shown)
+        return _read_arrays(data, shown)
     except LatentError:
         raise
     except Exception as exc:  # untrusted bytes: numpy/zipfile/zlib raise many kinds for a damaged file
         raise LatentError(f"{shown} is not a readable .npz latent file ({first_line(exc)})") from None
+
+
+def _latent_w(arrays: dict[str, np.ndarray], shown: str, num_ws: Optional[int],
+              w_dim: Optional[int]) -> torch.Tensor:
+    """float32 [num_ws, w_dim]: the 'w' array (official files' [1, num_ws, w_dim] lose the batch axis), of the
+    model's shape when ``num_ws`` and ``w_dim`` are given, finite."""
     if "w" not in arrays:
-        raise LatentError(f"{shown} has no 'w' array (keys: {', '.join(quoted(k, 40) for k in sorted(arrays)[:8]) or 'none'})")
+        keys = ", ".join(quoted(k, 40) for k in sorted(arrays)[:8]) or "none"
+        raise LatentError(f"{shown} has no 'w' array (keys: {keys})")
     w = arrays["w"]
     if w.ndim == 3:
         w = w[0]
@@ -300,6 +319,12 @@ def load_latent(path: PathLike, num_ws: Optional[int] = None, w_dim: Optional[in
     ws = _finite_float32(w)
     if ws is None:
         raise LatentError(f"{shown}: 'w' contains NaN or infinite values (in float32)")
+    return ws
+
+
+def _latent_noise(arrays: dict[str, np.ndarray], shown: str) -> dict[str, torch.Tensor]:
+    """The noise maps (members named :data:`NOISE_PREFIX` + buffer name) as finite float32 tensors, by buffer
+    name."""
     noise = {}
     for key, value in arrays.items():
         if key.startswith(NOISE_PREFIX):
@@ -307,9 +332,7 @@ def load_latent(path: PathLike, num_ws: Optional[int] = None, w_dim: Optional[in
             if tensor is None:
                 raise LatentError(f"{shown}: malformed noise array {quoted(key)} (NaN or infinite values)")
             noise[key[len(NOISE_PREFIX):]] = tensor
-    meta = _read_meta(arrays["meta"], shown) if "meta" in arrays else {}
-    pti_delta = _load_pti_delta(path, meta.get("pti_delta")) if meta.get("pti_delta") else None
-    return LatentFile(ws=ws, noise=noise, meta=meta, pti_delta=pti_delta)
+    return noise
 
 
 def _load_pti_delta(latent_path: str, name: Any) -> dict[str, torch.Tensor]:

@@ -76,8 +76,15 @@ from timemachine.device import prepare_device, resolve_precision
 from timemachine.errors import RenderError
 from timemachine.latents import LatentFile
 from timemachine.networks import Generator
-from timemachine.settings import (EASINGS, MAX_FRAMES, RenderSettings, check_easing, check_int, check_precision,
-                                  total_frames)
+from timemachine.settings import (
+    EASINGS,
+    MAX_FRAMES,
+    RenderSettings,
+    check_easing,
+    check_int,
+    check_precision,
+    total_frames,
+)
 
 PathLike = Union[str, os.PathLike]
 #: progress(frames_done, total_frames), called after each frame has been given to every writer.

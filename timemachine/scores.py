@@ -94,8 +94,8 @@ def delta_e_2000(lab1: np.ndarray, lab2: np.ndarray, kL: float = 1.0, kC: float 
     SC = 1 + 0.045 * Cp_bar
     SH = 1 + 0.015 * Cp_bar * T
     RT = -np.sin(np.radians(2 * d_theta)) * RC
-    l, c, h = dLp / (kL * SL), dCp / (kC * SC), dHp / (kH * SH)
-    return np.sqrt(l ** 2 + c ** 2 + h ** 2 + RT * c * h)
+    dl, dc, dh = dLp / (kL * SL), dCp / (kC * SC), dHp / (kH * SH)
+    return np.sqrt(dl ** 2 + dc ** 2 + dh ** 2 + RT * dc * dh)
 
 
 def central_region(image: np.ndarray, fraction: float) -> np.ndarray:

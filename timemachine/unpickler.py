@@ -44,7 +44,7 @@ import pickle
 import pickletools
 import struct
 import warnings
-from typing import Any, BinaryIO, Optional, Union
+from typing import Any, BinaryIO, Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -146,15 +146,19 @@ class PersistentRecord:
     opcode (which skips ``__init__``) is checked too.
     """
 
-    def __new__(cls, meta: Any = None):
+    class_name: str
+    version: Any
+    state: dict
+
+    def __new__(cls, meta: Any = None) -> "PersistentRecord":
         if not isinstance(meta, dict) or meta.get("type") != "class" or not isinstance(meta.get("state"), dict):
             raise CheckpointError("the file holds a persistent object with malformed metadata")
         if not isinstance(meta.get("class_name"), str):
             raise CheckpointError("the file holds a persistent object without a class name")
         self = super().__new__(cls)
-        self.class_name: str = meta["class_name"]
+        self.class_name = meta["class_name"]
         self.version = meta.get("version")
-        self.state: dict = meta["state"]
+        self.state = meta["state"]
         return self
 
     def __setstate__(self, state: Any) -> None:  # BUILD opcodes must not alter a record
@@ -225,7 +229,26 @@ def _load_storage_from_bytes(data: Any, *, load: Optional[_Load] = None) -> _Sto
     where = "tensor data in the file"
     # persistent IDs: only the storage unpickler takes them
     check_opcodes(f, where, persistent_ids=True, count=5, limits=_LEGACY_LIMITS)
+    reference = _read_legacy_pickles(f, where)
+    header = f.read(8)
+    if len(header) != 8:
+        raise CheckpointError("tensor data in the file is truncated")
+    (numel,) = struct.unpack("<q", header)
+    itemsize = torch.empty((), dtype=reference.dtype).element_size()
+    start = f.tell()
+    available = len(data) - start
+    if numel != reference.numel or numel < 0 or numel * itemsize != available:
+        raise CheckpointError(f"tensor data in the file claims {reference.numel} elements but holds "
+                              f"{available} bytes of {reference.dtype}")
+    if load is not None:
+        load.charge(available, "tensor data")
+    return _StorageRef(_fixed_storage(data, start, available, reference.dtype))
 
+
+def _read_legacy_pickles(f: io.BytesIO, where: str) -> _LegacyStorageReference:
+    """The five pickles before the raw bytes of legacy ``torch.save`` data (magic number, protocol version,
+    system info, the storage, its key list), whose opcodes are already checked; returns the one storage's
+    reference, the stream left at the element count."""
     def plain_pickle() -> Any:
         return RestrictedUnpickler(f, allowed={}, where=where).load()
 
@@ -249,19 +272,7 @@ def _load_storage_from_bytes(data: Any, *, load: Optional[_Load] = None) -> _Sto
     reference = unpickler.reference
     if reference is None or obj is not reference or keys != [reference.key]:
         raise CheckpointError("tensor data in the file does not hold exactly one storage")
-    header = f.read(8)
-    if len(header) != 8:
-        raise CheckpointError("tensor data in the file is truncated")
-    (numel,) = struct.unpack("<q", header)
-    itemsize = torch.empty((), dtype=reference.dtype).element_size()
-    start = f.tell()
-    available = len(data) - start
-    if numel != reference.numel or numel < 0 or numel * itemsize != available:
-        raise CheckpointError(f"tensor data in the file claims {reference.numel} elements but holds "
-                              f"{available} bytes of {reference.dtype}")
-    if load is not None:
-        load.charge(available, "tensor data")
-    return _StorageRef(_fixed_storage(data, start, available, reference.dtype))
+    return reference
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks, metadata=None):
@@ -303,7 +314,8 @@ def _numpy_scalar(dtype, data=None):
 
 def _numpy_dtype(name, align=False, copy=False):
     if not isinstance(name, str) or len(name) > _MAX_DTYPE_NAME:
-        raise CheckpointError(f"the file holds a numpy dtype that is not named by a string (of at most {_MAX_DTYPE_NAME} characters)")
+        raise CheckpointError("the file holds a numpy dtype that is not named by a string "
+                              f"(of at most {_MAX_DTYPE_NAME} characters)")
     try:
         dtype = np.dtype(name, align, copy)
     except (TypeError, ValueError):
@@ -488,63 +500,74 @@ class _Walk:
         real unpickler would stop with an error."""
         if name in _ATOMS:
             self.stack.append(_ATOM)
-        elif name in ("EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET"):
-            self.stack.append(self._node(()))
-        elif name == "MARK":
-            self.marks.append(len(self.stack))
-        elif name == "TUPLE":
-            self.stack.append(self._node(self._pop_mark()))
-        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
-            self.stack.append(self._node(self._pop(int(name[-1]))))
-        elif name in ("APPEND", "SETITEM"):
-            items = self._pop(1 if name == "APPEND" else 2)
-            self._hold(self._top(), items)
-        elif name in ("APPENDS", "SETITEMS", "ADDITEMS"):
-            items = self._pop_mark()
-            self._hold(self._top(), items)
-        elif name in ("REDUCE", "NEWOBJ", "BINPERSID", "STACK_GLOBAL"):
-            parts = self._pop(1 if name == "BINPERSID" else 2)
-            self.stack.append(_ATOM if name == "STACK_GLOBAL" else self._node(parts))
-        elif name == "BUILD":
-            state = self._pop(1)
-            self._hold(self._top(), state)
-        elif name == "POP":
-            if self.marks and self.marks[-1] == len(self.stack):
-                self.marks.pop()
-            else:
-                self._pop(1)
-        elif name == "POP_MARK":
-            self._pop_mark()
-        elif name == "MEMOIZE":
-            self.memo.append(self._top())
-        elif name in ("BINPUT", "LONG_BINPUT"):
-            if arg == len(self.memo):
-                self.memo.append(self._top())
-            else:
-                self.memo[arg] = self._top()
-        elif name in ("BINGET", "LONG_BINGET"):
-            if arg >= len(self.memo):
-                raise _Underflow
-            self.stack.append(self.memo[arg])
-        elif name == "STOP":
+            return
+        apply = _WALK_STEPS.get(name)
+        if apply is not None:   # PROTO, FRAME: nothing on the stack
+            apply(self, name, arg)
+
+    # One method per kind of opcode (the table _WALK_STEPS below says which); each takes the opcode's name and
+    # argument.
+
+    def _empty(self, name: str, arg: Any) -> None:
+        self.stack.append(self._node(()))
+
+    def _mark(self, name: str, arg: Any) -> None:
+        self.marks.append(len(self.stack))
+
+    def _tuple(self, name: str, arg: Any) -> None:
+        self.stack.append(self._node(self._pop_mark()))
+
+    def _short_tuple(self, name: str, arg: Any) -> None:
+        self.stack.append(self._node(self._pop(int(name[-1]))))
+
+    def _add(self, name: str, arg: Any) -> None:
+        items = self._pop(1 if name == "APPEND" else 2)
+        self._hold(self._top(), items)
+
+    def _add_marked(self, name: str, arg: Any) -> None:
+        items = self._pop_mark()
+        self._hold(self._top(), items)
+
+    def _call(self, name: str, arg: Any) -> None:
+        parts = self._pop(1 if name == "BINPERSID" else 2)
+        self.stack.append(_ATOM if name == "STACK_GLOBAL" else self._node(parts))
+
+    def _build(self, name: str, arg: Any) -> None:
+        state = self._pop(1)
+        self._hold(self._top(), state)
+
+    def _pop_one(self, name: str, arg: Any) -> None:
+        if self.marks and self.marks[-1] == len(self.stack):
+            self.marks.pop()
+        else:
             self._pop(1)
-        # PROTO, FRAME: nothing on the stack
+
+    def _pop_to_mark(self, name: str, arg: Any) -> None:
+        self._pop_mark()
+
+    def _memoize(self, name: str, arg: Any) -> None:
+        self.memo.append(self._top())
+
+    def _put(self, name: str, arg: Any) -> None:
+        if arg == len(self.memo):
+            self.memo.append(self._top())
+        else:
+            self.memo[arg] = self._top()
+
+    def _get(self, name: str, arg: Any) -> None:
+        if arg >= len(self.memo):
+            raise _Underflow
+        self.stack.append(self.memo[arg])
+
+    def _stop(self, name: str, arg: Any) -> None:
+        self._pop(1)
 
     def depth(self, limit: int) -> Optional[int]:
         """The most containers nested in one another (the longest chain of "holds"), or None for a structure
         that contains itself.  Stops counting beyond ``limit`` (returns limit + 1).  Iterative: a chain of any
         length costs no recursion."""
+        start, targets = self._edges()
         nodes = self.nodes
-        start = array.array("q", bytes(8 * (nodes + 1)))
-        for parent in self.parents:
-            start[parent + 1] += 1
-        for i in range(nodes):
-            start[i + 1] += start[i]
-        fill = array.array("q", start)
-        targets = array.array("q", bytes(8 * len(self.children)))
-        for parent, child in zip(self.parents, self.children, strict=True):
-            targets[fill[parent]] = child
-            fill[parent] += 1
         depth = array.array("q", bytes(8 * nodes))     # 0: not visited; else 1 + deepest child
         state = bytearray(nodes)                        # 0 new, 1 on the path being explored, 2 done
         deepest = 0
@@ -577,6 +600,36 @@ class _Walk:
                 path.pop()
         return deepest
 
+    def _edges(self) -> tuple[array.array, array.array]:
+        """The "holds" edges in compressed rows: node n's children are ``targets[start[n]:start[n + 1]]``."""
+        nodes = self.nodes
+        start = array.array("q", bytes(8 * (nodes + 1)))
+        for parent in self.parents:
+            start[parent + 1] += 1
+        for i in range(nodes):
+            start[i + 1] += start[i]
+        fill = array.array("q", start)
+        targets = array.array("q", bytes(8 * len(self.children)))
+        for parent, child in zip(self.parents, self.children, strict=True):
+            targets[fill[parent]] = child
+            fill[parent] += 1
+        return start, targets
+
+
+_WALK_STEPS: dict[str, Callable[[_Walk, str, Any], None]] = {
+    "EMPTY_LIST": _Walk._empty, "EMPTY_DICT": _Walk._empty, "EMPTY_SET": _Walk._empty,
+    "MARK": _Walk._mark,
+    "TUPLE": _Walk._tuple, "TUPLE1": _Walk._short_tuple, "TUPLE2": _Walk._short_tuple, "TUPLE3": _Walk._short_tuple,
+    "APPEND": _Walk._add, "SETITEM": _Walk._add,
+    "APPENDS": _Walk._add_marked, "SETITEMS": _Walk._add_marked, "ADDITEMS": _Walk._add_marked,
+    "REDUCE": _Walk._call, "NEWOBJ": _Walk._call, "BINPERSID": _Walk._call, "STACK_GLOBAL": _Walk._call,
+    "BUILD": _Walk._build,
+    "POP": _Walk._pop_one, "POP_MARK": _Walk._pop_to_mark,
+    "MEMOIZE": _Walk._memoize, "BINPUT": _Walk._put, "LONG_BINPUT": _Walk._put,
+    "BINGET": _Walk._get, "LONG_BINGET": _Walk._get,
+    "STOP": _Walk._stop,
+}
+
 
 def _check_one_pickle(view: Any, size: int, where: str, allowed: frozenset, limits: Limits) -> None:
     """The opcode walk of :func:`check_opcodes` for one pickle (pickletools.genops stops at its STOP)."""
@@ -597,16 +650,8 @@ def _check_one_pickle(view: Any, size: int, where: str, allowed: frozenset, limi
                 if calls > limits.max_calls:
                     raise CheckpointError(f"refusing to load: {where} makes more than {limits.max_calls} calls, "
                                           "far more than network pickles")
-            if name == "FRAME" and pos + 9 + arg > size:  # the unpickler reads a frame at once
-                raise CheckpointError(f"{where} is truncated (a frame runs past its end)")
-            if name in ("LONG1", "LONG4") and arg.bit_length() > 8 * limits.max_int_bytes:
-                raise CheckpointError(f"refusing to load: {where} holds an integer of more than "
-                                      f"{limits.max_int_bytes} bytes")
-            # Picklers number memo entries 0, 1, 2...; the C unpickler grows its memo array to twice the
-            # index it is given and zero-fills it, so LONG_BINPUT 1500000000 would take 24 GB.
-            if name in ("BINPUT", "LONG_BINPUT") and arg > len(walk.memo):
-                raise CheckpointError(f"{where} is damaged: memo index {arg} out of sequence "
-                                      f"(expected at most {len(walk.memo)})")
+            assert pos is not None   # genops knows positions in a stream with tell(): mmap, file, BytesIO
+            _check_argument(name, arg, pos, size, len(walk.memo), where, limits)
             walk.step(name, arg)
     except _Underflow:
         raise CheckpointError(f"{where} is damaged: an opcode finds nothing to work on (stack underflow or "
@@ -618,6 +663,21 @@ def _check_one_pickle(view: Any, size: int, where: str, allowed: frozenset, limi
     if depth > limits.max_depth:
         raise CheckpointError(f"refusing to load: {where} nests its data more than {limits.max_depth} levels "
                               "deep, far more than network pickles")
+
+
+def _check_argument(name: str, arg: Any, pos: int, size: int, memo_size: int, where: str, limits: Limits) -> None:
+    """The argument of the opcode ``name`` at byte ``pos`` of a pickle of ``size`` bytes, whose memo holds
+    ``memo_size`` entries so far: a frame within the data, an integer within the limits, the next memo index."""
+    if name == "FRAME" and pos + 9 + arg > size:  # the unpickler reads a frame at once
+        raise CheckpointError(f"{where} is truncated (a frame runs past its end)")
+    if name in ("LONG1", "LONG4") and arg.bit_length() > 8 * limits.max_int_bytes:
+        raise CheckpointError(f"refusing to load: {where} holds an integer of more than "
+                              f"{limits.max_int_bytes} bytes")
+    # Picklers number memo entries 0, 1, 2...; the C unpickler grows its memo array to twice the
+    # index it is given and zero-fills it, so LONG_BINPUT 1500000000 would take 24 GB.
+    if name in ("BINPUT", "LONG_BINPUT") and arg > memo_size:
+        raise CheckpointError(f"{where} is damaged: memo index {arg} out of sequence "
+                              f"(expected at most {memo_size})")
 
 
 def check_opcodes(stream: BinaryIO, where: str = "the file", persistent_ids: bool = False, count: int = 1,

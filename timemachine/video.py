@@ -36,6 +36,7 @@ What each format does with frames:
 
 from __future__ import annotations
 
+import dataclasses
 import fractions
 import functools
 import io
@@ -46,7 +47,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
-from typing import Optional, Sequence, Union
+from typing import IO, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -237,6 +238,17 @@ def _has_libx264(exe: str) -> bool:
     return result.returncode == 0 and re.search(r"^\s*V\S*\s+libx264\s", result.stdout, re.MULTILINE) is not None
 
 
+@dataclasses.dataclass
+class _Ffmpeg:
+    """A running ffmpeg encoder, started at the first frame of an :class:`Mp4Writer`."""
+
+    process: subprocess.Popen
+    stdin: IO[bytes]               # the process's standard input (frames)
+    stderr: IO[bytes]              # a temporary file capturing its messages
+    frame_size: tuple[int, int]    # (height, width) of incoming frames
+    video_size: tuple[int, int]    # (height, width) encoded: even sides
+
+
 class Mp4Writer(FrameWriter):
     """H.264 MP4 (libx264, yuv420p, BT.709), streamed into ffmpeg's standard input.
 
@@ -265,13 +277,10 @@ class Mp4Writer(FrameWriter):
         self.fps = fps
         self.crf = int(crf)
         self.preset = preset
-        self.frame_size: Optional[tuple[int, int]] = None   # (height, width) of incoming frames
-        self.video_size: Optional[tuple[int, int]] = None   # (height, width) encoded: even sides
-        self._process: Optional[subprocess.Popen] = None
-        self._stderr = None
+        self._ffmpeg: Optional[_Ffmpeg] = None
 
-    def _command(self) -> list[str]:
-        height, width = self.video_size
+    def _command(self, video_size: tuple[int, int]) -> list[str]:
+        height, width = video_size
         rate = fractions.Fraction(self.fps).limit_denominator(1001)
         # BT.709 conversion and tags: players assume BT.709 for untagged video at some sizes and BT.601 at
         # others; converting with 709 and saying so gives the same colours in browsers, VLC and QuickTime.
@@ -283,68 +292,69 @@ class Mp4Writer(FrameWriter):
                 "-vf", color, "-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf),
                 "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-f", "mp4", "-y", self.temp_path]
 
-    def _start(self, frame: np.ndarray) -> None:
+    def _start(self, frame: np.ndarray) -> _Ffmpeg:
         height, width = frame.shape[:2]
-        self.frame_size = (height, width)
-        self.video_size = (height + height % 2, width + width % 2)
-        self._stderr = tempfile.TemporaryFile()
+        video_size = (height + height % 2, width + width % 2)
+        stderr = tempfile.TemporaryFile()
         try:
-            self._process = subprocess.Popen(self._command(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                             stderr=self._stderr, start_new_session=(os.name == "posix"))
+            process = subprocess.Popen(self._command(video_size), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                       stderr=stderr, start_new_session=(os.name == "posix"))
         except OSError as exc:
+            stderr.close()
             raise RenderError(f"cannot start ffmpeg ({self.exe}): {exc.strerror or exc}") from exc
+        assert process.stdin is not None   # stdin=PIPE
+        return _Ffmpeg(process, process.stdin, stderr, (height, width), video_size)
 
     def _append(self, frame: np.ndarray) -> None:
-        if self._process is None:
-            self._start(frame)
-        if frame.shape[:2] != self.frame_size:
+        if self._ffmpeg is None:
+            self._ffmpeg = self._start(frame)
+        ffmpeg = self._ffmpeg
+        if frame.shape[:2] != ffmpeg.frame_size:
             raise ValueError(f"frame of size {frame.shape[1]}x{frame.shape[0]} in a video of "
-                             f"{self.frame_size[1]}x{self.frame_size[0]}")
-        if self.video_size != self.frame_size:  # odd side: repeat the last row / column
-            pad_h, pad_w = self.video_size[0] - self.frame_size[0], self.video_size[1] - self.frame_size[1]
+                             f"{ffmpeg.frame_size[1]}x{ffmpeg.frame_size[0]}")
+        if ffmpeg.video_size != ffmpeg.frame_size:  # odd side: repeat the last row / column
+            pad_h, pad_w = ffmpeg.video_size[0] - ffmpeg.frame_size[0], ffmpeg.video_size[1] - ffmpeg.frame_size[1]
             frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
         try:
-            self._process.stdin.write(np.ascontiguousarray(frame).data)
+            ffmpeg.stdin.write(np.ascontiguousarray(frame).data)
         except (BrokenPipeError, OSError):
-            self._process.wait()
+            ffmpeg.process.wait()
             raise RenderError(f"ffmpeg stopped while writing {printable(self.path)}: {self._ffmpeg_message()}") \
                 from None
 
     def _finish(self) -> None:
-        process = self._process
+        ffmpeg = self._ffmpeg
+        assert ffmpeg is not None   # finish() runs after a frame, which started ffmpeg
         try:
-            process.stdin.close()
+            ffmpeg.stdin.close()
         except (BrokenPipeError, OSError):
             pass
-        returncode = process.wait()
+        returncode = ffmpeg.process.wait()
         if returncode != 0:
             raise RenderError(f"ffmpeg failed to write {printable(self.path)} (exit code {returncode}): "
                               f"{self._ffmpeg_message()}")
-        self._close_stderr()
+        ffmpeg.stderr.close()
 
     def _ffmpeg_message(self) -> str:
-        if self._stderr is None:
+        if self._ffmpeg is None or self._ffmpeg.stderr.closed:
             return "no message"
-        self._stderr.seek(0)
-        lines = [line.strip() for line in self._stderr.read().decode("utf-8", "replace").splitlines() if line.strip()]
+        stderr = self._ffmpeg.stderr
+        stderr.seek(0)
+        lines = [line.strip() for line in stderr.read().decode("utf-8", "replace").splitlines() if line.strip()]
         return printable(lines[-1]) if lines else "no message"
 
-    def _close_stderr(self) -> None:
-        if self._stderr is not None:
-            self._stderr.close()
-            self._stderr = None
-
     def _cleanup(self) -> None:
-        process = self._process
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait()
-        if process is not None and process.stdin is not None:
-            try:
-                process.stdin.close()
-            except OSError:
-                pass
-        self._close_stderr()
+        ffmpeg = self._ffmpeg
+        if ffmpeg is None:
+            return
+        if ffmpeg.process.poll() is None:
+            ffmpeg.process.kill()
+            ffmpeg.process.wait()
+        try:
+            ffmpeg.stdin.close()
+        except OSError:
+            pass
+        ffmpeg.stderr.close()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -377,7 +387,7 @@ class GifWriter(FrameWriter):
         self.every = int(every)
         self.size = None if size is None else int(size)
         self.gif_frames = 0            # frames actually stored in the file
-        self._file = None
+        self._file: Optional[IO[bytes]] = None     # the temporary file, from the first frame to finish()
         self._frame_size: Optional[tuple[int, int]] = None
         self._pending: Optional[tuple[np.ndarray, int]] = None    # (shrunk frame, index where it starts)
         self._skipped: Optional[tuple[np.ndarray, int]] = None    # last frame not kept (copy), its index
@@ -421,21 +431,24 @@ class GifWriter(FrameWriter):
         image.save(single, format="GIF", interlace=False)
         table, table_bits, interlaced, image_data = _split_single_frame_gif(single.getvalue())
         height, width = small.shape[:2]
+        out = self._file
+        assert out is not None   # opened at the first frame
         if self.gif_frames == 0:
-            self._file.write(b"GIF89a" + struct.pack("<HHBBB", width, height, 0x80 | table_bits, 0, 0) + table)
+            out.write(b"GIF89a" + struct.pack("<HHBBB", width, height, 0x80 | table_bits, 0, 0) + table)
             # NETSCAPE2.0 application extension: loop count 0 = forever
-            self._file.write(b"\x21\xff\x0bNETSCAPE2.0\x03\x01" + struct.pack("<H", 0) + b"\x00")
+            out.write(b"\x21\xff\x0bNETSCAPE2.0\x03\x01" + struct.pack("<H", 0) + b"\x00")
         disposal = 1  # leave the frame in place (every frame covers the whole image anyway)
-        self._file.write(b"\x21\xf9\x04" + bytes([disposal << 2]) + struct.pack("<H", delay_cs) + b"\x00\x00")
+        out.write(b"\x21\xf9\x04" + bytes([disposal << 2]) + struct.pack("<H", delay_cs) + b"\x00\x00")
         flags = 0x80 | (0x40 if interlaced else 0) | table_bits  # local colour table, interlace, table size
-        self._file.write(b"\x2c" + struct.pack("<HHHHB", 0, 0, width, height, flags) + table)
-        self._file.write(image_data)
+        out.write(b"\x2c" + struct.pack("<HHHHB", 0, 0, width, height, flags) + table)
+        out.write(image_data)
         self.gif_frames += 1
 
     def _finish(self) -> None:
         if self._skipped is not None:  # always end on the last frame given
             self._keep(self._shrink(self._skipped[0]), self._skipped[1])
             self._skipped = None
+        assert self._pending is not None and self._file is not None   # the first frame is always kept
         self._write(self._pending[0], self._pending[1], self.frames_written)
         self._pending = None
         self._file.write(b";")  # GIF trailer
@@ -577,6 +590,7 @@ class PngStillWriter(FrameWriter):
         self._image = np.array(frame, copy=True)
 
     def _finish(self) -> None:
+        assert self._image is not None   # finish() runs after a frame
         with self._open_temp() as f:     # flushed to disk by commit()
             Image.fromarray(self._image).save(f, format="PNG")
 
@@ -605,7 +619,8 @@ class SideBySideWriter:
         for panel in panels:
             _check_frame(panel)
         if labels is not None and len(labels) != len(panels) + 1:
-            raise ValueError(f"{len(panels) + 1} labels needed (one per panel and one for the frame), got {len(labels)}")
+            raise ValueError(f"{len(panels) + 1} labels needed (one per panel and one for the frame), "
+                             f"got {len(labels)}")
         sizes = {panel.shape[:2] for panel in panels}
         if len(sizes) > 1:
             raise ValueError("all side-by-side panels must have the same size")
@@ -620,7 +635,7 @@ class SideBySideWriter:
     def frames_written(self) -> int:
         return self.target.frames_written
 
-    def _build_canvas(self, height: int, width: int) -> None:
+    def _build_canvas(self, height: int, width: int) -> np.ndarray:
         if self.panels and self.panels[0].shape[:2] != (height, width):
             raise ValueError(f"side-by-side panels are {self.panels[0].shape[1]}x{self.panels[0].shape[0]}, "
                              f"frames {width}x{height}")
@@ -632,18 +647,18 @@ class SideBySideWriter:
         if self.labels:
             canvas[:self._band] = draw_captions(self.labels, width, self._band)
         self._canvas = canvas
+        return canvas
 
     def compose(self, frame: np.ndarray) -> np.ndarray:
         """The composite of ``frame``: uint8 [band + H, (panels + 1) * W, 3].  The returned array is reused
         by the next call: copy it to keep it."""
         _check_frame(frame)
         height, width = frame.shape[:2]
-        if self._canvas is None:
-            self._build_canvas(height, width)
-        if self._canvas.shape[0] - self._band != height or self._canvas.shape[1] != (len(self.panels) + 1) * width:
+        canvas = self._canvas if self._canvas is not None else self._build_canvas(height, width)
+        if canvas.shape[0] - self._band != height or canvas.shape[1] != (len(self.panels) + 1) * width:
             raise ValueError("all frames must have the same size")
-        self._canvas[self._band:, len(self.panels) * width:] = frame
-        return self._canvas
+        canvas[self._band:, len(self.panels) * width:] = frame
+        return canvas
 
     def append(self, frame: np.ndarray) -> None:
         self.target.append(self.compose(frame))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Optional
 
 import streamlit as st
 
@@ -121,16 +121,32 @@ def tune_section(model: pipeline.LoadedModel) -> None:
     finished = ui.collect_finished(TUNE)
     if finished is not None and finished.status == "done":
         st.session_state["tune_strip"] = finished.result
-    entries = ui.vector_library().entries(builtins=True)
-    for entry in entries:
-        if entry.vector is None:
-            st.warning(f"`{entry.name}` cannot be read: {entry.problem}")
-    usable = {e.name: e.vector for e in entries if e.vector is not None}
+    usable = _readable_vectors()
     if not usable:
         st.info("No age vectors yet: build one above.")
         return
     name = st.selectbox("Age vector", list(usable), key="tune_name")
     vector = usable[name]
+    _describe_vector(vector, model)
+    _tune_form(name, vector, model)
+    ui.show_job_outcome(TUNE)
+    ui.job_panel(TUNE, lambda extras: None)
+    strip = st.session_state.get("tune_strip")
+    if strip and ui.active_job(TUNE) is None:
+        st.image([frame for _, frame in strip], caption=[f"strength {s:g}" for s, _ in strip], width=128)
+
+
+def _readable_vectors() -> dict[str, pipeline.AgeVector]:
+    """The library's and the built-in vectors that can be read, by name; a warning for each that cannot."""
+    entries = ui.vector_library().entries(builtins=True)
+    for entry in entries:
+        if entry.vector is None:
+            st.warning(f"`{entry.name}` cannot be read: {entry.problem}")
+    return {e.name: e.vector for e in entries if e.vector is not None}
+
+
+def _describe_vector(vector: pipeline.AgeVector, model: pipeline.LoadedModel) -> None:
+    """How ``vector`` was built, whether for the sidebar's model, and the examples it was built from."""
     ours = vector.model_fingerprint == model.fingerprint
     built_for = f"`{vector.model_name}` (`{vector.model_fingerprint}`)" if vector.model_name else \
         f"`{vector.model_fingerprint}`"
@@ -142,17 +158,23 @@ def tune_section(model: pipeline.LoadedModel) -> None:
     if sources:
         with st.expander("Examples it was built from"):
             st.dataframe(sources, hide_index=True)
+
+
+def _tune_form(name: str, vector: pipeline.AgeVector, model: pipeline.LoadedModel) -> None:
+    """The form of ``vector``'s defaults: save them to the library, or preview them on the video page's photo."""
     with st.form(f"tune_{name}"):
         left, right = st.columns(2)
         strength = left.number_input("Default strength", -pipeline.MAX_STRENGTH, pipeline.MAX_STRENGTH,
                                      float(vector.default_strength), step=0.05, key=f"tune_strength_{name}")
         layers = right.text_input("Default layers", vector.default_layers, key=f"tune_layers_{name}",
-                                  help=f"all, coarse, middle, fine or index ranges such as 0-7 ({_groups_text(model)}).")
+                                  help="all, coarse, middle, fine or index ranges such as 0-7 "
+                                       f"({_groups_text(model)}).")
         species = left.text_input("Species", vector.species, key=f"tune_species_{name}")
         notes = right.text_area("Notes", vector.notes, key=f"tune_notes_{name}")
         save = st.form_submit_button("Save the defaults", type="primary")
         latent = _latent_for_preview(model)
-        preview = st.form_submit_button("Preview on my photo", disabled=latent is None or ui.any_active_job() is not None,
+        preview = st.form_submit_button("Preview on my photo",
+                                        disabled=latent is None or ui.any_active_job() is not None,
                                         help="End frames of the walk at 0, half, full and 1.5x this strength, on the "
                                              "photo projected on the video page (make a preview or video there first).")
     if save:
@@ -162,22 +184,23 @@ def tune_section(model: pipeline.LoadedModel) -> None:
                                        species=species.strip(), notes=notes)
             st.success(f"Saved the defaults of {name!r}.")
     if preview and latent is not None:
-        submitted = False
-        with ui.shown_errors("starting the preview"):
-            pipeline.resolve_layers(layers, vector.num_ws)
-            s = float(strength)
-            edit = pipeline.AgeEdit(vector=name, layers=layers.strip() or "all")
-            pipe = ui.pipeline_for(model, with_perceptual=False)
-            request = pipeline.PreviewStripRequest(latent=latent, edit=edit, strengths=[0.0, s / 2, s, 1.5 * s])
-            ui.submit(TUNE, "preview_strip", request, model, pipe, label="tune preview", stages=ui_work.STRIP_STAGES)
-            submitted = True
-        if submitted:
-            st.rerun()
-    ui.show_job_outcome(TUNE)
-    ui.job_panel(TUNE, lambda extras: None)
-    strip = st.session_state.get("tune_strip")
-    if strip and ui.active_job(TUNE) is None:
-        st.image([frame for _, frame in strip], caption=[f"strength {s:g}" for s, _ in strip], width=128)
+        _start_preview(name, vector, model, latent, float(strength), layers)
+
+
+def _start_preview(name: str, vector: pipeline.AgeVector, model: pipeline.LoadedModel, latent: Any,
+                   strength: float, layers: str) -> None:
+    """Submit the tune preview: the walk's end frames at 0, half, full and 1.5x ``strength``."""
+    submitted = False
+    with ui.shown_errors("starting the preview"):
+        pipeline.resolve_layers(layers, vector.num_ws)
+        edit = pipeline.AgeEdit(vector=name, layers=layers.strip() or "all")
+        pipe = ui.pipeline_for(model, with_perceptual=False)
+        request = pipeline.PreviewStripRequest(latent=latent, edit=edit,
+                                               strengths=[0.0, strength / 2, strength, 1.5 * strength])
+        ui.submit(TUNE, "preview_strip", request, model, pipe, label="tune preview", stages=ui_work.STRIP_STAGES)
+        submitted = True
+    if submitted:
+        st.rerun()
 
 
 def _latent_for_preview(model: pipeline.LoadedModel):

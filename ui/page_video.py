@@ -142,7 +142,8 @@ def show_scores(info: dict[str, Any]) -> None:
     if age.get("p_young_first") == "unavailable":
         cols[0].metric("Looks young (CLIP)", "unavailable", help=age.get("reason"))
     else:
-        cols[0].metric("Looks young (CLIP)", f"{age['p_young_last']:.0%}", f"{age['p_young_last'] - age['p_young_first']:+.0%}",
+        cols[0].metric("Looks young (CLIP)", f"{age['p_young_last']:.0%}",
+                       f"{age['p_young_last'] - age['p_young_first']:+.0%}",
                        help="CLIP's probability that the last frame shows a young animal, and its change from the "
                             "first frame.")
     likeness = scores.get("likeness", {})

@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import streamlit as st
-import ui_work
+from streamlit.delta_generator import DeltaGenerator
 
+import ui_work
 from timemachine import errors, pipeline
 from timemachine.env import ENV_UI_SERVER_MODELS, Environment
 from timemachine.errors import TimemachineError
@@ -57,7 +58,7 @@ class _StderrHandler(logging.StreamHandler):
         super().__init__()
 
     @property
-    def stream(self):  # type: ignore[override]
+    def stream(self):
         return sys.stderr
 
     @stream.setter
@@ -338,7 +339,7 @@ class _DownloadBar:
 
     def __init__(self, what: str):
         self.what = what
-        self.bar = None
+        self.bar: Optional[DeltaGenerator] = None
 
     def __call__(self, done: int, total: Optional[int]) -> None:
         text = f"Downloading {self.what}: {pipeline.human_bytes(done)}" + (f" of {pipeline.human_bytes(total)}"
@@ -502,8 +503,10 @@ def load_model(choice: ModelChoice) -> pipeline.LoadedModel:
         uploaded = st.session_state.get("model_upload")
         if uploaded is None:
             raise TimemachineError("the uploaded model file is gone; upload it again")
+        assert choice.upload_name is not None   # model_choice() sets the upload's name and digest together
         return _model_by_upload(choice.upload_digest, choice.upload_name, env, _env_key(env), uploaded.getvalue())
     spec = choice.spec
+    assert spec is not None   # a choice that is not an upload names a spec
     path = Path(spec).expanduser()
     file_state = (path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else None
     bar = _DownloadBar(spec)

@@ -90,7 +90,8 @@ def _marked(photo: dict[str, Any], record: Optional[dict[str, Any]], points: Opt
         corners = [tuple(float(v) * scale for v in corner) for corner in record["crop"]["corners"]]
         draw.polygon(corners, outline=(255, 196, 0), width=line)
         if record.get("eyes"):
-            points = [record["eyes"]["left"], record["eyes"]["right"]] + ([record["nose"]] if record.get("nose") else [])
+            nose = [record["nose"]] if record.get("nose") else []
+            points = [record["eyes"]["left"], record["eyes"]["right"]] + nose
     for (x, y), colour in zip(points or [], MARK_COLOURS):
         r = 3 * line
         draw.ellipse([x * scale - r, y * scale - r, x * scale + r, y * scale + r], outline=colour, width=line)
@@ -130,9 +131,10 @@ def _eyes(photo: dict[str, Any], key: str) -> pipeline.AlignmentRequest:
         st.session_state.setdefault(f"nose_y_{key}", float(round(0.6 * height)))
         a.number_input("Nose x", 0.0, float(width), key=f"nose_x_{key}", step=1.0, format="%.0f")
         b.number_input("Nose y", 0.0, float(height), key=f"nose_y_{key}", step=1.0, format="%.0f")
-    eyes = tuple((st.session_state[names[i]], st.session_state[names[i + 1]]) for i in (0, 2))
+    left = (st.session_state[names[0]], st.session_state[names[1]])
+    right = (st.session_state[names[2]], st.session_state[names[3]])
     nose = (st.session_state[f"nose_x_{key}"], st.session_state[f"nose_y_{key}"]) if use_nose else None
-    return pipeline.AlignmentRequest("eyes", eyes=eyes, nose=nose, explicit=True)
+    return pipeline.AlignmentRequest("eyes", eyes=(left, right), nose=nose, explicit=True)
 
 
 def _take_click(click: Optional[dict], photo: dict[str, Any], key: str, names: list[str], use_nose: bool) -> None:

@@ -182,7 +182,8 @@ def discover_panel(model: pipeline.LoadedModel) -> None:
         a, b = st.columns(2)
         samples = a.number_input("Samples", 20, 20_000, defaults.samples, step=100, key="discover_samples",
                                  help="Animals rendered and labelled; more give a steadier direction and take longer.")
-        confidence = b.number_input("Confidence", 0.501, 0.99, defaults.confidence, step=0.05, key="discover_confidence",
+        confidence = b.number_input("Confidence", 0.501, 0.99, defaults.confidence, step=0.05,
+                                    key="discover_confidence",
                                     help="How sure CLIP must be that an animal is young (or adult) for it to count.")
     settings = DiscoverySettings(samples=int(samples), confidence=float(confidence))
     busy = ui.any_active_job() is not None

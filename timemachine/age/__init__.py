@@ -13,17 +13,58 @@ is the pipeline's job (:mod:`timemachine.vector_builds`), discovering one from a
 :mod:`timemachine.discover`'s.  The names below are re-exported for convenience.
 """
 
-from timemachine.age.build import (BUILD_METHODS, CLASSIFIER_C, build_vector, check_counts, compute_direction,
-                                   heldout_accuracy)
-from timemachine.age.layers import (LAYER_GROUPS, describe_layer_groups, format_indices, layer_groups, layer_mask,
-                                    layer_resolution, normalize_layers, resolve_layers)
-from timemachine.age.store import (BUILTIN_DEFAULTS, FILE_FORMAT, FILE_FORMAT_VERSION, MAX_FILE_BYTES, TENSOR_NAME,
-                                   LibraryEntry, VectorLibrary, binding_keys, builtin_names, load_builtin,
-                                   load_vector_file, save_vector_file, vector_to_bytes)
-from timemachine.age.vector import (FILE_SUFFIX, MAX_DETAILS_BYTES, MAX_DETAILS_DEPTH, MAX_DIRECTION_ABS, MAX_NUM_WS,
-                                    MAX_SHORT_TEXT, MAX_TEXT, MAX_W_DIM, METHODS, AgeVector, check_binding,
-                                    check_details, check_direction, check_notes, check_species, check_strength,
-                                    check_vector_name)
+from timemachine.age.build import (
+    BUILD_METHODS,
+    CLASSIFIER_C,
+    build_vector,
+    check_counts,
+    compute_direction,
+    heldout_accuracy,
+)
+from timemachine.age.layers import (
+    LAYER_GROUPS,
+    describe_layer_groups,
+    format_indices,
+    layer_groups,
+    layer_mask,
+    layer_resolution,
+    normalize_layers,
+    resolve_layers,
+)
+from timemachine.age.store import (
+    BUILTIN_DEFAULTS,
+    FILE_FORMAT,
+    FILE_FORMAT_VERSION,
+    MAX_FILE_BYTES,
+    TENSOR_NAME,
+    LibraryEntry,
+    VectorLibrary,
+    binding_keys,
+    builtin_names,
+    load_builtin,
+    load_vector_file,
+    save_vector_file,
+    vector_to_bytes,
+)
+from timemachine.age.vector import (
+    FILE_SUFFIX,
+    MAX_DETAILS_BYTES,
+    MAX_DETAILS_DEPTH,
+    MAX_DIRECTION_ABS,
+    MAX_NUM_WS,
+    MAX_SHORT_TEXT,
+    MAX_TEXT,
+    MAX_W_DIM,
+    METHODS,
+    AgeVector,
+    check_binding,
+    check_details,
+    check_direction,
+    check_notes,
+    check_species,
+    check_strength,
+    check_vector_name,
+)
 from timemachine.errors import AgeVectorError
 from timemachine.settings import MAX_STRENGTH
 

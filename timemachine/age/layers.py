@@ -91,32 +91,39 @@ def normalize_layers(spec: LayerSpec) -> str:
     if spec is None:
         return "all"
     if not isinstance(spec, str):
-        try:
-            indices = [int(i) for i in spec]
-        except (TypeError, ValueError):
-            raise AgeVectorError("a layer selection is text or a list of row indices") from None
-        if not indices or any(not 0 <= i <= MAX_INDEX for i in indices):
-            raise AgeVectorError(f"a layer selection needs at least one index, each from 0 to {MAX_INDEX}")
-        return format_indices(indices)
+        return _normalize_index_list(spec)
     if len(spec) > MAX_SELECTION_TEXT:
         raise AgeVectorError(f"a layer selection is at most {MAX_SELECTION_TEXT} characters")
     items = [item.strip().lower() for item in spec.split(",")]
     if items == [""] or items == ["all"]:
         return "all"
-    out = []
-    for item in items:
-        if item in LAYER_GROUPS:
-            out.append(item)
-            continue
-        match = _RANGE_RE.fullmatch(item)
-        if not match:
-            raise AgeVectorError(f"invalid layer selection {quoted(spec)}: use 'all', group names (coarse, middle, "
-                                 "fine) and indices or ranges such as 0-3,8")
-        lo, hi = int(match.group(1)), int(match.group(2) or match.group(1))
-        if hi < lo:
-            raise AgeVectorError(f"invalid layer range {quoted(item)} in {quoted(spec)}: the end is before the start")
-        out.append(f"{lo}-{hi}" if hi != lo else str(lo))
-    return ",".join(out)
+    return ",".join(_normalize_item(item, spec) for item in items)
+
+
+def _normalize_index_list(spec: Sequence[int]) -> str:
+    """The canonical text of a selection given as row indices (each from 0 to :data:`MAX_INDEX`, at least one)."""
+    try:
+        indices = [int(i) for i in spec]
+    except (TypeError, ValueError):
+        raise AgeVectorError("a layer selection is text or a list of row indices") from None
+    if not indices or any(not 0 <= i <= MAX_INDEX for i in indices):
+        raise AgeVectorError(f"a layer selection needs at least one index, each from 0 to {MAX_INDEX}")
+    return format_indices(indices)
+
+
+def _normalize_item(item: str, spec: str) -> str:
+    """One lower-cased, stripped item of the text selection ``spec``: a group name, or an index / range as
+    'lo' or 'lo-hi' (hi > lo)."""
+    if item in LAYER_GROUPS:
+        return item
+    match = _RANGE_RE.fullmatch(item)
+    if not match:
+        raise AgeVectorError(f"invalid layer selection {quoted(spec)}: use 'all', group names (coarse, middle, "
+                             "fine) and indices or ranges such as 0-3,8")
+    lo, hi = int(match.group(1)), int(match.group(2) or match.group(1))
+    if hi < lo:
+        raise AgeVectorError(f"invalid layer range {quoted(item)} in {quoted(spec)}: the end is before the start")
+    return f"{lo}-{hi}" if hi != lo else str(lo)
 
 
 def resolve_layers(spec: LayerSpec, num_ws: int) -> list[int]:

@@ -35,10 +35,21 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
+import torch
+
 from timemachine import fs
 from timemachine.age.layers import normalize_layers
-from timemachine.age.vector import (FILE_SUFFIX, NAME_RE, AgeVector, check_notes, check_species, check_strength,
-                                    check_vector_name, MAX_NUM_WS, MAX_W_DIM)
+from timemachine.age.vector import (
+    FILE_SUFFIX,
+    MAX_NUM_WS,
+    MAX_W_DIM,
+    NAME_RE,
+    AgeVector,
+    check_notes,
+    check_species,
+    check_strength,
+    check_vector_name,
+)
 from timemachine.env import Paths
 from timemachine.errors import AgeVectorError, AlreadyExists, first_line, printable, quoted
 
@@ -133,10 +144,15 @@ def load_vector_file(path: PathLike) -> AgeVector:
         out-of-range values, bad or missing metadata, unsupported version (one sentence; text from the file
         escaped).
     """
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     where = printable(path)
+    _check_file_size(path, where)
+    header, direction, shape = _read_direction(path, where)
+    return _vector_from_header(header, direction, shape, where)
+
+
+def _check_file_size(path: Path, where: str) -> None:
+    """``path`` is a file of at most :data:`MAX_FILE_BYTES`."""
     try:
         if not path.is_file():
             raise AgeVectorError(f"no age vector file at {where}")
@@ -144,30 +160,53 @@ def load_vector_file(path: PathLike) -> AgeVector:
             raise AgeVectorError(f"{where} is too large to be an age vector file")
     except OSError as exc:
         raise AgeVectorError(f"cannot read {where}: {exc.strerror or first_line(exc)}") from None
+
+
+def _read_direction(path: Path, where: str) -> tuple[dict[str, str], torch.Tensor, list[int]]:
+    """The header's metadata, the direction and its shape [num_ws, w_dim] from the safetensors file at ``path``.
+    The format tag, version, tensor name, dtype and shape are checked before the tensor's data is read."""
+    from safetensors import SafetensorError, safe_open
+
     try:
         with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
             header = f.metadata() or {}
-            keys = list(f.keys())
-            if header.get("format") != FILE_FORMAT:
-                raise AgeVectorError(f"{where} is a safetensors file but not a timemachine age vector")
-            if header.get("format_version") != FILE_FORMAT_VERSION:
-                raise AgeVectorError(f"{where}: unsupported age vector format version "
-                                     f"{quoted(header.get('format_version'), 20)} (this timemachine reads "
-                                     f"{FILE_FORMAT_VERSION})")
-            if keys != [TENSOR_NAME]:
-                raise AgeVectorError(f"{where} must hold exactly one tensor {TENSOR_NAME!r}, found "
-                                     f"{printable(', '.join(sorted(keys)), 80) or 'none'}")
+            _check_header(header, list(f.keys()), where)
             tensor_slice = f.get_slice(TENSOR_NAME)
             dtype, shape = tensor_slice.get_dtype(), list(tensor_slice.get_shape())
-            if dtype != "F32":
-                raise AgeVectorError(f"{where}: the direction must be float32, not {printable(dtype, 20)}")
-            if len(shape) != 2 or not (1 <= shape[0] <= MAX_NUM_WS and 1 <= shape[1] <= MAX_W_DIM):
-                raise AgeVectorError(f"{where}: the direction must be [num_ws, w_dim], got {printable(shape, 60)}")
+            _check_layout(dtype, shape, where)
             direction = f.get_tensor(TENSOR_NAME)
     except AgeVectorError:
         raise
     except (SafetensorError, OSError, ValueError, RuntimeError, TypeError, OverflowError) as exc:
         raise AgeVectorError(f"{where} is not a readable age vector file ({first_line(exc)})") from None
+    return header, direction, shape
+
+
+def _check_header(header: dict[str, str], keys: list[str], where: str) -> None:
+    """The file is an age vector of the version this timemachine reads, holding the one tensor
+    :data:`TENSOR_NAME`."""
+    if header.get("format") != FILE_FORMAT:
+        raise AgeVectorError(f"{where} is a safetensors file but not a timemachine age vector")
+    if header.get("format_version") != FILE_FORMAT_VERSION:
+        raise AgeVectorError(f"{where}: unsupported age vector format version "
+                             f"{quoted(header.get('format_version'), 20)} (this timemachine reads "
+                             f"{FILE_FORMAT_VERSION})")
+    if keys != [TENSOR_NAME]:
+        raise AgeVectorError(f"{where} must hold exactly one tensor {TENSOR_NAME!r}, found "
+                             f"{printable(', '.join(sorted(keys)), 80) or 'none'}")
+
+
+def _check_layout(dtype: str, shape: list[int], where: str) -> None:
+    """The direction is float32 [num_ws, w_dim] within :data:`MAX_NUM_WS` x :data:`MAX_W_DIM`."""
+    if dtype != "F32":
+        raise AgeVectorError(f"{where}: the direction must be float32, not {printable(dtype, 20)}")
+    if len(shape) != 2 or not (1 <= shape[0] <= MAX_NUM_WS and 1 <= shape[1] <= MAX_W_DIM):
+        raise AgeVectorError(f"{where}: the direction must be [num_ws, w_dim], got {printable(shape, 60)}")
+
+
+def _vector_from_header(header: dict[str, str], direction: torch.Tensor, shape: list[int], where: str) -> AgeVector:
+    """The AgeVector that the header's ``vector`` metadata describes, around ``direction`` (validated by
+    :class:`AgeVector`; its errors are prefixed with ``where``)."""
     meta = _parse_metadata(header.get("vector"), where)
     if [meta["num_ws"], meta["w_dim"]] != shape:
         raise AgeVectorError(f"{where}: the metadata says [{printable(meta['num_ws'], 20)}, "
@@ -325,11 +364,13 @@ class VectorLibrary:
             taken = {entry.name for entry in entries}
             root = _builtin_root()
             for name in builtin_names():
+                builtin: Optional[AgeVector] = None
+                problem: Optional[str] = None
                 try:
-                    vector, problem = load_builtin(name), None
+                    builtin = load_builtin(name)
                 except AgeVectorError as exc:
-                    vector, problem = None, str(exc)
-                entries.append(LibraryEntry(name, Path(str(root.joinpath(name + FILE_SUFFIX))), vector, problem,
+                    problem = str(exc)
+                entries.append(LibraryEntry(name, Path(str(root.joinpath(name + FILE_SUFFIX))), builtin, problem,
                                             builtin=True, shadowed=name in taken))
             entries.sort(key=lambda e: (e.name, e.builtin))
         return entries

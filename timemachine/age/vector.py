@@ -25,7 +25,7 @@ import datetime
 import json
 import math
 import re
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -370,36 +370,7 @@ def check_details(details: Any) -> dict[str, Any]:
     most :data:`MAX_DETAILS_BYTES`.  Checked without recursion, so any depth is refused cleanly."""
     if not isinstance(details, dict):
         raise AgeVectorError("age vector details must be a JSON object")
-    stack: list[tuple[Any, int]] = [(details, 1)]
-    seen = 0
-    while stack:
-        value, depth = stack.pop()
-        seen += 1
-        if seen > MAX_DETAILS_ITEMS:
-            raise AgeVectorError(f"age vector details hold too many values (more than {MAX_DETAILS_ITEMS})")
-        if isinstance(value, dict):
-            if depth > MAX_DETAILS_DEPTH:
-                raise AgeVectorError(f"age vector details are nested too deeply (more than {MAX_DETAILS_DEPTH} "
-                                     "levels)")
-            for key, item in value.items():
-                if not isinstance(key, str):
-                    raise AgeVectorError("age vector details must be plain JSON (keys are text)")
-                stack.append((item, depth + 1))
-        elif isinstance(value, list):
-            if depth > MAX_DETAILS_DEPTH:
-                raise AgeVectorError(f"age vector details are nested too deeply (more than {MAX_DETAILS_DEPTH} "
-                                     "levels)")
-            stack.extend((item, depth + 1) for item in value)
-        elif isinstance(value, bool) or value is None or isinstance(value, str):
-            continue
-        elif isinstance(value, int):
-            if abs(value) > MAX_DETAILS_INT:
-                raise AgeVectorError("age vector details hold an integer out of range (at most 2**53)")
-        elif isinstance(value, float):
-            if not math.isfinite(value):
-                raise AgeVectorError("age vector details must be plain JSON (no NaN or infinity)")
-        else:
-            raise AgeVectorError("age vector details must be plain JSON (no objects)")
+    _check_details_values(details)
     try:
         size = len(json.dumps(details, allow_nan=False))
     except (TypeError, ValueError):
@@ -407,3 +378,44 @@ def check_details(details: Any) -> dict[str, Any]:
     if size > MAX_DETAILS_BYTES:
         raise AgeVectorError(f"age vector details are too large ({size} bytes)")
     return details
+
+
+def _check_details_values(details: dict[str, Any]) -> None:
+    """Walk every value of ``details`` with an explicit stack: at most :data:`MAX_DETAILS_ITEMS` values,
+    containers at most :data:`MAX_DETAILS_DEPTH` deep, leaves checked by :func:`_check_details_leaf`."""
+    stack: list[tuple[Any, int]] = [(details, 1)]
+    seen = 0
+    while stack:
+        value, depth = stack.pop()
+        seen += 1
+        if seen > MAX_DETAILS_ITEMS:
+            raise AgeVectorError(f"age vector details hold too many values (more than {MAX_DETAILS_ITEMS})")
+        if isinstance(value, (dict, list)):
+            stack.extend((item, depth + 1) for item in _details_children(value, depth))
+        else:
+            _check_details_leaf(value)
+
+
+def _details_children(value: Union[dict, list], depth: int) -> Iterable[Any]:
+    """The values held by a dict (whose keys must be text) or a list found at level ``depth``."""
+    if depth > MAX_DETAILS_DEPTH:
+        raise AgeVectorError(f"age vector details are nested too deeply (more than {MAX_DETAILS_DEPTH} levels)")
+    if isinstance(value, list):
+        return value
+    if not all(isinstance(key, str) for key in value):
+        raise AgeVectorError("age vector details must be plain JSON (keys are text)")
+    return value.values()
+
+
+def _check_details_leaf(value: Any) -> None:
+    """A leaf of the details: null, a boolean, text, an integer within +-2**53 or a finite float."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    if isinstance(value, int):
+        if abs(value) > MAX_DETAILS_INT:
+            raise AgeVectorError("age vector details hold an integer out of range (at most 2**53)")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise AgeVectorError("age vector details must be plain JSON (no NaN or infinity)")
+    else:
+        raise AgeVectorError("age vector details must be plain JSON (no objects)")

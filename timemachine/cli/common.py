@@ -15,7 +15,14 @@ from typing import Any, Iterator, Optional
 
 from timemachine.env import ENV_BROKER_URL, ENV_MODEL, Environment
 from timemachine.errors import TimemachineError
-from timemachine.settings import DEFAULT_PRECISION, EASINGS, PRECISION_CHOICES, ProjectorSettings, PTISettings, RenderSettings
+from timemachine.settings import (
+    DEFAULT_PRECISION,
+    EASINGS,
+    PRECISION_CHOICES,
+    ProjectorSettings,
+    PTISettings,
+    RenderSettings,
+)
 
 PROJECTOR = ProjectorSettings()
 PTI = PTISettings()
@@ -283,7 +290,8 @@ def add_age_arguments(parser: argparse.ArgumentParser, required: bool = True) ->
                        help="how far to walk along the vector (default: the vector's own); 'auto': the smallest "
                             "strength whose last frame CLIP finds young without changing the coat colour")
     group.add_argument("--layers", default=None, metavar="GROUPS|RANGES",
-                       help="layers to edit: coarse, middle, fine, all, or indices like 0-7 (default: the vector's own)")
+                       help="layers to edit: coarse, middle, fine, all, or indices like 0-7 "
+                            "(default: the vector's own)")
     group.add_argument("--force-model", action="store_true",
                        help="apply a vector built for another model anyway (results are usually meaningless)")
 
@@ -297,7 +305,8 @@ def age_edit(args: argparse.Namespace):
 
 def add_render_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("video")
-    group.add_argument("--frames", type=int, default=RENDER.frames, help="frames of the walk from adult to young (>= 2)")
+    group.add_argument("--frames", type=int, default=RENDER.frames,
+                       help="frames of the walk from adult to young (>= 2)")
     group.add_argument("--fps", type=float, default=RENDER.fps, help="frames per second")
     group.add_argument("--easing", choices=EASINGS, default=RENDER.easing, help="speed profile of the walk")
     group.add_argument("--hold-start", type=int, default=RENDER.hold_start,

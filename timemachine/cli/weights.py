@@ -110,7 +110,7 @@ def register(subparsers, formatter) -> None:
 
 
 @contextlib.contextmanager
-def download_progress(label: str) -> Iterator["zoo_module.ProgressCallback"]:
+def download_progress(label: str) -> Iterator["zoo_module.DownloadProgress"]:
     """A ``progress(done, total)`` callback drawing a tqdm bar on stderr (hidden when stderr is not a terminal)."""
     from tqdm import tqdm
 
@@ -182,14 +182,15 @@ def run_list(args: argparse.Namespace) -> int:
     if imported:
         print()
         print("imported models (use as --model NAME):")
-        rows = []
+        imported_rows = []
         for model in imported.values():
             present = model.path.is_file()
             size = human_bytes(model.path.stat().st_size) if present else "-"
             state = ("verified" if zoo.is_verified(model.path, model.sha256) else "present, not verified yet") \
                 if present else "FILE MISSING"
-            rows.append((model.name, size, state, f"{model.path} ({'copy' if model.copied else 'in place'})"))
-        _table(("NAME", "SIZE", "LOCAL", "FILE"), rows)
+            imported_rows.append((model.name, size, state,
+                                  f"{model.path} ({'copy' if model.copied else 'in place'})"))
+        _table(("NAME", "SIZE", "LOCAL", "FILE"), imported_rows)
     print()
     print(f"cache directory: {zoo.models_dir}")
     return EXIT_OK
@@ -245,20 +246,25 @@ def run_verify(args: argparse.Namespace) -> int:
         return EXIT_OK
     status = EXIT_OK
     for result in results:
+        actual, expected = _short_digest(result.actual), _short_digest(result.expected)
         if result.state == "ok":
-            line = f"OK        {result.label}  sha256 {result.actual[:16]}...  {result.path}"
+            line = f"OK        {result.label}  sha256 {actual}  {result.path}"
         elif result.state == "recorded":
-            line = (f"RECORDED  {result.label}  sha256 {result.actual[:16]}... (no reference existed; recorded now)"
+            line = (f"RECORDED  {result.label}  sha256 {actual} (no reference existed; recorded now)"
                     f"  {result.path}")
         elif result.state == "missing":
             line = f"MISSING   {result.label}  {result.path}"
             status = EXIT_FAILED_CHECK
         else:
-            line = (f"MISMATCH  {result.label}  sha256 {result.actual[:16]}..., expected {result.expected[:16]}...  "
-                    f"{result.path}")
+            line = f"MISMATCH  {result.label}  sha256 {actual}, expected {expected}  {result.path}"
             status = EXIT_FAILED_CHECK
         print(line)
     return status
+
+
+def _short_digest(digest: Optional[str]) -> str:
+    """The first 16 hex digits of a SHA-256 and '...' ('unknown' where there is none)."""
+    return f"{digest[:16]}..." if digest else "unknown"
 
 
 def run_path(args: argparse.Namespace) -> int:

@@ -25,36 +25,74 @@ Modules: ``requests`` (the request types), ``components`` (Pipeline, LoadedModel
 (requests and results as JSON for the queue), ``export`` (a stored video copied into a directory).
 """
 
+from timemachine.age import (
+    MAX_STRENGTH,
+    AgeVector,
+    VectorLibrary,
+    check_vector_name,
+    describe_layer_groups,
+    format_indices,
+    layer_groups,
+    normalize_layers,
+    resolve_layers,
+)
+from timemachine.align import AlignmentRequest, request_from_options
 from timemachine.env import Environment
 from timemachine.images import DEFAULT_MAX_BYTES as MAX_PHOTO_BYTES
 from timemachine.images import MIN_SIDE as MIN_PHOTO_SIDE
-from timemachine.align import AlignmentRequest, request_from_options
 from timemachine.images import CropBox, parse_crop
 from timemachine.perceptual import RandomWeightsWarning
-from timemachine.pipeline.components import (LoadedModel, Pipeline, find_detector, load_clip_labeller, load_model,
-                                             load_perceptual, open_zoo, perceptual_id)
-from timemachine.pipeline.progress import VIDEO_STAGES, Progress, ProgressCallback, overall_fraction
-from timemachine.pipeline.photos import load_photo, prepare_photo
-from timemachine.pipeline.projection import PhotoProjection, write_projection
+from timemachine.pipeline.components import (
+    LoadedModel,
+    Pipeline,
+    find_detector,
+    load_clip_labeller,
+    load_model,
+    load_perceptual,
+    open_zoo,
+    perceptual_id,
+)
 from timemachine.pipeline.discovery import ZOO_SPECIES, DiscoverResult
 from timemachine.pipeline.discovery import precheck as check_discovery
-from timemachine.pipeline.requests import (AgeEdit, AgeVideoRequest, DiscoverRequest, Photo, PreviewStripRequest,
-                                           ProjectionRequest, RenderRequest, VectorBuildRequest, VectorExample,
-                                           VideoOutputs)
-from timemachine.age import (MAX_STRENGTH, check_vector_name, describe_layer_groups, format_indices, layer_groups,
-                             normalize_layers, resolve_layers)
-from timemachine.age import AgeVector, VectorLibrary
+from timemachine.pipeline.executor import (
+    BUG_MESSAGE,
+    CANCELLED,
+    DONE,
+    FAILED,
+    FINISHED,
+    QUEUED,
+    RUNNING,
+    Cancelled,
+    Executor,
+    JobCancelled,
+    JobHandle,
+    QueueFull,
+    make_executor,
+)
+from timemachine.pipeline.executor_inprocess import InProcessExecutor
+from timemachine.pipeline.export import export_video
+from timemachine.pipeline.jobs import JOB_KINDS, JobKind, JobSpec, PipelineCache, register_job
+from timemachine.pipeline.photos import load_photo, prepare_photo
+from timemachine.pipeline.progress import VIDEO_STAGES, Progress, ProgressCallback, overall_fraction
+from timemachine.pipeline.projection import PhotoProjection, write_projection
+from timemachine.pipeline.requests import (
+    AgeEdit,
+    AgeVideoRequest,
+    DiscoverRequest,
+    Photo,
+    PreviewStripRequest,
+    ProjectionRequest,
+    RenderRequest,
+    VectorBuildRequest,
+    VectorExample,
+    VideoOutputs,
+)
+from timemachine.pipeline.scoring import summary as scores_summary
 from timemachine.pipeline.vectors import BuiltExample, VectorBuildResult, load_vector, vector_library
 from timemachine.pipeline.vectors import precheck as check_vector_build
-from timemachine.pipeline.scoring import summary as scores_summary
 from timemachine.pipeline.videos import STRIP_TIMES, AgeVideoResult, vector_direction
 from timemachine.zoo import ProgressCallback as DownloadProgress
 from timemachine.zoo import Zoo, ZooEntry, human_bytes
-from timemachine.pipeline.jobs import JOB_KINDS, JobKind, JobSpec, PipelineCache, register_job
-from timemachine.pipeline.executor import (BUG_MESSAGE, CANCELLED, DONE, FAILED, FINISHED, QUEUED, RUNNING, Cancelled,
-                                           Executor, JobCancelled, JobHandle, QueueFull, make_executor)
-from timemachine.pipeline.executor_inprocess import InProcessExecutor
-from timemachine.pipeline.export import export_video
 
 __all__ = [
     "Environment", "LoadedModel", "Pipeline", "load_model", "load_perceptual", "load_clip_labeller", "perceptual_id",

@@ -54,7 +54,7 @@ MAX_STORED_RESULTS = 64
 DTYPES = frozenset({"|b1", "|u1", "|i1", "<u2", "<i2", "<i4", "<i8", "<f2", "<f4", "<f8"})
 _LATENT_FILE = "projected_w.npz"
 
-_TYPES: dict[str, type] = {}
+_TYPES: dict[str, type[Any]] = {}
 #: Fields that hold paths (a path, or a dict of paths): they travel as home-relative paths.
 _PATH_FIELDS: dict[str, frozenset[str]] = {}
 
@@ -403,22 +403,27 @@ def decode_error(data: Any) -> TimemachineError:
 
 def _register_defaults() -> None:
     from timemachine.age import AgeVector
-    from timemachine.latents import LatentFile
-    from timemachine.pipeline import requests
-    from timemachine.pipeline.projection import PhotoProjection
-    from timemachine.pipeline.vectors import BuiltExample, VectorBuildResult
-    from timemachine.pipeline.discovery import DiscoverResult
-    from timemachine.pipeline.videos import AgeVideoResult
-    from timemachine.settings import DiscoverySettings, ProjectorSettings, PTISettings, RenderSettings, VectorSettings
-
     from timemachine.align import AlignmentRequest
     from timemachine.images import CropBox
-    from timemachine.settings import ScoreSettings
+    from timemachine.latents import LatentFile
+    from timemachine.pipeline import requests
+    from timemachine.pipeline.discovery import DiscoverResult
+    from timemachine.pipeline.projection import PhotoProjection
+    from timemachine.pipeline.vectors import BuiltExample, VectorBuildResult
+    from timemachine.pipeline.videos import AgeVideoResult
+    from timemachine.settings import (
+        DiscoverySettings,
+        ProjectorSettings,
+        PTISettings,
+        RenderSettings,
+        ScoreSettings,
+        VectorSettings,
+    )
 
-    for cls in (AlignmentRequest, CropBox, ScoreSettings, requests.Photo, requests.AgeEdit, requests.AgeVideoRequest, requests.VectorBuildRequest,
-                requests.PreviewStripRequest, requests.DiscoverRequest, ProjectorSettings, PTISettings,
-                RenderSettings, VectorSettings, DiscoverySettings, PhotoProjection, BuiltExample, LatentFile,
-                AgeVector):
+    for cls in (AlignmentRequest, CropBox, ScoreSettings, requests.Photo, requests.AgeEdit, requests.AgeVideoRequest,
+                requests.VectorBuildRequest, requests.PreviewStripRequest, requests.DiscoverRequest, ProjectorSettings,
+                PTISettings, RenderSettings, VectorSettings, DiscoverySettings, PhotoProjection, BuiltExample,
+                LatentFile, AgeVector):
         register_type(cls)
     register_type(requests.ProjectionRequest, ("checkpoint",))
     register_type(requests.VideoOutputs, ("directory",))

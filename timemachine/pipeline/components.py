@@ -254,7 +254,8 @@ class Pipeline:
         from timemachine.pipeline import photos
 
         species = ZOO_SPECIES.get(self.model.spec)
-        labeller, reason = None, "the model's species is not known"
+        labeller = None
+        reason: Optional[str] = "the model's species is not known"
         if species is not None:
             try:
                 labeller, reason = self.labeller(species), None

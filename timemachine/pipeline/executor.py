@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import abc
 import time
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from timemachine.env import Environment
 from timemachine.errors import TimemachineError
@@ -67,6 +67,19 @@ class JobHandle(abc.ABC):
     id: str
     label: str
     owner: str
+
+    if TYPE_CHECKING:   # read-only for faces: attributes of some executors' handles, properties of others'
+        @property
+        def status(self) -> str: ...
+
+        @property
+        def result(self) -> Any: ...
+
+        @property
+        def error(self) -> Optional[str]: ...
+
+        @property
+        def exception(self) -> Optional[TimemachineError]: ...
 
     @property
     def finished(self) -> bool:

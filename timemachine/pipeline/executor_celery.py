@@ -6,9 +6,9 @@ first free worker.  Each worker runs one job at a time (concurrency 1, prefetch 
 once it has finished (``acks_late``), so a job whose worker dies is given to another one: at once when the
 worker's pool process dies (``reject_on_worker_lost``), after the broker's visibility timeout when the whole
 worker vanishes (a live worker renews the jobs it holds, so a long job is never handed out twice).  Models and
-VGG16 are loaded once per worker process and reused (:class:`~timemachine.pipeline.jobs.PipelineCache`).  Results are files in the home directory that faces and
-workers share (the projection and video stores, keyed by content), so a repeated request is served from the
-stores by any worker.
+VGG16 are loaded once per worker process and reused (:class:`~timemachine.pipeline.jobs.PipelineCache`).
+Results are files in the home directory that faces and workers share (the projection and video stores, keyed by
+content), so a repeated request is served from the stores by any worker.
 
 What a job leaves in Redis besides Celery's own keys (all expire after ``QueueSettings.job_ttl``)::
 
@@ -42,8 +42,19 @@ from typing import Any, Optional
 from timemachine.env import Environment
 from timemachine.errors import TimemachineError, first_line, printable
 from timemachine.pipeline import codec
-from timemachine.pipeline.executor import (BUG_MESSAGE, CANCELLED, DONE, FAILED, FINISHED, RUNNING, Executor,
-                                           JobCancelled, JobHandle, QueueFull, poll)
+from timemachine.pipeline.executor import (
+    BUG_MESSAGE,
+    CANCELLED,
+    DONE,
+    FAILED,
+    FINISHED,
+    RUNNING,
+    Executor,
+    JobCancelled,
+    JobHandle,
+    QueueFull,
+    poll,
+)
 from timemachine.pipeline.jobs import JobSpec, PipelineCache, job_kind, run_job
 from timemachine.pipeline.progress import Progress
 from timemachine.settings import QueueSettings
@@ -375,6 +386,7 @@ def _safe_url(url: Optional[str]) -> str:
 @dataclasses.dataclass
 class _WorkerConfig:
     env: Environment
+    broker_url: str          # env.broker_url, known to be set
     settings: QueueSettings
     device: Optional[str]
 
@@ -391,7 +403,7 @@ def _worker_state() -> dict[str, Any]:
     with _STATE_LOCK:
         if _STATE.get("pid") != os.getpid():
             _STATE.clear()
-            _STATE.update(pid=os.getpid(), redis=_redis(_CONFIG.env.broker_url),
+            _STATE.update(pid=os.getpid(), redis=_redis(_CONFIG.broker_url),
                           pipelines=PipelineCache(_CONFIG.env, device=_CONFIG.device))
         return _STATE
 
@@ -528,7 +540,7 @@ def run_worker(env: Environment, settings: Optional[QueueSettings] = None, *, na
     settings.validate()
     if not env.broker_url:
         raise BrokerError("no broker configured: set TIMEMACHINE_BROKER_URL=redis://host:port/db")
-    _CONFIG = _WorkerConfig(env=env, settings=settings, device=device)
+    _CONFIG = _WorkerConfig(env=env, broker_url=env.broker_url, settings=settings, device=device)
     app = celery_app(env.broker_url, settings)
     _check_reachable(env.broker_url)
     _Heartbeat(env.broker_url, settings.visibility_timeout).start()

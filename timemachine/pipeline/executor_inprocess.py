@@ -28,8 +28,18 @@ from typing import Any, Callable, Deque, Optional
 
 from timemachine.env import Environment
 from timemachine.errors import TimemachineError
-from timemachine.pipeline.executor import (BUG_MESSAGE, CANCELLED, DONE, FAILED, QUEUED, RUNNING, Executor,
-                                           JobCancelled, JobHandle, QueueFull)
+from timemachine.pipeline.executor import (
+    BUG_MESSAGE,
+    CANCELLED,
+    DONE,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    Executor,
+    JobCancelled,
+    JobHandle,
+    QueueFull,
+)
 from timemachine.pipeline.jobs import JobSpec, PipelineCache, run_job
 from timemachine.pipeline.progress import Progress
 from timemachine.settings import QueueSettings
@@ -46,14 +56,19 @@ class Job(JobHandle):
     Extra attributes: ``submitted``, ``started``, ``finished_at`` (time.monotonic), ``waited_seconds``.
     """
 
+    status: str
+    result: Any
+    error: Optional[str]
+    exception: Optional[TimemachineError]
+
     def __init__(self, fn: Callable[["JobContext"], Any], label: str, owner: str, queue: "JobQueue"):
         self.id = secrets.token_hex(16)
         self.label = label
         self.owner = owner
         self.status = QUEUED
-        self.result: Any = None
-        self.error: Optional[str] = None
-        self.exception: Optional[TimemachineError] = None
+        self.result = None
+        self.error = None
+        self.exception = None
         self.worker = "this process"
         self.submitted = time.monotonic()
         self.started: Optional[float] = None

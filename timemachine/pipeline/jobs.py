@@ -17,13 +17,16 @@ import collections
 import dataclasses
 import os
 import threading
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from timemachine.env import Environment
 from timemachine.errors import LatentError, TimemachineError, printable
 from timemachine.pipeline import requests
 from timemachine.pipeline.components import Pipeline, load_model, load_perceptual
 from timemachine.pipeline.progress import ProgressCallback
+
+if TYPE_CHECKING:
+    from timemachine.perceptual import PerceptualDistance
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +130,7 @@ class PipelineCache:
         self.device = device if device is not None else env.device
         self.max_models = max_models
         self._models: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
-        self._perceptual = None
+        self._perceptual: Optional[PerceptualDistance] = None
         self._lock = threading.Lock()
 
     @staticmethod

@@ -21,11 +21,10 @@ from timemachine import images, projector
 from timemachine.cache import projection_key
 from timemachine.fs import write_json
 from timemachine.latents import LatentFile, save_latent
+from timemachine.pipeline.components import memory_errors
 from timemachine.pipeline.progress import ProgressCallback, report
 from timemachine.pipeline.requests import ProjectionRequest
 from timemachine.projector import ProgressEvent
-
-from timemachine.pipeline.components import memory_errors
 
 if TYPE_CHECKING:
     from timemachine.pipeline.components import Pipeline
@@ -158,10 +157,10 @@ def project(pipe: "Pipeline", request: ProjectionRequest,
     for batch in batches:
         with memory_errors(f"projecting {len(batch)} photo{'s' if len(batch) > 1 else ''}", len(batch)):
             projected = _project_batch(pipe, request, targets, batch, progress)
-        for i, latent in projected.items():
+        for i, new_latent in projected.items():
             if store is not None:
-                store.put(keys[i], latent)
-            latents[i] = latent
+                store.put(keys[i], new_latent)
+            latents[i] = new_latent
 
     results = []
     for i, latent in enumerate(latents):
@@ -177,7 +176,8 @@ def project(pipe: "Pipeline", request: ProjectionRequest,
     return results
 
 
-def write_projection(out_dir: Union[str, os.PathLike], result: PhotoProjection, summary: dict[str, Any]) -> dict[str, str]:
+def write_projection(out_dir: Union[str, os.PathLike], result: PhotoProjection,
+                     summary: dict[str, Any]) -> dict[str, str]:
     """Write ``projected_w.npz`` (+ ``.pti.safetensors``), ``projection.png``, ``target.png`` and
     ``projection.json`` (``summary`` + metrics) into ``out_dir``, each file atomically.  Returns their paths."""
     out = Path(out_dir)

@@ -16,9 +16,14 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from timemachine.align import AlignmentRequest
-
-from timemachine.settings import (DiscoverySettings, ProjectorSettings, PTISettings, RenderSettings, ScoreSettings,
-                                  VectorSettings)
+from timemachine.settings import (
+    DiscoverySettings,
+    ProjectorSettings,
+    PTISettings,
+    RenderSettings,
+    ScoreSettings,
+    VectorSettings,
+)
 
 PathLike = Union[str, os.PathLike]
 
@@ -199,7 +204,8 @@ class DiscoverRequest:
 
     Attributes:
         name:       the library name of the new vector.
-        settings:   samples, seed, truncation, resolution, confidence (:class:`~timemachine.settings.DiscoverySettings`).
+        settings:   samples, seed, truncation, resolution, confidence
+                    (:class:`~timemachine.settings.DiscoverySettings`).
         species:    'dog', 'cat' or 'wild' (the prompt ensembles); None = the zoo model's species.
         breed:      keep only the samples CLIP assigns to this breed; None = every sample.
         young, adult: prompts replacing the species' ensembles; None = the ensembles.

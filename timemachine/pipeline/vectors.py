@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
+import torch
 
 from timemachine import age
 from timemachine.align import AlignmentRequest
@@ -96,7 +97,8 @@ def precheck(env: Environment, request: VectorBuildRequest) -> str:
         raise AlreadyExists(f"an age vector named {request.name!r} already exists")
     for example in request.examples:
         if example.data is None and not (example.path is not None and os.path.isfile(example.path)):
-            raise AgeVectorError(f"no such file: {printable(example.path if example.path is not None else example.name)}")
+            shown = example.path if example.path is not None else example.name
+            raise AgeVectorError(f"no such file: {printable(shown)}")
     return method
 
 
@@ -123,11 +125,13 @@ def _read_example(pipe: "Pipeline", example: VectorExample) -> BuiltExample:
                 except TimemachineError as exc:
                     raise type(exc)(str(exc).replace(str(path), example.name)) from None
         else:
+            assert example.path is not None   # the source, when there is no data
             latent = load_latent(example.path, num_ws=G.num_ws, w_dim=G.w_dim)
         recorded = latent.meta.get("model_fingerprint")
         if recorded is not None and recorded != pipe.model.fingerprint:
             raise AgeVectorError(f"{example.role} latent {printable(example.name)} was projected with another "
-                                 f"model ({printable(recorded)}), not with {pipe.model.spec} ({pipe.model.fingerprint})")
+                                 f"model ({printable(recorded)}), "
+                                 f"not with {pipe.model.spec} ({pipe.model.fingerprint})")
         return BuiltExample(example.role, example.name, "latent", latent=latent)
     photo = pipe.prepare_photo(source, alignment=example.alignment or AlignmentRequest(), name=example.name)
     return BuiltExample(example.role, example.name, "photo", image=photo.image, info=photo.info)
@@ -141,11 +145,26 @@ def _project(pipe: "Pipeline", request: VectorBuildRequest, examples: list[Built
     if not todo:
         return
     projection = dataclasses.replace(request.projection, pti=None, checkpoint=None, resume=False,
-                                     photos=[Photo(image=item.image, info={**item.info, "name": item.name})
-                                             for item in todo])
+                                     photos=[_photo(item) for item in todo])
     for item, result in zip(todo, pipe.project(projection, progress)):
         item.latent = result.latent
         item.metrics = dict(result.metrics)
+
+
+def _photo(item: BuiltExample) -> Photo:
+    """A photo example as the projection takes it."""
+    assert item.image is not None   # a photo example holds its prepared image while the build runs
+    return Photo(image=item.image, info={**item.info, "name": item.name})
+
+
+def _ws(examples: list[BuiltExample], role: str) -> list[torch.Tensor]:
+    """The latents ws [num_ws, w_dim] of the examples of ``role``."""
+    ws = []
+    for item in examples:
+        if item.role == role:
+            assert item.latent is not None   # every example has its latent once _project has run
+            ws.append(item.latent.ws)
+    return ws
 
 
 def _details(request: VectorBuildRequest, examples: list[BuiltExample]) -> dict[str, Any]:
@@ -178,8 +197,7 @@ def build_vector(pipe: "Pipeline", request: VectorBuildRequest,
     species = request.species if request.species is not None else ZOO_SPECIES.get(pipe.model.spec, "")
     settings = request.settings
     vector = age.build_vector(
-        request.name, [item.latent.ws for item in examples if item.role == "puppy"],
-        [item.latent.ws for item in examples if item.role == "adult"], method,
+        request.name, _ws(examples, "puppy"), _ws(examples, "adult"), method,
         model_fingerprint=pipe.model.fingerprint, model_name=pipe.model.spec, species=species, notes=request.notes,
         default_strength=settings.default_strength, default_layers=settings.default_layers,
         details=_details(request, examples))

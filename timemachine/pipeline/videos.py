@@ -22,17 +22,17 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import numpy as np
 import torch
 
-from timemachine import images, render as render_module
+from timemachine import images
+from timemachine import render as render_module
 from timemachine.errors import AgeVectorError, LatentError, RenderError, TimemachineError, printable
 from timemachine.fs import write_json
 from timemachine.latents import LatentFile, load_latent, save_latent
+from timemachine.pipeline import scoring
+from timemachine.pipeline.components import memory_errors, with_resolved_precision
 from timemachine.pipeline.progress import ProgressCallback, report
 from timemachine.pipeline.projection import PhotoProjection, store_key
 from timemachine.pipeline.requests import AgeEdit, AgeVideoRequest, RenderRequest
-from timemachine.pipeline import scoring
 from timemachine.settings import RenderSettings, ScoreSettings
-
-from timemachine.pipeline.components import memory_errors, with_resolved_precision
 
 if TYPE_CHECKING:
     from timemachine.pipeline.components import LoadedModel, Pipeline
@@ -118,7 +118,7 @@ def resolved_render(edit: AgeEdit, vector, settings: RenderSettings) -> RenderSe
     is chosen when the edit asks for the automatic one), validated."""
     if edit.auto_strength and edit.strength != "auto":
         raise RenderError(f"the strength must be a number or 'auto', not {printable(edit.strength)!r}")
-    strength = vector.default_strength if edit.strength is None or edit.auto_strength else edit.strength
+    strength = vector.default_strength if edit.strength is None or isinstance(edit.strength, str) else edit.strength
     resolved = dataclasses.replace(settings, strength=strength)
     resolved.validate()
     return resolved
@@ -204,8 +204,9 @@ def _stored_result(pipe: "Pipeline", key: str) -> Optional[AgeVideoResult]:
     except (OSError, ValueError, KeyError, TypeError, LatentError):
         pipe.videos.discard(key)
         return None
-    return AgeVideoResult(files=files, run_info=run_info, strip=strip, metrics=dict(info.get("metrics", {}), cached=True),
-                          key=key, reused=True, latent=latent, model_fingerprint=info.get("model_fingerprint", ""))
+    return AgeVideoResult(files=files, run_info=run_info, strip=strip,
+                          metrics=dict(info.get("metrics", {}), cached=True), key=key, reused=True, latent=latent,
+                          model_fingerprint=info.get("model_fingerprint", ""))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -279,9 +280,11 @@ def _write_walk(pipe: "Pipeline", walk: Walk, out: Path, progress: Optional[Prog
         "versions": _versions(),
         "model": {"spec": model.spec, "fingerprint": model.fingerprint, "resolution": model.G.img_resolution,
                   "zoo": model.zoo},
-        "age_vector": {**vector.metadata(), "layers_used": vector.default_layers if edit.layers is None else edit.layers,
+        "age_vector": {**vector.metadata(),
+                       "layers_used": vector.default_layers if edit.layers is None else edit.layers,
                        "chosen": walk.chosen, "builtin": _is_builtin(pipe, walk),
-                       "forced_onto_other_model": bool(edit.force_model and vector.model_fingerprint != model.fingerprint)},
+                       "forced_onto_other_model": bool(edit.force_model
+                                                       and vector.model_fingerprint != model.fingerprint)},
         "render": {**result.settings, "total_frames": result.total_frames, "walk_frames": result.walk_frames,
                    "synthesized_frames": result.synthesized_frames},
         "files": {k: os.path.relpath(v, out) for k, v in files.items()},
@@ -386,6 +389,7 @@ def age_video(pipe: "Pipeline", request: AgeVideoRequest,
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             result = write(Path(out_dir))
         else:
+            assert key is not None   # made above for a video bound for the store
             result = _store_video(pipe, key, write, strip, projection.metrics)
     result.strip, result.metrics, result.projection, result.key = strip, projection.metrics, projection, key
     result.latent = projection.latent
@@ -403,6 +407,7 @@ def render(pipe: "Pipeline", request: RenderRequest, progress: Optional[Progress
 
         raise LatentError(f"{request.latent} was projected with another model (fingerprint {fingerprint}, this one "
                           f"is {pipe.model.fingerprint})", remedy=FORCE_MODEL)
+    assert request.outputs.directory is not None   # check_render refused a request without one
     out = Path(request.outputs.directory)
     out.mkdir(parents=True, exist_ok=True)
     run_info = {"latent": os.path.abspath(os.fspath(request.latent)),

@@ -39,7 +39,18 @@ from timemachine.zoo.convert import ConvertResult
 from timemachine.zoo.download import DEFAULT_SETTINGS, Downloader, DownloadSettings, ProgressCallback, human_bytes
 from timemachine.zoo.local import LocalStatus
 from timemachine.zoo.manifest import (
-    BACKBONE, CLIP, GENERATOR, KEYPOINTS, KINDS, VGG16, Licence, ZooEntry, is_url, load_manifest, lookup)
+    BACKBONE,
+    CLIP,
+    GENERATOR,
+    KEYPOINTS,
+    KINDS,
+    VGG16,
+    Licence,
+    ZooEntry,
+    is_url,
+    load_manifest,
+    lookup,
+)
 from timemachine.zoo.registry import ImportedModel
 from timemachine.zoo.trust import Checksums, VerifyResult
 
