@@ -494,7 +494,7 @@ def interrupted_checkpoint(tmp_path_factory, random_lpips):
     G = make_small_generator(seed=5, resolution=32)     # LPIPS needs 32 pixels or more
     targets = torch.zeros(1, 3, 32, 32)
     w_stats = P.compute_w_stats(G, 100)
-    settings = P.ProjectorSettings(steps=4, checkpoint_every=2)
+    settings = P.ProjectorSettings(steps=4, checkpoint_every=2, precision="fp32")   # module-scoped: no autouse pin
     path = tmp_path_factory.mktemp("resume") / "ckpt.pt"
 
     def stop(event):

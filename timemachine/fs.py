@@ -52,15 +52,14 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
-def _remove(path: str) -> None:
-    """Remove a file, link or directory tree at ``path`` if it exists; never raises."""
+def remove_quietly(path: str) -> None:
+    """Remove a file, link or directory tree at ``path`` if it exists; never raises (for clean-up code that
+    runs while another exception is being handled)."""
     try:
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
         else:
             os.unlink(path)
-    except FileNotFoundError:
-        pass
     except OSError:
         pass
 
@@ -120,7 +119,7 @@ class PendingFile:
         os.replace(self.path, self.target)
         self._done = True
         if self._private_dir is not None:
-            _remove(self._private_dir)
+            remove_quietly(self._private_dir)
         _fsync_directory(os.path.dirname(self.target))
         return self.target
 
@@ -129,7 +128,7 @@ class PendingFile:
         if self._done:
             return
         self._done = True
-        _remove(self._private_dir if self._private_dir is not None else self.path)
+        remove_quietly(self._private_dir if self._private_dir is not None else self.path)
 
     def __enter__(self) -> "PendingFile":
         return self
@@ -200,7 +199,7 @@ def atomic_directory(final: PathLike) -> Iterator[Path]:
         else:
             _fsync_directory(str(final.parent))
     finally:
-        _remove(str(tmp))
+        remove_quietly(str(tmp))
 
 
 @contextlib.contextmanager
@@ -267,7 +266,7 @@ class ContentStore:
 
     def discard(self, key: str) -> None:
         """Remove the entry of ``key`` if present."""
-        _remove(str(self.entry_dir(key)))
+        remove_quietly(str(self.entry_dir(key)))
 
     def entries(self) -> list[Path]:
         """Every entry's directory, most recently used first."""
@@ -296,6 +295,6 @@ class ContentStore:
         for entry in self.entries()[self.max_entries:]:
             if keep is not None and entry == keep:
                 continue
-            _remove(str(entry))
+            remove_quietly(str(entry))
             removed.append(entry)
         return removed

@@ -43,7 +43,6 @@ import io
 import os
 import re
 import secrets
-import shutil
 import struct
 import subprocess
 import tempfile
@@ -166,18 +165,6 @@ class FrameWriter:
         raise NotImplementedError
 
     def _cleanup(self) -> None:
-        pass
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError:
         pass
 
 
@@ -574,7 +561,7 @@ class PngSequenceWriter(FrameWriter):
             raise RenderError(f"cannot write {printable(self.path)}: {exc.strerror or exc}") from exc
         finally:
             if old is not None:
-                _remove_quietly(old)
+                fs.remove_quietly(old)
         self._done = True
         return self.path
 
