@@ -344,7 +344,8 @@ def test_cli_runs_through_the_workers_write_what_a_local_run_writes(queue, home,
 
     photo_file = tmp_path / "dog.png"
     Image.fromarray((np.random.RandomState(80).rand(80, 96, 3) * 255).astype(np.uint8)).save(photo_file)
-    common = ["--model", home["model"], "--steps", "5", "--seed", "4"]
+    # fp32 by name: the workers are other processes, where "auto" follows their own CPU (bf16 here)
+    common = ["--model", home["model"], "--steps", "5", "--seed", "4", "--precision", "fp32"]
     video = ["--age-vector", "pups", "--frames", "8", "--hold-start", "1", "--hold-end", "1"]
     assert main(["run", str(photo_file), *common, *video, "--out", str(tmp_path / "remote"),
                  "--broker", queue.env.broker_url]) == 0
