@@ -188,7 +188,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--threads", type=int, default=0, help="torch threads per worker (0 = torch default)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of: " + ", ".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="comma-separated subset of: " + ", ".join(VARIANTS))
     args = parser.parse_args()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
 

@@ -80,16 +80,27 @@ def main() -> None:
     warnings.simplefilter("ignore")
     import torch
 
-    from bench_generator import build_generator
-    from timemachine import projector as P
-    from timemachine import render
     from timemachine.device import prepare_device
-    from timemachine.latents import LatentFile
-    from timemachine.perceptual import PerceptualDistance
 
     device = prepare_device(args.device)
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.benchmark = True
+    tasks, precisions, official = build_tasks(args, device)
+    best = measure(tasks, args.rounds, device)
+    report(args, device, best, tasks, precisions, official is not None)
+
+
+def build_tasks(args: argparse.Namespace, device) -> tuple:
+    """The timed closures {(what, column): (fn, items per call)}, the precisions measured and NVIDIA's
+    generator (None without ``--official``)."""
+    import torch
+
+    from bench_generator import build_generator
+    from timemachine import projector as P
+    from timemachine import render
+    from timemachine.latents import LatentFile
+    from timemachine.perceptual import PerceptualDistance
+
     G = build_generator(args.resolution).to(device)
     torch.manual_seed(0)
     perceptual = PerceptualDistance("random").to(device)
@@ -103,16 +114,10 @@ def main() -> None:
     official = official_generator(args.official, G, device) if args.official else None
 
     def synthesis(net, batch: int, **kw):
-        def run():
-            with torch.no_grad():
-                net.synthesis(ws[:batch], noise_mode="const", **kw)
-        return run
+        return _synthesis(net, ws[:batch], **kw)
 
     def synthesis_backward(net, **kw):
-        def run():
-            w = ws[:1].clone().requires_grad_(True)
-            net.synthesis(w, noise_mode="const", **kw).square().mean().backward()
-        return run
+        return _synthesis_backward(net, ws[:1], **kw)
 
     def projection(precision: str):
         settings = P.ProjectorSettings(steps=args.steps, w_avg_samples=1000, precision=precision)
@@ -127,30 +132,59 @@ def main() -> None:
     precisions = PRECISIONS if device.type == "cuda" else tuple(p for p in PRECISIONS if p != "fp16")
     tasks = {}
     for precision in precisions:
-        tasks[("synthesis forward, batch 1", precision)] = (synthesis(G, 1, precision=precision), 1)
-        tasks[("synthesis forward, batch 8", precision)] = (synthesis(G, 8, precision=precision), 8)
-        tasks[("synthesis forward + backward", precision)] = (synthesis_backward(G, precision=precision), 1)
-        tasks[("projection step", precision)] = (projection(precision), args.steps)
-        tasks[("rendering, batch 2", precision)] = (rendering(precision, 2), args.frames)
-        tasks[("rendering, batch 8", precision)] = (rendering(precision, 8), args.frames)
-    if official is not None:
-        for label, force_fp32 in (("NVIDIA fp16", False), ("NVIDIA fp32", True)):
-            tasks[("synthesis forward, batch 1", label)] = (synthesis(official, 1, force_fp32=force_fp32), 1)
-            tasks[("synthesis forward, batch 8", label)] = (synthesis(official, 8, force_fp32=force_fp32), 8)
-            tasks[("synthesis forward + backward", label)] = (synthesis_backward(official, force_fp32=force_fp32), 1)
+        tasks.update({
+            ("synthesis forward, batch 1", precision): (synthesis(G, 1, precision=precision), 1),
+            ("synthesis forward, batch 8", precision): (synthesis(G, 8, precision=precision), 8),
+            ("synthesis forward + backward", precision): (synthesis_backward(G, precision=precision), 1),
+            ("projection step", precision): (projection(precision), args.steps),
+            ("rendering, batch 2", precision): (rendering(precision, 2), args.frames),
+            ("rendering, batch 8", precision): (rendering(precision, 8), args.frames)})
+    for label, force_fp32 in (("NVIDIA fp16", False), ("NVIDIA fp32", True)) if official is not None else ():
+        tasks.update({
+            ("synthesis forward, batch 1", label): (synthesis(official, 1, force_fp32=force_fp32), 1),
+            ("synthesis forward, batch 8", label): (synthesis(official, 8, force_fp32=force_fp32), 8),
+            ("synthesis forward + backward", label): (synthesis_backward(official, force_fp32=force_fp32), 1)})
+    return tasks, precisions, official
 
+
+def _synthesis(net, ws, **kw):
+    """A closure: ``net.synthesis(ws)`` without gradients."""
+    import torch
+
+    def run():
+        with torch.no_grad():
+            net.synthesis(ws, noise_mode="const", **kw)
+    return run
+
+
+def _synthesis_backward(net, ws, **kw):
+    """A closure: ``net.synthesis(ws)`` forward and backward with respect to ws."""
+    def run():
+        w = ws.clone().requires_grad_(True)
+        net.synthesis(w, noise_mode="const", **kw).square().mean().backward()
+    return run
+
+
+def measure(tasks: dict, rounds: int, device) -> dict:
+    """Best seconds per item of every task over ``rounds`` interleaved rounds (after one warm-up call each)."""
     for fn, _ in tasks.values():  # warm-up: kernels built and tuned, allocator pools
         fn()
     best = {key: float("inf") for key in tasks}
-    for r in range(args.rounds):
+    for r in range(rounds):
         for key, (fn, count) in tasks.items():
             best[key] = min(best[key], timed(fn, device) / count)
-        print(f"round {r + 1}/{args.rounds} done", flush=True)
+        print(f"round {r + 1}/{rounds} done", flush=True)
+    return best
+
+
+def report(args: argparse.Namespace, device, best: dict, tasks: dict, precisions: tuple, has_official: bool) -> None:
+    """Print the table of times per image, step and frame, frames/s and the ratios against float16."""
+    import torch
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"\n{name}, torch {torch.__version__}, {args.resolution}x{args.resolution}, best of {args.rounds} rounds "
-          f"(TF32 off){'; NVIDIA code: ' + args.official if official is not None else ''}")
-    columns = list(precisions) + (["NVIDIA fp16", "NVIDIA fp32"] if official is not None else [])
+          f"(TF32 off){'; NVIDIA code: ' + args.official if has_official else ''}")
+    columns = list(precisions) + (["NVIDIA fp16", "NVIDIA fp32"] if has_official else [])
     print(f"{'per image / step / frame':<30}" + "".join(f"{c:>14}" for c in columns))
     for what in dict.fromkeys(k[0] for k in tasks):
         cells = "".join(f"{best[what, c] * 1e3:>11.1f} ms" if (what, c) in best else f"{'':>14}" for c in columns)

@@ -51,6 +51,60 @@ VARIANTS = ["fp32", "naive autocast", "bf16 (shipped)", "styles in bf16", "demod
             "fused modulation"]
 
 
+def _patch_forward(module, wrap, patched: list) -> None:
+    """Replace ``module.forward`` (on the instance) by ``wrap(original bound forward)``; recorded in ``patched``."""
+    original = type(module).forward.__get__(module)
+    module.forward = wrap(original)
+    patched.append((module, "forward"))
+
+
+def _bf16_styles(G, patched: list) -> None:
+    """Every synthesis layer's affine (style) layer in bfloat16."""
+    from timemachine import networks
+
+    for module in G.synthesis.modules():
+        if isinstance(module, networks.SynthesisLayer):
+            _patch_forward(module.affine, lambda f: lambda w: f(w.bfloat16()).float(), patched)
+
+
+def _bf16_demod() -> None:
+    """Demodulation coefficients in bfloat16, in every block (float32 ones included)."""
+    from timemachine import networks
+
+    def demodulation_coefficients(weight, styles):
+        weight_sq = weight.bfloat16().square().sum(dim=[2, 3])
+        return (styles.bfloat16().square() @ weight_sq.t() + 1e-8).rsqrt().float()
+    networks.demodulation_coefficients = demodulation_coefficients
+
+
+def _torgb_fp32(G, patched: list) -> None:
+    """ToRGB layers convolve in float32 whatever their block's dtype."""
+    from timemachine import networks
+
+    for module in G.synthesis.modules():
+        if isinstance(module, networks.ToRGBLayer):
+            _patch_forward(module, lambda f: lambda x, w, **kw: f(x.float(), w, **kw), patched)
+
+
+def _min_resolution(resolution: int):
+    def patch(G, patched: list) -> None:
+        from timemachine import networks
+        networks.BF16_MIN_RESOLUTION = resolution
+    return patch
+
+
+#: What each bf16 variant changes beyond precision='bf16' (fp32, naive autocast and fused modulation aside).
+_PATCHES = {
+    "bf16 (shipped)": [],
+    "styles in bf16": [_bf16_styles],
+    "demodulation in bf16": [lambda G, patched: _bf16_demod()],
+    "styles + demod in bf16": [_bf16_styles, lambda G, patched: _bf16_demod()],
+    "all blocks bf16": [_min_resolution(4)],
+    "blocks from 64 in bf16": [_min_resolution(64)],
+    "ToRGB in fp32": [_torgb_fp32],
+}
+
+
 @contextlib.contextmanager
 def variant(G, name: str):
     """Patch ``G`` (and timemachine.networks) for one variant; yields the synthesis keywords."""
@@ -59,46 +113,13 @@ def variant(G, name: str):
     from timemachine import networks
 
     saved_min, saved_demod = networks.BF16_MIN_RESOLUTION, networks.demodulation_coefficients
-    patched = []  # (module, attribute name): instance attributes to delete afterwards
-
-    def bf16_styles():
-        for module in G.synthesis.modules():
-            if isinstance(module, networks.SynthesisLayer):
-                affine = module.affine
-                affine.forward = lambda w, f=type(affine).forward, m=affine: f(m, w.bfloat16()).float()
-                patched.append((affine, "forward"))
-
-    def bf16_demod():
-        def demodulation_coefficients(weight, styles):  # in every block, float32 ones included
-            weight_sq = weight.bfloat16().square().sum(dim=[2, 3])
-            return (styles.bfloat16().square() @ weight_sq.t() + 1e-8).rsqrt().float()
-        networks.demodulation_coefficients = demodulation_coefficients
-
-    kwargs = dict(precision="bf16")
-    context = contextlib.nullcontext()
-    if name == "fp32":
-        kwargs = dict(precision="fp32")
-    elif name == "naive autocast":
-        kwargs = dict(precision="fp32")
-        context = torch.autocast("cpu", dtype=torch.bfloat16)
-    elif name == "styles in bf16":
-        bf16_styles()
-    elif name == "demodulation in bf16":
-        bf16_demod()
-    elif name == "styles + demod in bf16":
-        bf16_styles()
-        bf16_demod()
-    elif name == "all blocks bf16":
-        networks.BF16_MIN_RESOLUTION = 4
-    elif name == "blocks from 64 in bf16":
-        networks.BF16_MIN_RESOLUTION = 64
-    elif name == "ToRGB in fp32":
-        for module in G.synthesis.modules():
-            if isinstance(module, networks.ToRGBLayer):
-                module.forward = lambda x, w, f=type(module).forward, m=module, **kw: f(m, x.float(), w, **kw)
-                patched.append((module, "forward"))
-    elif name == "fused modulation":
+    patched: list = []  # (module, attribute name): instance attributes to delete afterwards
+    kwargs: dict = dict(precision="fp32" if name in ("fp32", "naive autocast") else "bf16")
+    context = torch.autocast("cpu", dtype=torch.bfloat16) if name == "naive autocast" else contextlib.nullcontext()
+    if name == "fused modulation":
         kwargs["fused_modconv"] = True
+    for patch in _PATCHES.get(name, []):
+        patch(G, patched)
     try:
         with context:
             yield kwargs

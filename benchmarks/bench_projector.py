@@ -10,8 +10,8 @@ Variants, each in its own worker process, taking turns round by round (best of a
 * ``official``  the official float32 path, re-created with timemachine's network (NVIDIA's code is not
                 installed here): fused modulated convolutions (the official eval-mode rule for float32), the
                 reference ops (STYLEGAN_OPS_IMPL=ref), contiguous (NCHW) activations, glibc's default
-                allocator, the official projector's step otherwise.  (NVIDIA's own projector forced to float32 was measured at ~3.9 s/step on
-                this kind of machine, see issue #3: this stand-in is close to it.)
+                allocator, the official projector's step otherwise.  (NVIDIA's own projector forced to float32
+                was measured at ~3.9 s/step on this kind of machine, see issue #3: this stand-in is close to it.)
 * ``ours``      timemachine's ``projector.project`` as shipped (CPU defaults, tuned allocator), float32;
 * ``ours-bf16`` the same with ``precision='bf16'`` (generator and LPIPS-VGG16 in bfloat16; latent, noise maps,
                 Adam and the loss in float32): what ``--precision auto`` runs on a CPU with native BF16.
@@ -211,11 +211,21 @@ def main() -> None:
     flops = {}
     for variant, (_, conn) in workers.items():
         _, flops[variant] = conn.recv()
+    results = run_rounds(workers, variants, args.rounds)
+    for proc, conn in workers.values():
+        conn.send("stop")
+        proc.join(timeout=10)
+    report(args, variants, flops[variants[0]] / 1e9, *results)
+
+
+def run_rounds(workers: dict, variants: list[str], rounds: int) -> tuple:
+    """Interleaved rounds: every variant's worker times its steps in turn.  Returns (best s/step per variant,
+    best per phase per variant, best sgemm GFLOP/s, best bf16 GFLOP/s, load averages sampled each round)."""
     best = {v: float("inf") for v in variants}
     best_parts: dict[str, dict[str, float]] = {}
     peak = bf16_peak = 0.0
     load = [os.getloadavg()[0]]
-    for r in range(args.rounds):
+    for r in range(rounds):
         for variant in variants:
             _, conn = workers[variant]
             conn.send("round")
@@ -225,12 +235,13 @@ def main() -> None:
             for k, v in (parts or {}).items():
                 best_parts.setdefault(variant, {})[k] = min(best_parts.get(variant, {}).get(k, float("inf")), v)
         load.append(os.getloadavg()[0])
-        print(f"round {r + 1}/{args.rounds}: " + "  ".join(f"{v} {best[v]:.2f} s/step" for v in variants), flush=True)
-    for proc, conn in workers.values():
-        conn.send("stop")
-        proc.join(timeout=10)
+        print(f"round {r + 1}/{rounds}: " + "  ".join(f"{v} {best[v]:.2f} s/step" for v in variants), flush=True)
+    return best, best_parts, peak, bf16_peak, load
 
-    gflop = flops[variants[0]] / 1e9
+
+def report(args: argparse.Namespace, variants: list[str], gflop: float, best: dict, best_parts: dict,
+           peak: float, bf16_peak: float, load: list[float]) -> None:
+    """Print the table: time per step, achieved GFLOP/s against the GEMM peaks, ratios, breakdowns."""
     print()
     print(f"resolution {args.resolution}; best of {args.rounds} interleaved rounds of {args.steps} steps; load "
           f"average {min(load):.1f}-{max(load):.1f} (1 min, sampled each round)")

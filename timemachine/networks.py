@@ -29,7 +29,7 @@ Differences from the official code, none visible to callers of the official API:
 
 from __future__ import annotations
 
-from typing import Callable, Hashable, Optional
+from typing import Callable, Hashable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -167,34 +167,46 @@ def modulated_conv2d(
 
     dcoefs = demodulation_coefficients(weight, styles) if demodulate else None  # [N, O]
     if gain != 1:
-        if demodulate:
+        if dcoefs is not None:
             dcoefs = dcoefs * gain
         else:
             styles = styles * gain
+    path = _modconv_fused if fused_modconv else _modconv_unfused
+    return path(x, weight, styles, dcoefs, noise, resample_filter, up, down, padding, flip_weight)
 
-    if not fused_modconv:
-        # Scale the activations before and after one convolution with the shared weight.
-        x = x * styles.to(x.dtype).reshape(batch_size, -1, 1, 1)
-        dtype = x.dtype
-        x = _conv2d_resample.conv2d_resample(x, derived(weight, dtype, lambda: weight.to(dtype)), f=resample_filter,
-                                             up=up, down=down, padding=padding, flip_weight=flip_weight)
-        # x is the convolution's own output: with nothing to differentiate, scale it and add the noise in place.
-        # (x requires grad whenever styles, and so dcoefs, do.)
-        in_place = not torch.is_grad_enabled() or not (x.requires_grad or (noise is not None and noise.requires_grad))
-        dcoefs = dcoefs.to(x.dtype).reshape(batch_size, -1, 1, 1) if demodulate else None
-        if demodulate and noise is not None and in_place:
-            x = torch.addcmul(noise.to(x.dtype), x, dcoefs, out=x)
-        elif demodulate and noise is not None:
-            x = _fma.fma(x, dcoefs, noise.to(x.dtype))
-        elif demodulate:
-            x = x.mul_(dcoefs) if in_place else x * dcoefs
-        elif noise is not None:
-            x = x.add_(noise.to(x.dtype))
-        return x
 
-    # Per-sample weights [N, O, I, kh, kw].
+def _modconv_unfused(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, dcoefs: Optional[torch.Tensor],
+                     noise: Optional[torch.Tensor], resample_filter: Optional[torch.Tensor], up: int, down: int,
+                     padding: int, flip_weight: bool) -> torch.Tensor:
+    """:func:`modulated_conv2d`'s unfused path: scale the activations before and after one convolution with the
+    shared weight.  ``dcoefs`` [N, O] float32 (gain folded in) or None without demodulation."""
+    batch_size = x.shape[0]
+    x = x * styles.to(x.dtype).reshape(batch_size, -1, 1, 1)
+    dtype = x.dtype
+    x = _conv2d_resample.conv2d_resample(x, derived(weight, dtype, lambda: weight.to(dtype)), f=resample_filter,
+                                         up=up, down=down, padding=padding, flip_weight=flip_weight)
+    # x is the convolution's own output: with nothing to differentiate, scale it and add the noise in place.
+    # (x requires grad whenever styles, and so dcoefs, do.)
+    in_place = not torch.is_grad_enabled() or not (x.requires_grad or (noise is not None and noise.requires_grad))
+    if dcoefs is None:
+        return x if noise is None else x.add_(noise.to(x.dtype))
+    scale = dcoefs.to(x.dtype).reshape(batch_size, -1, 1, 1)
+    if noise is None:
+        return x.mul_(scale) if in_place else x * scale
+    if in_place:
+        return torch.addcmul(noise.to(x.dtype), x, scale, out=x)
+    return _fma.fma(x, scale, noise.to(x.dtype))
+
+
+def _modconv_fused(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, dcoefs: Optional[torch.Tensor],
+                   noise: Optional[torch.Tensor], resample_filter: Optional[torch.Tensor], up: int, down: int,
+                   padding: int, flip_weight: bool) -> torch.Tensor:
+    """:func:`modulated_conv2d`'s fused path: per-sample weights [N, O, I, kh, kw] and one grouped convolution
+    (a batched matrix product for 1x1 kernels).  ``dcoefs`` as in :func:`_modconv_unfused`."""
+    batch_size = x.shape[0]
+    out_channels, in_channels, kh, kw = weight.shape
     w = weight.unsqueeze(0) * styles.reshape(batch_size, 1, -1, 1, 1)
-    if demodulate:
+    if dcoefs is not None:
         w = w * dcoefs.reshape(batch_size, -1, 1, 1, 1)
     if kh == 1 and kw == 1 and up == 1 and down == 1 and padding == 0:
         # A 1x1 convolution with per-sample weights is a batched matrix product.
@@ -233,16 +245,17 @@ class FullyConnectedLayer(torch.nn.Module):
         self.out_features = out_features
         self.activation = activation
         self.weight = torch.nn.Parameter(torch.randn([out_features, in_features]) / lr_multiplier)
-        self.bias = torch.nn.Parameter(torch.full([out_features], np.float32(bias_init))) if bias else None
+        self.bias = torch.nn.Parameter(torch.full([out_features], float(np.float32(bias_init)))) if bias else None
         self.weight_gain = lr_multiplier / np.sqrt(in_features)
         self.bias_gain = lr_multiplier
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         w = derived(self.weight, ("scaled", dtype, self.weight_gain), lambda: self.weight.to(dtype) * self.weight_gain)
-        b = self.bias
-        if b is not None:
-            b = derived(b, ("scaled", dtype, self.bias_gain), lambda: self.bias.to(dtype) * self.bias_gain)
+        bias = self.bias
+        b: Optional[torch.Tensor] = None
+        if bias is not None:
+            b = derived(bias, ("scaled", dtype, self.bias_gain), lambda: bias.to(dtype) * self.bias_gain)
         if self.activation == "linear" and b is not None:
             return torch.addmm(b.unsqueeze(0), x, w.t())
         x = x.matmul(w.t())
@@ -257,6 +270,8 @@ class Conv2dLayer(torch.nn.Module):
 
     Used by the 'resnet' synthesis architecture for its skip connections.  x [N, I, H, W] -> [N, O, H', W'].
     """
+
+    resample_filter: torch.Tensor   # buffer [K] or [K, K] FIR filter
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
                  activation: str = "linear", up: int = 1, down: int = 1, resample_filter=(1, 3, 3, 1),
@@ -296,6 +311,8 @@ class Conv2dLayer(torch.nn.Module):
 
 class MappingNetwork(torch.nn.Module):
     """z [N, z_dim] (+ c [N, c_dim]) -> ws [N, num_ws, w_dim], with truncation toward ``w_avg``."""
+
+    w_avg: torch.Tensor             # buffer [w_dim]: the tracked average of W (when w_avg_beta is set)
 
     def __init__(self, z_dim: int, c_dim: int, w_dim: int, num_ws: Optional[int], num_layers: int = 8,
                  embed_features: Optional[int] = None, layer_features: Optional[int] = None,
@@ -339,17 +356,7 @@ class MappingNetwork(torch.nn.Module):
         Returns:
             ws [N, num_ws, w_dim] float32 (or [N, w_dim] when num_ws is None).
         """
-        x = None
-        if self.z_dim > 0:
-            if z is None or z.ndim != 2 or z.shape[1] != self.z_dim:
-                raise ValueError(f"z must have shape [N, {self.z_dim}], got {None if z is None else tuple(z.shape)}")
-            x = normalize_2nd_moment(z.to(torch.float32))
-        if self.c_dim > 0:
-            if c is None or c.ndim != 2 or c.shape[1] != self.c_dim:
-                raise ValueError(f"c must have shape [N, {self.c_dim}], got {None if c is None else tuple(c.shape)}")
-            y = normalize_2nd_moment(self.embed(c.to(torch.float32)))
-            x = torch.cat([x, y], dim=1) if x is not None else y
-
+        x = self._embed(z, c)
         for idx in range(self.num_layers):
             x = getattr(self, f"fc{idx}")(x)
 
@@ -358,14 +365,32 @@ class MappingNetwork(torch.nn.Module):
 
         if self.num_ws is not None:
             x = x.unsqueeze(1).repeat([1, self.num_ws, 1])
-
         if truncation_psi != 1:
-            if self.w_avg_beta is None:
-                raise ValueError("this mapping network tracks no w_avg, so it cannot truncate")
-            if self.num_ws is None or truncation_cutoff is None:
-                x = self.w_avg.lerp(x, truncation_psi)
-            else:
-                x[:, :truncation_cutoff] = self.w_avg.lerp(x[:, :truncation_cutoff], truncation_psi)
+            x = self._truncate(x, truncation_psi, truncation_cutoff)
+        return x
+
+    def _embed(self, z: Optional[torch.Tensor], c: Optional[torch.Tensor]) -> torch.Tensor:
+        """The first layer's input: normalised z [N, z_dim] and embedded c, concatenated [N, z_dim + embed]."""
+        parts = []
+        if self.z_dim > 0:
+            if z is None or z.ndim != 2 or z.shape[1] != self.z_dim:
+                raise ValueError(f"z must have shape [N, {self.z_dim}], got {None if z is None else tuple(z.shape)}")
+            parts.append(normalize_2nd_moment(z.to(torch.float32)))
+        if self.c_dim > 0:
+            if c is None or c.ndim != 2 or c.shape[1] != self.c_dim:
+                raise ValueError(f"c must have shape [N, {self.c_dim}], got {None if c is None else tuple(c.shape)}")
+            parts.append(normalize_2nd_moment(self.embed(c.to(torch.float32))))
+        if not parts:
+            raise ValueError("a mapping network with z_dim == 0 and c_dim == 0 has no input")
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def _truncate(self, x: torch.Tensor, truncation_psi: float, truncation_cutoff: Optional[int]) -> torch.Tensor:
+        """x pulled toward ``w_avg`` by ``1 - truncation_psi`` (only its first ``truncation_cutoff`` ws if given)."""
+        if self.w_avg_beta is None:
+            raise ValueError("this mapping network tracks no w_avg, so it cannot truncate")
+        if self.num_ws is None or truncation_cutoff is None:
+            return self.w_avg.lerp(x, truncation_psi)
+        x[:, :truncation_cutoff] = self.w_avg.lerp(x[:, :truncation_cutoff], truncation_psi)
         return x
 
 
@@ -374,6 +399,9 @@ class SynthesisLayer(torch.nn.Module):
 
     x [N, I, R/up, R/up], w [N, w_dim] -> [N, O, R, R].
     """
+
+    resample_filter: torch.Tensor   # buffer: FIR filter of the upsampling
+    noise_const: torch.Tensor       # buffer [R, R]: the fixed noise of noise_mode='const' (with use_noise)
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, kernel_size: int = 3,
                  up: int = 1, use_noise: bool = True, activation: str = "lrelu", resample_filter=(1, 3, 3, 1),
@@ -470,6 +498,8 @@ class SynthesisBlock(torch.nn.Module):
     -> x [N, O, R, R], img [N, C, R, R] float32.
     """
 
+    resample_filter: torch.Tensor   # buffer: FIR filter of the image upsampling
+
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
                  is_last: bool, architecture: str = "skip", resample_filter=(1, 3, 3, 1),
                  conv_clamp: Optional[float] = None, use_fp16: bool = False, fp16_channels_last: bool = False,
@@ -541,28 +571,8 @@ class SynthesisBlock(torch.nn.Module):
         if channels_last is None:
             channels_last = default_channels_last(ws.device, self.channels_last and not force_fp32)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        noise = noise or {}
-
-        if self.in_channels == 0:
-            x = self.const.to(dtype=dtype)
-            x = x.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1]).contiguous(memory_format=memory_format)
-        else:
-            if x is None or x.shape[1:] != (self.in_channels, self.resolution // 2, self.resolution // 2):
-                raise ValueError(f"block b{self.resolution} expects x [N, {self.in_channels}, "
-                                 f"{self.resolution // 2}, {self.resolution // 2}]")
-            x = x.to(dtype=dtype, memory_format=memory_format)
-
-        if self.in_channels == 0:
-            x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, noise=noise.get("conv1"), **layer_kwargs)
-        elif self.architecture == "resnet":
-            y = self.skip(x, gain=np.sqrt(0.5))
-            x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, noise=noise.get("conv0"), **layer_kwargs)
-            x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, gain=np.sqrt(0.5),
-                           noise=noise.get("conv1"), **layer_kwargs)
-            x = y + x  # not in place: y may be kept for the backward pass (bias_act fast paths)
-        else:
-            x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, noise=noise.get("conv0"), **layer_kwargs)
-            x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, noise=noise.get("conv1"), **layer_kwargs)
+        x = self._block_input(x, ws.shape[0], dtype, memory_format)
+        x = self._convs(x, w_iter, fused_modconv, noise or {}, **layer_kwargs)
 
         if img is not None:
             img = _upfirdn2d.upsample2d(img, self.resample_filter)
@@ -571,6 +581,33 @@ class SynthesisBlock(torch.nn.Module):
             y = y.to(dtype=torch.float32, memory_format=torch.contiguous_format)
             img = img.add_(y) if img is not None else y
         return x, img
+
+
+    def _block_input(self, x: Optional[torch.Tensor], batch_size: int, dtype: torch.dtype,
+                     memory_format: torch.memory_format) -> torch.Tensor:
+        """The activations the first layer convolves: the learned constant repeated over the batch in the first
+        block, else the previous block's x [N, in_channels, R/2, R/2], in ``dtype`` and ``memory_format``."""
+        if self.in_channels == 0:
+            x = self.const.to(dtype=dtype)
+            return x.unsqueeze(0).repeat([batch_size, 1, 1, 1]).contiguous(memory_format=memory_format)
+        if x is None or x.shape[1:] != (self.in_channels, self.resolution // 2, self.resolution // 2):
+            raise ValueError(f"block b{self.resolution} expects x [N, {self.in_channels}, "
+                             f"{self.resolution // 2}, {self.resolution // 2}]")
+        return x.to(dtype=dtype, memory_format=memory_format)
+
+    def _convs(self, x: torch.Tensor, w_iter: Iterator[torch.Tensor], fused_modconv: Optional[bool],
+               noise: dict, **layer_kwargs) -> torch.Tensor:
+        """The block's synthesis layers (and resnet skip) on x, each taking the next w of ``w_iter``."""
+        if self.in_channels == 0:
+            return self.conv1(x, next(w_iter), fused_modconv=fused_modconv, noise=noise.get("conv1"), **layer_kwargs)
+        if self.architecture == "resnet":
+            y = self.skip(x, gain=np.sqrt(0.5))
+            x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, noise=noise.get("conv0"), **layer_kwargs)
+            x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, gain=np.sqrt(0.5),
+                           noise=noise.get("conv1"), **layer_kwargs)
+            return y + x  # not in place: y may be kept for the backward pass (bias_act fast paths)
+        x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, noise=noise.get("conv0"), **layer_kwargs)
+        return self.conv1(x, next(w_iter), fused_modconv=fused_modconv, noise=noise.get("conv1"), **layer_kwargs)
 
 
 class SynthesisNetwork(torch.nn.Module):
@@ -677,6 +714,8 @@ class SynthesisNetwork(torch.nn.Module):
             x, img = block(x, img, block_ws, noise_mode=noise_mode, force_fp32=force_fp32,
                            fused_modconv=fused_modconv, noise=block_noise.get(f"b{res}"),
                            channels_last=channels_last, precision=precision, **layer_kwargs)
+        if img is None:
+            raise ValueError(f"no block ran up to resolution {resolution}")
         return img
 
 

@@ -102,9 +102,11 @@ class PerceptualDistance(torch.nn.Module):
 
     def distance(self, features_a: list[torch.Tensor], features_b: list[torch.Tensor]) -> torch.Tensor:
         """LPIPS [N] between two feature lists from :meth:`features`."""
-        total = 0
-        for lin, fa, fb in zip(self.lins, features_a, features_b):
-            total = total + lin(torch.square(fa - fb)).mean(dim=[1, 2, 3])
+        terms = [lin(torch.square(fa - fb)).mean(dim=[1, 2, 3])
+                 for lin, fa, fb in zip(self.lins, features_a, features_b)]
+        total = terms[0]
+        for term in terms[1:]:
+            total = total + term
         return total
 
     def forward(self, images_a: torch.Tensor, images_b: torch.Tensor, precision: str = "fp32") -> torch.Tensor:

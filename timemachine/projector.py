@@ -150,15 +150,20 @@ def noise_regularization(noise: dict[str, torch.Tensor]) -> torch.Tensor:
 
     noise {layer: [N, 1, res, res]} -> [N], summed over layers and scales.
     """
-    total = 0.0
+    terms = []
     for v in noise.values():
         x = v
         while True:
-            total = total + (x * torch.roll(x, shifts=1, dims=3)).mean(dim=[1, 2, 3]).square()
-            total = total + (x * torch.roll(x, shifts=1, dims=2)).mean(dim=[1, 2, 3]).square()
+            terms.append((x * torch.roll(x, shifts=1, dims=3)).mean(dim=[1, 2, 3]).square())
+            terms.append((x * torch.roll(x, shifts=1, dims=2)).mean(dim=[1, 2, 3]).square())
             if x.shape[2] <= 8:
                 break
             x = F.avg_pool2d(x, kernel_size=2)
+    if not terms:
+        raise ValueError("there are no noise maps to regularise")
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
     return total
 
 
@@ -337,97 +342,142 @@ def project(
 
     started = time.perf_counter()
     w_avg, w_std = w_stats if w_stats is not None else compute_w_stats(G, settings.w_avg_samples)
-    rows = 1 if settings.space == "w" else G.num_ws
-    # One random stream per photo, each seeded alike: a photo gets the same start and the same w-noise
-    # whether it is projected alone or in a batch (so a cached projection does not depend on its batch).
-    generators = [torch.Generator(device="cpu").manual_seed(settings.seed) for _ in range(batch)]
-    w_opt = w_avg.to(device).repeat([batch, rows, 1]).clone()               # [N, rows, C]
-    noise_per_photo = [{name: torch.randn([1, 1, res, res], generator=gen) for name, res in _noise_shapes(G).items()}
-                       for gen in generators]
-    noise = {name: torch.cat([maps[name] for maps in noise_per_photo]).to(device) for name in noise_per_photo[0]}
-    optimizer_state = None
-    loss_curve: list[np.ndarray] = []
-    lpips_curve: list[np.ndarray] = []
-    start_step = 0
-    best_loss, since_best, finished = math.inf, 0, False    # early-stop state; finished: nothing left to do
-
+    run = _Run.fresh(G, w_avg.to(device), batch, 1 if settings.space == "w" else G.num_ws, settings.seed, device)
     if resume and checkpoint_path and os.path.exists(checkpoint_path):
-        state = _load_checkpoint(checkpoint_path, identity, w_opt, noise, settings.steps)
-        start_step = int(state["step"])
-        w_opt = state["w_opt"].to(device)
-        noise = {name: tensor.to(device) for name, tensor in state["noise"].items()}
-        optimizer_state = state["optimizer"]
-        for gen, rng_state in zip(generators, state["rng"]):
-            gen.set_state(rng_state)
-        loss_curve = list(state["loss_curve"].numpy())
-        lpips_curve = list(state["lpips_curve"].numpy())
-        best_loss, since_best, finished = float(state["best_loss"]), int(state["since_best"]), bool(state["finished"])
-
-    w_opt.requires_grad_(True)
-    for tensor in noise.values():
-        tensor.requires_grad_(True)
-    optimizer = torch.optim.Adam([w_opt] + list(noise.values()), betas=(0.9, 0.999), lr=settings.initial_learning_rate)
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
-
+        run.restore(_load_checkpoint(checkpoint_path, identity, run.w_opt, run.noise, settings.steps), device)
+    optimizer = run.optimizer(settings.initial_learning_rate)
     with torch.no_grad():
         target_features = perceptual.features(targets, precision)
 
-    step = start_step
-    while step < settings.steps and not finished:
-        lr = learning_rate(settings, step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        sigma = w_noise_scale(settings, step, w_std)
-        w_noise = torch.cat([torch.randn(w_opt.shape[1:], generator=gen)[None] for gen in generators]).to(device) * sigma
-        ws = (w_opt + w_noise).expand(-1, G.num_ws, -1) if rows == 1 else w_opt + w_noise
-        synth = G.synthesis(ws, noise_mode="const", noise=noise, precision=precision)
-        lpips = perceptual.distance(perceptual.features(synth, precision), target_features)  # [N]
-        reg = noise_regularization(noise)                                                 # [N]
-        loss = lpips.sum() + reg.sum() * settings.regularize_noise_weight
-
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            for tensor in noise.values():  # renormalise each map to zero mean, unit variance
-                tensor -= tensor.mean(dim=[1, 2, 3], keepdim=True)
-                tensor *= tensor.square().mean(dim=[1, 2, 3], keepdim=True).rsqrt()
-        step += 1
-
-        lpips_np = lpips.detach().cpu().numpy().astype(np.float32)
-        loss_curve.append(lpips_np + reg.detach().cpu().numpy().astype(np.float32) * settings.regularize_noise_weight)
-        lpips_curve.append(lpips_np)
-        if callback is not None:
-            preview = None
-            if settings.preview_every and (step % settings.preview_every == 0 or step == settings.steps):
-                preview = _preview(G, _broadcast(w_opt.detach(), G.num_ws), noise, precision)
-            callback(ProgressEvent("project", step, settings.steps, float(loss.detach()), lpips_np, preview))
-        if settings.early_stop_patience and sigma == 0.0:
-            total = float(loss.detach())
-            if total < best_loss * (1 - settings.early_stop_min_delta):
-                best_loss, since_best = total, 0
-            else:
-                since_best += 1
-        stalled = bool(settings.early_stop_patience) and since_best >= settings.early_stop_patience
-        finished = step == settings.steps or stalled
+    while run.step < settings.steps and not run.finished:
+        _step(G, run, optimizer, perceptual, target_features, settings, w_std, callback)
         # Saved at the end too: an interruption after the projection (during pivotal tuning, say) resumes
         # without projecting again.
-        if checkpoint_path and settings.checkpoint_every and (step % settings.checkpoint_every == 0 or finished):
-            _save_checkpoint(checkpoint_path, {
-                "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **identity, "step": step,
-                "w_opt": w_opt.detach().cpu(), "noise": {k: v.detach().cpu() for k, v in noise.items()},
-                "optimizer": optimizer.state_dict(), "rng": [gen.get_state() for gen in generators],
-                "loss_curve": torch.from_numpy(np.stack(loss_curve)),
-                "lpips_curve": torch.from_numpy(np.stack(lpips_curve)),
-                "best_loss": best_loss, "since_best": since_best, "finished": finished})
+        if checkpoint_path and settings.checkpoint_every and (run.step % settings.checkpoint_every == 0
+                                                              or run.finished):
+            _save_checkpoint(checkpoint_path, run.checkpoint(identity, optimizer))
 
     return Projection(
-        ws=_broadcast(w_opt.detach(), G.num_ws).cpu(),
-        noise={k: v.detach().cpu() for k, v in noise.items()},
-        loss_curve=np.stack(loss_curve) if loss_curve else np.zeros([0, batch], np.float32),
-        lpips_curve=np.stack(lpips_curve) if lpips_curve else np.zeros([0, batch], np.float32),
-        steps_run=step, settings=settings, seconds=time.perf_counter() - started)
+        ws=_broadcast(run.w_opt.detach(), G.num_ws).cpu(),
+        noise={k: v.detach().cpu() for k, v in run.noise.items()},
+        loss_curve=np.stack(run.loss_curve) if run.loss_curve else np.zeros([0, batch], np.float32),
+        lpips_curve=np.stack(run.lpips_curve) if run.lpips_curve else np.zeros([0, batch], np.float32),
+        steps_run=run.step, settings=settings, seconds=time.perf_counter() - started)
+
+
+@dataclasses.dataclass
+class _Run:
+    """A projection's state between steps: everything a resume checkpoint holds but its identity."""
+
+    w_opt: torch.Tensor                   # [N, rows, C] float32, rows = 1 (W) or num_ws (W+)
+    noise: dict[str, torch.Tensor]        # layer name -> [N, 1, R, R] float32
+    generators: list[torch.Generator]     # one CPU random stream per photo (w-noise)
+    optimizer_state: Optional[dict] = None
+    loss_curve: list[np.ndarray] = dataclasses.field(default_factory=list)    # per step: [N] float32
+    lpips_curve: list[np.ndarray] = dataclasses.field(default_factory=list)   # per step: [N] float32
+    step: int = 0
+    best_loss: float = math.inf           # early stopping: best total loss so far,
+    since_best: int = 0                   # steps since it improved,
+    finished: bool = False                # and whether nothing is left to do
+
+    @classmethod
+    def fresh(cls, G: Generator, w_avg: torch.Tensor, batch: int, rows: int, seed: int,
+              device: torch.device) -> _Run:
+        """The start: every photo at ``w_avg`` [C] with its own noise maps.  One random stream per photo, each
+        seeded alike: a photo gets the same start and the same w-noise whether it is projected alone or in a
+        batch (so a cached projection does not depend on its batch)."""
+        generators = [torch.Generator(device="cpu").manual_seed(seed) for _ in range(batch)]
+        w_opt = w_avg.repeat([batch, rows, 1]).clone()
+        per_photo = [{name: torch.randn([1, 1, res, res], generator=gen) for name, res in _noise_shapes(G).items()}
+                     for gen in generators]
+        noise = {name: torch.cat([maps[name] for maps in per_photo]).to(device) for name in per_photo[0]}
+        return cls(w_opt, noise, generators)
+
+    def restore(self, state: dict, device: torch.device) -> None:
+        """Continue from a checked checkpoint (:func:`_load_checkpoint`)."""
+        self.step = int(state["step"])
+        self.w_opt = state["w_opt"].to(device)
+        self.noise = {name: tensor.to(device) for name, tensor in state["noise"].items()}
+        self.optimizer_state = state["optimizer"]
+        for gen, rng_state in zip(self.generators, state["rng"]):
+            gen.set_state(rng_state)
+        self.loss_curve = list(state["loss_curve"].numpy())
+        self.lpips_curve = list(state["lpips_curve"].numpy())
+        self.best_loss, self.since_best = float(state["best_loss"]), int(state["since_best"])
+        self.finished = bool(state["finished"])
+
+    def optimizer(self, lr: float) -> torch.optim.Adam:
+        """Adam over the latents and noise maps (which start requiring grad), with the saved state if any."""
+        self.w_opt.requires_grad_(True)
+        for tensor in self.noise.values():
+            tensor.requires_grad_(True)
+        optimizer = torch.optim.Adam([self.w_opt] + list(self.noise.values()), betas=(0.9, 0.999), lr=lr)
+        if self.optimizer_state is not None:
+            optimizer.load_state_dict(self.optimizer_state)
+        return optimizer
+
+    def w_noise(self, sigma: float, device: torch.device) -> torch.Tensor:
+        """This step's w-noise [N, rows, C]: one draw from each photo's stream, times ``sigma``."""
+        draws = [torch.randn(self.w_opt.shape[1:], generator=gen)[None] for gen in self.generators]
+        return torch.cat(draws).to(device) * sigma
+
+    def track_early_stop(self, settings: ProjectorSettings, sigma: float, total: float) -> None:
+        """Count steps without improvement (once the w-noise is off) and mark the run finished when done."""
+        if settings.early_stop_patience and sigma == 0.0:
+            if total < self.best_loss * (1 - settings.early_stop_min_delta):
+                self.best_loss, self.since_best = total, 0
+            else:
+                self.since_best += 1
+        stalled = bool(settings.early_stop_patience) and self.since_best >= settings.early_stop_patience
+        self.finished = self.step == settings.steps or stalled
+
+    def checkpoint(self, identity: dict, optimizer: torch.optim.Optimizer) -> dict:
+        """What :func:`_save_checkpoint` writes (format, version, the run's ``identity`` and its state)."""
+        return {
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **identity, "step": self.step,
+            "w_opt": self.w_opt.detach().cpu(), "noise": {k: v.detach().cpu() for k, v in self.noise.items()},
+            "optimizer": optimizer.state_dict(), "rng": [gen.get_state() for gen in self.generators],
+            "loss_curve": torch.from_numpy(np.stack(self.loss_curve)),
+            "lpips_curve": torch.from_numpy(np.stack(self.lpips_curve)),
+            "best_loss": self.best_loss, "since_best": self.since_best, "finished": self.finished}
+
+
+def _step(G: Generator, run: _Run, optimizer: torch.optim.Optimizer, perceptual: PerceptualDistance,
+          target_features: Any, settings: ProjectorSettings, w_std: float,
+          callback: Optional[ProgressCallback]) -> None:
+    """One optimisation step of :func:`project` on ``run``: forward, LPIPS + noise regularisation, backward,
+    Adam, noise maps renormalised; the curves, the callback and the early-stop state updated."""
+    device = run.w_opt.device
+    precision = settings.precision
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(settings, run.step)
+    sigma = w_noise_scale(settings, run.step, w_std)
+    w_opt, noise = run.w_opt, run.noise
+    ws = w_opt + run.w_noise(sigma, device)
+    ws = ws.expand(-1, G.num_ws, -1) if ws.shape[1] == 1 else ws
+    synth = G.synthesis(ws, noise_mode="const", noise=noise, precision=precision)
+    lpips = perceptual.distance(perceptual.features(synth, precision), target_features)  # [N]
+    reg = noise_regularization(noise)                                                 # [N]
+    loss = lpips.sum() + reg.sum() * settings.regularize_noise_weight
+
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        for tensor in noise.values():  # renormalise each map to zero mean, unit variance
+            tensor -= tensor.mean(dim=[1, 2, 3], keepdim=True)
+            tensor *= tensor.square().mean(dim=[1, 2, 3], keepdim=True).rsqrt()
+    run.step += 1
+
+    lpips_np = lpips.detach().cpu().numpy().astype(np.float32)
+    run.loss_curve.append(lpips_np + reg.detach().cpu().numpy().astype(np.float32) * settings.regularize_noise_weight)
+    run.lpips_curve.append(lpips_np)
+    if callback is not None:
+        preview = None
+        if settings.preview_every and (run.step % settings.preview_every == 0 or run.step == settings.steps):
+            preview = _preview(G, _broadcast(w_opt.detach(), G.num_ws), noise, precision)
+        callback(ProgressEvent("project", run.step, settings.steps, float(loss.detach()), lpips_np, preview))
+    run.track_early_stop(settings, sigma, float(loss.detach()))
 
 
 def _broadcast(w: torch.Tensor, num_ws: int) -> torch.Tensor:

@@ -66,6 +66,7 @@ import os
 import tempfile
 import time
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from typing import Generator as PyGenerator
 
 import numpy as np
 import torch
@@ -240,7 +241,9 @@ def check_inputs(G: Generator, latent: LatentFile, direction: Union[torch.Tensor
     layers = set(G.synthesis.noise_layer_names())
     for name, noise in latent.noise.items():
         resolution = int(name.split(".")[0][1:]) if name in layers else None
-        if resolution is None or tuple(noise.shape[-2:]) != (resolution, resolution) or noise.numel() != resolution ** 2:
+        fits = resolution is not None and tuple(noise.shape[-2:]) == (resolution, resolution) \
+            and noise.numel() == resolution ** 2
+        if not fits:
             raise RenderError(f"the latent's noise map {name!r} {list(noise.shape)} does not fit this model")
     return direction
 
@@ -267,7 +270,7 @@ def _resolve(G: Generator, precision: str) -> str:
 
 
 def _walk_frames(G: Generator, latent: LatentFile, direction: torch.Tensor, coefficients: np.ndarray,
-                 batch_size: int, precision: str) -> Iterator[np.ndarray]:
+                 batch_size: int, precision: str) -> PyGenerator[np.ndarray, None, None]:
     from timemachine.projector import apply_weight_delta
 
     G_used = apply_weight_delta(G, latent.pti_delta)
@@ -325,6 +328,8 @@ class _FrameSpool:
         self._file.write(np.ascontiguousarray(frame).data)
 
     def get(self, index: int) -> np.ndarray:
+        if self._shape is None:
+            raise RuntimeError(f"frame {index} was not spooled")
         size = int(np.prod(self._shape))
         self._file.seek(index * size)
         data = bytearray(size)
@@ -337,7 +342,8 @@ class _FrameSpool:
 
 
 def iter_frames(G: Generator, latent: LatentFile, direction: Union[torch.Tensor, np.ndarray],
-                settings: Optional[RenderSettings] = None, spool_dir: Optional[PathLike] = None) -> Iterator[np.ndarray]:
+                settings: Optional[RenderSettings] = None,
+                spool_dir: Optional[PathLike] = None) -> Iterator[np.ndarray]:
     """All output frames in order (holds and ping-pong included): ``settings.total_frames`` uint8 [R, R, 3].
 
     Inputs and settings are checked at once (:class:`RenderError`).  A ping-pong keeps walk frames in an
@@ -351,14 +357,14 @@ def iter_frames(G: Generator, latent: LatentFile, direction: Union[torch.Tensor,
 
 
 def _planned_frames(G: Generator, latent: LatentFile, direction: torch.Tensor, settings: RenderSettings,
-                    spool_dir: Optional[PathLike]) -> Iterator[tuple[int, np.ndarray]]:
+                    spool_dir: Optional[PathLike]) -> PyGenerator[tuple[int, np.ndarray], None, None]:
     """(walk index, frame) for each output frame of :func:`frame_plan`."""
     plan = frame_plan(settings.frames, settings.hold_start, settings.hold_end, settings.pingpong)
     coefficients = walk_coefficients(settings.frames, settings.strength, settings.easing)
     walk = _walk_frames(G, latent, direction, coefficients, settings.batch_size, _resolve(G, settings.precision))
     spool = _FrameSpool(os.fspath(spool_dir) if spool_dir is not None else None) if settings.pingpong else None
     try:
-        next_new, last_index, last_frame = 0, -1, None
+        next_new, last_index, last_frame = 0, -1, np.zeros(0, np.uint8)
         for index in plan:
             if index == next_new:
                 frame = next(walk)
@@ -367,8 +373,10 @@ def _planned_frames(G: Generator, latent: LatentFile, direction: torch.Tensor, s
                     spool.put(index, frame)
             elif index == last_index:
                 frame = last_frame
-            else:
+            elif spool is not None:
                 frame = spool.get(index)
+            else:
+                raise RuntimeError(f"frame {index} comes back without a spool")
             last_index, last_frame = index, frame
             yield int(index), frame
     finally:
@@ -454,7 +462,7 @@ def _open_writers(requested: dict[str, str], settings: RenderSettings) -> tuple[
     except BaseException:
         video.abort_all(list(opened.values()))
         raise
-    stills = {kind: opened.pop(kind) for kind in ("before", "after") if kind in opened}
+    stills: dict[str, Any] = {kind: opened.pop(kind) for kind in ("before", "after") if kind in opened}
     return opened, stills
 
 
