@@ -277,8 +277,7 @@ def _walk_frames(G: Generator, latent: LatentFile, direction: torch.Tensor, coef
     device = generator_device(G)
     ws = latent.ws.to(device, torch.float32)
     direction = direction.to(device)
-    noise = {name: value.reshape(1, 1, *value.shape[-2:]).to(device, torch.float32)
-             for name, value in latent.noise.items()}
+    noise = latent.noise_maps(device)
 
     # Walk frames whose coefficient equals the previous one are copies: synthesise only the first of each run.
     count = len(coefficients)
