@@ -76,6 +76,21 @@ def build_generator(resolution: int):
     return G.eval().requires_grad_(False)
 
 
+def realistic(G, seed: int = 0):
+    """G with its ToRGB layers scaled (a linear map: exact) so that its images have standard deviation 0.5, as a
+    trained model's do (a random-weight generator's lie mostly outside [-1, 1], where clamping hides errors)."""
+    import torch
+
+    with torch.no_grad():
+        ws = G.mapping(torch.randn(8, G.z_dim, generator=torch.Generator().manual_seed(seed)), None)
+        scale = 0.5 / G.synthesis(ws, noise_mode="const", precision="fp32").std()
+        for name, module in G.synthesis.named_modules():
+            if name.endswith("torgb"):
+                module.weight.mul_(scale)
+                module.bias.mul_(scale)
+    return G
+
+
 def count_forward_flops(G, ws) -> int:
     import torch
     from torch.utils.flop_counter import FlopCounterMode

@@ -129,20 +129,6 @@ def variant(G, name: str):
             delattr(module, attribute)
 
 
-def realistic(G, seed: int = 0):
-    """Scale G's ToRGB layers so that its images have standard deviation 0.5 (linear: exact)."""
-    import torch
-
-    with torch.no_grad():
-        ws = G.mapping(torch.randn(8, G.z_dim, generator=torch.Generator().manual_seed(seed)), None)
-        scale = 0.5 / G.synthesis(ws, noise_mode="const", precision="fp32").std()
-        for name, module in G.synthesis.named_modules():
-            if name.endswith("torgb"):
-                module.weight.mul_(scale)
-                module.bias.mul_(scale)
-    return G
-
-
 def psnr(a, b):
     import torch
 
@@ -232,7 +218,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     import torch
 
-    from bench_generator import build_generator
+    from bench_generator import build_generator, realistic
     from timemachine.checkpoint import load_generator
     from timemachine.device import prepare_device
 

@@ -12,7 +12,6 @@ import json
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
 from timemachine import age
 from timemachine.cli import main
 from timemachine.env import Environment
@@ -68,9 +67,6 @@ def test_discover_runs_end_to_end_on_the_official_tiny_pickle(tiny_pkl, capsys):
 @pytest.mark.slow
 def test_discover_runs_end_to_end_on_the_afhq_architecture(tmp_path, capsys):
     """The 512x512 AFHQ generator (random weights), rendered at 256 px by stopping at that block."""
-    import sys
-
-    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
     from bench_generator import build_generator
     from timemachine.checkpoint import save_generator
 

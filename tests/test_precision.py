@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from bench_generator import realistic
 from conftest import make_small_generator
 from timemachine import device as device_module
 from timemachine import projector as P
@@ -37,18 +38,6 @@ ARM_WITHOUT = "Features\t: fp asimd evtstrm aes crc32\n"
 def force_detection(monkeypatch, native: bool) -> None:
     monkeypatch.setattr(device_module, "cpu_bf16_support",
                         lambda: device_module.Bf16Support(native, "forced by the test"))
-
-
-def realistic(G, seed: int = 0):
-    """G with its ToRGB layers scaled (a linear map: exact) so that its images have standard deviation 0.5."""
-    with torch.no_grad():
-        ws = G.mapping(torch.randn(8, G.z_dim, generator=torch.Generator().manual_seed(seed)), None)
-        scale = 0.5 / G.synthesis(ws, noise_mode="const", precision="fp32").std()
-        for name, module in G.synthesis.named_modules():
-            if name.endswith("torgb"):
-                module.weight.mul_(scale)
-                module.bias.mul_(scale)
-    return G
 
 
 @pytest.fixture(scope="module")
