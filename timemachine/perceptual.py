@@ -104,10 +104,7 @@ class PerceptualDistance(torch.nn.Module):
         """LPIPS [N] between two feature lists from :meth:`features`."""
         terms = [lin(torch.square(fa - fb)).mean(dim=[1, 2, 3])
                  for lin, fa, fb in zip(self.lins, features_a, features_b)]
-        total = terms[0]
-        for term in terms[1:]:
-            total = total + term
-        return total
+        return sum(terms[1:], terms[0])
 
     def forward(self, images_a: torch.Tensor, images_b: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
         return self.distance(self.features(images_a, precision), self.features(images_b, precision))

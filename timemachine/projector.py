@@ -161,10 +161,7 @@ def noise_regularization(noise: dict[str, torch.Tensor]) -> torch.Tensor:
             x = F.avg_pool2d(x, kernel_size=2)
     if not terms:
         raise ValueError("there are no noise maps to regularise")
-    total = terms[0]
-    for term in terms[1:]:
-        total = total + term
-    return total
+    return sum(terms[1:], terms[0])
 
 
 def learning_rate(settings: ProjectorSettings, step: int) -> float:
@@ -472,12 +469,13 @@ def _step(G: Generator, run: _Run, optimizer: torch.optim.Optimizer, perceptual:
     lpips_np = lpips.detach().cpu().numpy().astype(np.float32)
     run.loss_curve.append(lpips_np + reg.detach().cpu().numpy().astype(np.float32) * settings.regularize_noise_weight)
     run.lpips_curve.append(lpips_np)
+    total = float(loss.detach())
     if callback is not None:
         preview = None
         if settings.preview_every and (run.step % settings.preview_every == 0 or run.step == settings.steps):
             preview = _preview(G, _broadcast(w_opt.detach(), G.num_ws), noise, precision)
-        callback(ProgressEvent("project", run.step, settings.steps, float(loss.detach()), lpips_np, preview))
-    run.track_early_stop(settings, sigma, float(loss.detach()))
+        callback(ProgressEvent("project", run.step, settings.steps, total, lpips_np, preview))
+    run.track_early_stop(settings, sigma, total)
 
 
 def _broadcast(w: torch.Tensor, num_ws: int) -> torch.Tensor:
