@@ -88,3 +88,22 @@ def test_gradients_agree_across_paths(G, ws, channels_last, fused_modconv):
         assert g_got.shape == g_ref.shape
         if g_ref.abs().max() > 0:
             assert rel_err(g_got, g_ref) <= 1e-4
+
+
+def test_weight_cache_does_not_keep_discarded_copies_alive(G, ws):
+    """The per-parameter cache of derived weights (networks.derived) must not outlive its parameter: a float32
+    cast of a float32 weight is the weight itself, and keeping it would keep every deep copy of a generator
+    (pivotal-tuning renders make one per call) alive for good."""
+    import copy
+    import gc
+    import weakref
+
+    alive = []
+    for _ in range(3):
+        copied = copy.deepcopy(G)
+        with torch.no_grad():
+            copied.synthesis(ws, noise_mode="const", precision="fp32", fused_modconv=False)
+        alive.append(weakref.ref(copied.synthesis.b8.conv0.weight))
+        del copied
+    gc.collect()
+    assert [ref() is None for ref in alive] == [True, True, True]

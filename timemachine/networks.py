@@ -67,7 +67,8 @@ def derived(param: torch.Tensor, what: Hashable, compute: Callable[[], torch.Ten
     if hit is not None and hit[0] == stamp:
         return hit[1]
     value = compute()
-    entries[what] = (stamp, value)
+    if value is not param:  # (a cast to param's own dtype is param: keeping it would keep param alive forever)
+        entries[what] = (stamp, value)
     return value
 
 
