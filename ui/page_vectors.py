@@ -14,7 +14,6 @@ from timemachine.errors import AgeVectorError
 from timemachine.settings import ProjectorSettings, VectorSettings
 
 BUILD, TUNE = "build", "tune"
-SPECIES_OF_MODEL = {"afhqdog": "dog", "afhqcat": "cat", "afhqwild": "wild"}
 METHOD_HELP = {
     "mean": "mean: average puppy minus average adult (any numbers of each)",
     "linear": "linear: the direction a classifier finds between puppies and adults; ignores pose and fur colour "
@@ -42,7 +41,7 @@ def build_section(model: pipeline.LoadedModel) -> None:
     left, right = st.columns(2)
     with left:
         method = st.radio("Method", ["mean", "linear", "pair"], key="build_method", format_func=METHOD_HELP.get)
-        species = st.text_input("Species", SPECIES_OF_MODEL.get(model.spec, ""), key="build_species")
+        species = st.text_input("Species", pipeline.ZOO_SPECIES.get(model.spec, ""), key="build_species")
         notes = st.text_area("Notes", key="build_notes", placeholder="breed, where the photos come from, …")
     with right:
         strength = st.number_input("Default strength", -pipeline.MAX_STRENGTH, pipeline.MAX_STRENGTH,
@@ -138,11 +137,10 @@ def tune_section(model: pipeline.LoadedModel) -> None:
 
 def _readable_vectors() -> dict[str, pipeline.AgeVector]:
     """The library's and the built-in vectors that can be read, by name; a warning for each that cannot."""
-    entries = ui.vector_library().entries(builtins=True)
-    for entry in entries:
-        if entry.vector is None:
-            st.warning(f"`{entry.name}` cannot be read: {entry.problem}")
-    return {e.name: e.vector for e in entries if e.vector is not None}
+    usable, damaged = ui.library_entries()
+    for entry in damaged:
+        st.warning(f"`{entry.name}` cannot be read: {entry.problem}")
+    return {e.name: e.vector for e in usable}
 
 
 def _describe_vector(vector: pipeline.AgeVector, model: pipeline.LoadedModel) -> None:

@@ -138,6 +138,13 @@ def vector_library() -> pipeline.VectorLibrary:
     return pipeline.vector_library(environment())
 
 
+def library_entries() -> tuple[list, list]:
+    """The vectors a visitor can choose from, as (usable, damaged) library entries: the library's and the
+    built-ins, without the built-ins that a library vector of the same name hides."""
+    entries = [e for e in vector_library().entries(builtins=True) if not e.shadowed]
+    return [e for e in entries if e.vector is not None], [e for e in entries if e.vector is None]
+
+
 def run_page(body: Callable[[], None]) -> None:
     """Run a page's body with :func:`shown_errors` around it."""
     with shown_errors("showing the page"):

@@ -44,10 +44,7 @@ def _label(entry, model: pipeline.LoadedModel) -> str:
 
 def vector_section(model: pipeline.LoadedModel) -> Optional[pipeline.AgeEdit]:
     """The choice of vector, strength and layers, as an :class:`AgeEdit`; None when nothing usable is chosen."""
-    library = ui.vector_library()
-    entries = [e for e in library.entries(builtins=True) if not getattr(e, "shadowed", False)]
-    damaged = [e for e in entries if e.vector is None]
-    usable = [e for e in entries if e.vector is not None]
+    usable, damaged = ui.library_entries()
     if damaged:
         with st.expander(f"{len(damaged)} damaged file(s) in the library"):
             for entry in damaged:
@@ -66,7 +63,7 @@ def vector_section(model: pipeline.LoadedModel) -> Optional[pipeline.AgeEdit]:
             if not st.checkbox("Show the vectors of other models", key="use_foreign"):
                 return None
             return _chosen(model, usable, None)
-    return _chosen(model, ours + [e for e in usable if e not in ours], _default_name(library, model))
+    return _chosen(model, ours + [e for e in usable if e not in ours], _default_name(ui.vector_library(), model))
 
 
 def _chosen(model: pipeline.LoadedModel, entries: list, default_name: Optional[str]) -> Optional[pipeline.AgeEdit]:
