@@ -403,9 +403,17 @@ def perceptual_for(model: pipeline.LoadedModel):
         bar.close()
 
 
+@st.cache_resource(max_entries=2, show_spinner=False)
+def _shared_networks(device: str, env_key: tuple) -> pipeline.SharedNetworks:
+    return pipeline.SharedNetworks()
+
+
 def pipeline_for(model: pipeline.LoadedModel, with_perceptual: bool = True) -> pipeline.Pipeline:
-    """A pipeline of ``model`` with the process's shared LPIPS network (loaded now, with a download bar)."""
-    return pipeline.Pipeline(environment(), model, perceptual=perceptual_for(model) if with_perceptual else None)
+    """A pipeline of ``model`` with the process's shared LPIPS network (loaded now, with a download bar) and its
+    shared CLIP labellers and eye detector (loaded on first need)."""
+    env = environment()
+    return pipeline.Pipeline(env, model, perceptual=perceptual_for(model) if with_perceptual else None,
+                             shared=_shared_networks(str(model.device), _env_key(env)))
 
 
 @dataclasses.dataclass(frozen=True)

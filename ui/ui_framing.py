@@ -30,17 +30,6 @@ CLICKABLE = importlib.util.find_spec("streamlit_image_coordinates") is not None
 MARK_COLOURS = ((0, 200, 255), (255, 64, 160), (255, 196, 0))
 
 
-@st.cache_resource(show_spinner="Loading the eye detector…")
-def _detector(env_key: tuple, _env) -> tuple[Optional[object], Optional[str]]:
-    """The server's eye detector (its weights are not downloaded for visitors), once per process."""
-    return pipeline.find_detector(_env, download=False)
-
-
-def detector() -> tuple[Optional[object], Optional[str]]:
-    env = ui.environment()
-    return _detector((str(env.home), str(env.manifest)), env)
-
-
 def framing_section(photo: dict[str, Any], model: pipeline.LoadedModel) -> pipeline.Photo:
     """The framing controls and a live preview; returns the prepared photo (uint8 [R, R, 3] and its info)."""
     key = photo["digest"][:12]
@@ -56,9 +45,7 @@ def framing_section(photo: dict[str, Any], model: pipeline.LoadedModel) -> pipel
             request = _square(photo, key)
     else:
         request = pipeline.AlignmentRequest("auto", explicit=False)
-    found, missing = detector() if request.method == "auto" else (None, None)
-    prepared = pipeline.prepare_photo(photo["image"], model.G.img_resolution, alignment=request, name=photo["name"],
-                                      model_spec=model.spec, detector=found, detector_missing=missing)
+    prepared = _prepared(photo, model, request)
     record = prepared.info["alignment"]
     if mode != "eyes":
         with left:
@@ -70,6 +57,18 @@ def framing_section(photo: dict[str, Any], model: pipeline.LoadedModel) -> pipel
         st.info(notice[:1].upper() + notice[1:] + ("" if mode == "eyes" else
                                                   ". Choose **Mark the eyes** above for a closer likeness."))
     return prepared
+
+
+def _prepared(photo: dict[str, Any], model: pipeline.LoadedModel, request: pipeline.AlignmentRequest) -> pipeline.Photo:
+    """The photo framed as ``request`` asks, for ``model``; kept across reruns while photo, model and request stay
+    (framing runs the eye detector on the whole photo, and the page reruns on every click)."""
+    key = (photo["digest"], model.spec, model.fingerprint, request)
+    kept = st.session_state.get("framed_photo")
+    if kept is None or kept[0] != key:
+        pipe = ui.pipeline_for(model, with_perceptual=False)
+        kept = st.session_state["framed_photo"] = (key, pipe.prepare_photo(photo["image"], alignment=request,
+                                                                          name=photo["name"]))
+    return kept[1]
 
 
 def _caption(photo: dict[str, Any], record: dict[str, Any]) -> str:

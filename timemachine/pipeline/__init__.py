@@ -45,6 +45,7 @@ from timemachine.perceptual import RandomWeightsWarning
 from timemachine.pipeline.components import (
     LoadedModel,
     Pipeline,
+    SharedNetworks,
     find_detector,
     load_clip_labeller,
     load_model,
@@ -95,7 +96,8 @@ from timemachine.zoo import ProgressCallback as DownloadProgress
 from timemachine.zoo import Zoo, ZooEntry, human_bytes
 
 __all__ = [
-    "Environment", "LoadedModel", "Pipeline", "load_model", "load_perceptual", "load_clip_labeller", "perceptual_id",
+    "Environment", "LoadedModel", "Pipeline", "SharedNetworks", "load_model", "load_perceptual",
+    "load_clip_labeller", "perceptual_id",
     "Progress", "ProgressCallback", "VIDEO_STAGES", "overall_fraction",
     "Photo", "ProjectionRequest", "AgeEdit", "VideoOutputs", "AgeVideoRequest", "RenderRequest", "VectorExample",
     "VectorBuildRequest", "PhotoProjection", "AgeVideoResult", "VectorBuildResult", "BuiltExample", "STRIP_TIMES",

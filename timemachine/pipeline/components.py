@@ -154,6 +154,17 @@ def perceptual_id(perceptual: PerceptualDistance) -> str:
     return RANDOM if perceptual.vgg_source == RANDOM else os.path.basename(perceptual.vgg_source)
 
 
+@dataclasses.dataclass
+class SharedNetworks:
+    """The networks pipelines load on first need besides LPIPS, kept for every pipeline of a process that shares
+    this object (a queue worker's or a UI's, one device): the CLIP labellers by species and prompts, and the eye
+    detector (or why there is none, and whether a download was allowed when it was looked for)."""
+
+    labellers: dict[tuple, object] = dataclasses.field(default_factory=dict)
+    detector: Optional[tuple[Optional[object], Optional[str]]] = None
+    detector_download: bool = False
+
+
 class Pipeline:
     """Components registered once, and the jobs that use them.
 
@@ -161,18 +172,19 @@ class Pipeline:
         env:        the environment (paths, switches), read once by the face.
         model:      the loaded generator.
         perceptual: an LPIPS network to use, or None to load one on first need.
+        shared:     CLIP labellers and the eye detector shared with other pipelines on the same device (None:
+                    this pipeline's own).
     """
 
-    def __init__(self, env: Environment, model: LoadedModel, perceptual: Optional[PerceptualDistance] = None):
+    def __init__(self, env: Environment, model: LoadedModel, perceptual: Optional[PerceptualDistance] = None,
+                 shared: Optional[SharedNetworks] = None):
         self.env = env
         self.model = model
         #: ``downloads(label)`` -> a context manager yielding a ``progress(done, total)`` callback, for networks
         #: the pipeline loads on first need (VGG16, CLIP); a face sets it to show their downloads.
         self.downloads: Optional[Callable[[str], ContextManager]] = None
         self._perceptual = perceptual
-        self._labellers: dict[tuple, object] = {}
-        self._detector: Optional[tuple[Optional[object], Optional[str]]] = None
-        self._detector_download = False
+        self._shared = shared if shared is not None else SharedNetworks()
         self.projections = ProjectionCache(env.paths.projections)
         self.videos = ContentStore(env.paths.ui_videos, max_entries=MAX_STORED_VIDEOS)
 
@@ -203,19 +215,16 @@ class Pipeline:
                 self._perceptual = load_perceptual(self.env, self.model.device, progress=bar)
         return self._perceptual
 
-    @property
-    def perceptual_loaded(self) -> bool:
-        return self._perceptual is not None
-
     def labeller(self, species: str, *, young=None, adult=None, breed: Optional[str] = None, progress=None):
         """The zero-shot CLIP labeller for ``species`` (prompts, breed) on the model's device, loaded once per
         set of prompts (``progress`` sees the weights' download)."""
         key = (species, tuple(young or ()), tuple(adult or ()), breed)
-        if key not in self._labellers:
+        labellers = self._shared.labellers
+        if key not in labellers:
             with self._download_progress("CLIP", progress) as bar:
-                self._labellers[key] = load_clip_labeller(self.env, species, young=young, adult=adult, breed=breed,
-                                                          device=self.model.device, progress=bar)
-        return self._labellers[key]
+                labellers[key] = load_clip_labeller(self.env, species, young=young, adult=adult, breed=breed,
+                                                    device=self.model.device, progress=bar)
+        return labellers[key]
 
     # The jobs live in their own modules; these methods are the pipeline's one typed call per job.
     def check(self, request) -> None:
@@ -266,11 +275,12 @@ class Pipeline:
     def detector(self, download: bool = False) -> tuple[Optional[object], Optional[str]]:
         """(the eye detector, None) or (None, why there is none), found once: its weights are used when present,
         and downloaded only when ``download`` (an explicit 'auto')."""
-        if self._detector is None or (self._detector[0] is None and download and not self._detector_download):
+        shared = self._shared
+        if shared.detector is None or (shared.detector[0] is None and download and not shared.detector_download):
             with self._download_progress("the eye detector", None) as bar:
-                self._detector = find_detector(self.env, download=download, progress=bar)
-            self._detector_download = download
-        return self._detector
+                shared.detector = find_detector(self.env, download=download, progress=bar)
+            shared.detector_download = download
+        return shared.detector
 
     def project(self, request, progress=None):
         from timemachine.pipeline import projection
@@ -308,8 +318,3 @@ class Pipeline:
         from timemachine.pipeline import discovery
 
         return discovery.discover(self, request, progress)
-
-    def load_vector(self, spec: str):
-        from timemachine.pipeline import vectors
-
-        return vectors.load_vector(self.env, spec)

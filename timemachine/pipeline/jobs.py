@@ -6,9 +6,10 @@ executor (:mod:`timemachine.pipeline.executor`).  The kinds are registered here 
 registers its request type, its result types (:func:`timemachine.pipeline.codec.register_type`) and a function
 ``run(pipeline, request, progress) -> result``, and every executor can run it.
 
-:class:`PipelineCache` keeps one :class:`~timemachine.pipeline.Pipeline` per model spec in a process (the
-queue worker's, or the in-process executor's), with one LPIPS network shared by all of them, so models and
-VGG16 are loaded once per process and reused by every job.
+:class:`PipelineCache` keeps the loaded models of a process (the queue worker's, or the in-process
+executor's) and gives each job a :class:`~timemachine.pipeline.Pipeline` of its model with one LPIPS network
+and one set of CLIP labellers and eye detector (:class:`~timemachine.pipeline.components.SharedNetworks`)
+shared by all of them, so models and networks are loaded once per process and reused by every job.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from timemachine.env import Environment
 from timemachine.errors import LatentError, TimemachineError, printable
 from timemachine.pipeline import requests
-from timemachine.pipeline.components import Pipeline, load_model, load_perceptual
+from timemachine.pipeline.components import Pipeline, SharedNetworks, load_model, load_perceptual
 from timemachine.pipeline.progress import ProgressCallback
 
 if TYPE_CHECKING:
@@ -131,6 +132,7 @@ class PipelineCache:
         self.max_models = max_models
         self._models: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
         self._perceptual: Optional[PerceptualDistance] = None
+        self._shared = SharedNetworks()
         self._lock = threading.Lock()
 
     @staticmethod
@@ -158,4 +160,4 @@ class PipelineCache:
             if perceptual and self._perceptual is None:
                 self._perceptual = load_perceptual(self.env, model.device)
             loaded = model if name is None or name == model.spec else dataclasses.replace(model, spec=name)
-            return Pipeline(self.env, loaded, perceptual=self._perceptual)
+            return Pipeline(self.env, loaded, perceptual=self._perceptual, shared=self._shared)
