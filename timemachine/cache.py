@@ -23,7 +23,7 @@ import numpy as np
 
 from timemachine.errors import LatentError
 from timemachine.fs import ContentStore
-from timemachine.latents import LatentFile, load_latent, save_latent
+from timemachine.latents import LatentFile, load_latent
 
 LATENT_NAME = "projected_w.npz"
 
@@ -46,12 +46,8 @@ class ProjectionCache:
     """Projections on disk, keyed by :func:`projection_key`: a :class:`~timemachine.fs.ContentStore` whose
     entries hold ``projected_w.npz`` (and its PTI weights)."""
 
-    def __init__(self, root: os.PathLike, max_entries: Optional[int] = None):
-        self.store = ContentStore(root, max_entries=max_entries)
-        self.root = self.store.root
-
-    def entry_dir(self, key: str) -> Path:
-        return self.store.entry_dir(key)
+    def __init__(self, root: os.PathLike):
+        self.store = ContentStore(root)
 
     def get(self, key: str) -> Optional[LatentFile]:
         """The cached projection, or None (also for an entry that cannot be read: it is removed)."""
@@ -66,6 +62,5 @@ class ProjectionCache:
 
     def put(self, key: str, latent: LatentFile) -> Path:
         """Store ``latent`` under ``key`` atomically; returns the entry's latent file path."""
-        entry = self.store.put(key, lambda d: save_latent(d / LATENT_NAME, latent.ws, latent.noise, latent.meta,
-                                                          pti_delta=latent.pti_delta))
+        entry = self.store.put(key, lambda d: latent.save(d / LATENT_NAME))
         return entry / LATENT_NAME

@@ -74,6 +74,10 @@ class LatentFile:
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
     pti_delta: Optional[dict[str, torch.Tensor]] = None
 
+    def save(self, path: PathLike) -> None:
+        """Write this latent (and its PTI delta) to ``path`` as :func:`save_latent` does."""
+        save_latent(path, self.ws, self.noise, self.meta, pti_delta=self.pti_delta)
+
     def noise_maps(self, device: Union[str, torch.device, None] = None) -> dict[str, torch.Tensor]:
         """The noise in the layout the synthesis network takes: {layer: float32 [1, 1, res, res]} on ``device``
         (it broadcasts over a batch of frames)."""

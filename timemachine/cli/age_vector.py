@@ -233,7 +233,6 @@ def run_build(args: argparse.Namespace) -> int:
     framing = common.alignments(args, photos)
     examples = [VectorExample(role=role, name=path, path=path, alignment=framing.get(path))
                 for role, paths in (("puppy", args.puppy), ("adult", args.adult)) for path in paths]
-    settings, _ = common.projection_settings(args)
     request = VectorBuildRequest(
         name=args.name, examples=examples,
         settings=VectorSettings(method=args.method, default_strength=args.strength, default_layers=args.layers),
@@ -280,7 +279,6 @@ def run_discover(args: argparse.Namespace) -> int:
         raise AgeVectorError("which animals does this model make? give --species dog, cat or wild")
     species = check_discovery(env, request, args.model or env.model)
     pipe = common.load_pipeline(args)
-    pipe.check(request)
     if env.clip_weights is None:
         licence_notice_if_downloading("clip-vit-b-32", env=env)
     pipe.labeller(species, young=request.young, adult=request.adult, breed=request.breed)

@@ -194,14 +194,12 @@ def _latent_key(latent: Any) -> str:
 def _store_latent(latent: Any, home: Path) -> dict[str, Any]:
     from timemachine.env import Paths
     from timemachine.fs import ContentStore
-    from timemachine.latents import save_latent
 
     store = ContentStore(Paths(Path(home)).results, max_entries=MAX_STORED_RESULTS)
     key = _latent_key(latent)
     entry = store.get(key, required=(_LATENT_FILE,))
     if entry is None:
-        entry = store.put(key, lambda d: save_latent(d / _LATENT_FILE, latent.ws, latent.noise, latent.meta,
-                                                     pti_delta=latent.pti_delta))
+        entry = store.put(key, lambda d: latent.save(d / _LATENT_FILE))
     return _home_relative(entry / _LATENT_FILE, home)
 
 

@@ -301,9 +301,6 @@ class CeleryExecutor(Executor):
         self._scripts = {name: self.redis.register_script(text)
                          for name, text in (("submit", _SUBMIT), ("cancel", _CANCEL))}
 
-    def describe(self) -> str:
-        return f"the workers of {_safe_url(self.env.broker_url)}"
-
     def submit(self, spec: JobSpec) -> CeleryJobHandle:
         import redis
 
@@ -356,10 +353,6 @@ class CeleryExecutor(Executor):
             owner = self.redis.hget(_job_key(job_id), "owner")
             if owner is not None:
                 self.redis.srem(_owner_key(owner.decode("utf-8", "replace")), job_id)
-
-    def waiting(self) -> int:
-        """Jobs waiting for a worker."""
-        return int(self.redis.zcard(WAITING))
 
     def close(self) -> None:
         self.redis.close()

@@ -53,7 +53,7 @@ STICKY_EXTRAS = ("preview", "strip")
 class Job(JobHandle):
     """A job in the in-process queue and its observable state (see :class:`JobHandle`).
 
-    Extra attributes: ``submitted``, ``started``, ``finished_at`` (time.monotonic), ``waited_seconds``.
+    Extra attributes: ``started``, ``finished_at`` (time.monotonic).
     """
 
     status: str
@@ -70,10 +70,8 @@ class Job(JobHandle):
         self.error = None
         self.exception = None
         self.worker = "this process"
-        self.submitted = time.monotonic()
         self.started: Optional[float] = None
         self.finished_at: Optional[float] = None
-        self.waited_seconds: Optional[float] = None
         self._latest: Optional[Progress] = None
         self._extras: dict[str, Any] = {}
         self._fn = fn
@@ -236,7 +234,6 @@ class JobQueue:
 
     def _run(self, job: Job) -> None:
         job.started = time.monotonic()
-        job.waited_seconds = job.started - job.submitted
         if job.cancel_requested or self.abandoned(job):
             self._finish(job, CANCELLED)
             return

@@ -20,7 +20,7 @@ import torch
 from timemachine import images, projector
 from timemachine.cache import projection_key
 from timemachine.fs import write_json
-from timemachine.latents import LatentFile, save_latent
+from timemachine.latents import LatentFile
 from timemachine.pipeline.components import memory_errors
 from timemachine.pipeline.progress import ProgressCallback, report
 from timemachine.pipeline.requests import ProjectionRequest
@@ -184,8 +184,7 @@ def write_projection(out_dir: Union[str, os.PathLike], result: PhotoProjection,
     out.mkdir(parents=True, exist_ok=True)
     paths = {"latent": str(out / "projected_w.npz"), "projection": str(out / "projection.png"),
              "target": str(out / "target.png"), "summary": str(out / "projection.json")}
-    save_latent(paths["latent"], result.latent.ws, result.latent.noise, result.latent.meta,
-                pti_delta=result.latent.pti_delta)
+    result.latent.save(paths["latent"])
     images.save_png(result.reconstruction, paths["projection"])
     images.save_png(result.target, paths["target"])
     write_json(paths["summary"], {**summary, "metrics": result.metrics,

@@ -26,7 +26,7 @@ from timemachine import images
 from timemachine import render as render_module
 from timemachine.errors import AgeVectorError, LatentError, RenderError, TimemachineError, printable
 from timemachine.fs import write_json
-from timemachine.latents import LatentFile, load_latent, save_latent
+from timemachine.latents import LatentFile, load_latent
 from timemachine.pipeline import scoring
 from timemachine.pipeline.components import memory_errors, with_resolved_precision
 from timemachine.pipeline.progress import ProgressCallback, report
@@ -269,7 +269,7 @@ def _write_walk(pipe: "Pipeline", walk: Walk, out: Path, progress: Optional[Prog
     files = dict(result.files)
     files["latent"] = str(out / "projected_w.npz")
     latent = walk.latent
-    save_latent(files["latent"], latent.ws, latent.noise, latent.meta, pti_delta=latent.pti_delta)
+    latent.save(files["latent"])
     if latent.pti_delta:
         files["pti"] = str(out / "projected_w.pti.safetensors")
     files["run"] = str(out / "run.json")
