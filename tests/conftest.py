@@ -111,6 +111,34 @@ def random_lpips():
         return PerceptualDistance("random")
 
 
+def write_photo(path: pathlib.Path, width: int = 100, height: int = 80, seed: int = 2, **save) -> str:
+    """A photo of random pixels (numpy seed ``seed``) saved at ``path`` (PIL ``save`` options); its path."""
+    from PIL import Image
+
+    Image.fromarray((np.random.RandomState(seed).rand(height, width, 3) * 255).astype(np.uint8)).save(path, **save)
+    return str(path)
+
+
+@pytest.fixture()
+def cli_home(tmp_path, monkeypatch, small_G) -> dict:
+    """A home for CLI runs in tmp_path (offline, the random VGG16 asked for by name) with ``small_G`` saved as
+    a model file and the pair vector 'pups' for it in the library.  Returns {"model": model path, "tmp":
+    tmp_path, "ws": the two mapped latents [2, num_ws, w_dim] the vector was built from, "vector": it}."""
+    from timemachine import age
+    from timemachine.checkpoint import model_fingerprint, save_generator
+    from timemachine.env import Environment
+
+    monkeypatch.setenv("TIMEMACHINE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TIMEMACHINE_OFFLINE", "1")
+    monkeypatch.setenv("TIMEMACHINE_VGG_WEIGHTS", "random")
+    model = tmp_path / "small.safetensors"
+    save_generator(small_G, model)
+    ws = small_G.mapping(torch.randn(2, small_G.z_dim, generator=torch.Generator().manual_seed(3)), None)
+    vector = age.build_vector("pups", ws[:1], ws[1:], method="pair", model_fingerprint=model_fingerprint(small_G))
+    age.VectorLibrary(Environment.from_environ().paths).save(vector)
+    return {"model": str(model), "tmp": tmp_path, "ws": ws, "vector": vector}
+
+
 def mutate_bytes(content: bytes, data, max_edits: int = 8) -> bytes:
     """``content`` with 1..max_edits random bit flips, truncations and insertions drawn from hypothesis ``data``."""
     from hypothesis import strategies as st

@@ -872,9 +872,11 @@ def test_cli_bad_input_exits_2_with_one_line(argv, message, tmp_path, monkeypatc
 
 def test_cli_build_failures_write_nothing(model_file, pet_photos, tmp_path, monkeypatch, capsys):
     from timemachine.cli import common
+    from timemachine.pipeline import components
 
     vgg_loads = []
-    monkeypatch.setattr(common, "load_perceptual", lambda *args: vgg_loads.append(args))
+    for module in (common, components):   # the CLI's own loader and the one a Pipeline loads VGG16 with on need
+        monkeypatch.setattr(module, "load_perceptual", lambda *args, **kwargs: vgg_loads.append(args))
     puppies = [str(p) for p in pet_photos["puppies"]]
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
@@ -936,7 +938,11 @@ def _load_or_refuse(path) -> None:
     except AgeVectorError as exc:
         assert "\n" not in str(exc)
         return
-    assert vector.direction.shape == (vector.num_ws, vector.w_dim) and torch.isfinite(vector.direction).all()
+    from timemachine.age.vector import MAX_DIRECTION_ABS, MAX_NUM_WS, MAX_W_DIM
+
+    direction = vector.direction   # (num_ws and w_dim are read off its shape, so the bounds are what can fail)
+    assert direction.ndim == 2 and direction.shape[0] <= MAX_NUM_WS and direction.shape[1] <= MAX_W_DIM
+    assert torch.isfinite(direction).all() and direction.abs().max() <= MAX_DIRECTION_ABS
 
 
 @pytest.mark.timeout(180)
@@ -1112,21 +1118,13 @@ def test_fuzzed_metadata_and_directions_never_stop_the_library(capsys):
 
 def test_the_age_package_imports_nothing_above_the_library():
     """Issue 16: the age package is library code; building from photos (the pipeline) lives outside it."""
-    import ast
     import subprocess
     import sys
 
-    from conftest import REPO_ROOT
 
-    above = ("timemachine.pipeline", "timemachine.cli", "timemachine.ui",
-             "timemachine.weights", "timemachine.worker")
-    for path in sorted((REPO_ROOT / "timemachine" / "age").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            assert not [n for n in names if n.startswith(above)], (path.name, names)
-            if isinstance(node, ast.Attribute) and node.attr == "environ":
-                raise AssertionError(f"{path.name} reads the environment")
+    # (tests/test_architecture.py checks each module's own imports and that none reads the environment; this
+    # checks what importing the package loads, indirect imports included.)
+    above = ("timemachine.pipeline", "timemachine.cli", "timemachine.ui")
     probe = ("import sys, timemachine.age; print(sorted(m for m in sys.modules if m.startswith(%r)))" % (above,))
     out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "[]"

@@ -7,34 +7,22 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from conftest import make_small_generator
+from conftest import make_small_generator, write_photo
 from timemachine import age
 from timemachine.checkpoint import model_fingerprint, save_generator
 from timemachine.cli import main
-from timemachine.env import Environment
 from timemachine.latents import save_latent
 
 
 @pytest.fixture()
-def env(tmp_path, monkeypatch, small_G):
-    monkeypatch.setenv("TIMEMACHINE_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("TIMEMACHINE_OFFLINE", "1")
-    monkeypatch.setenv("TIMEMACHINE_VGG_WEIGHTS", "random")
-    model = tmp_path / "small.safetensors"
-    save_generator(small_G, model)
-    ws = small_G.mapping(torch.randn(2, small_G.z_dim, generator=torch.Generator().manual_seed(3)), None)
-    age.VectorLibrary(Environment.from_environ().paths).save(age.build_vector("pups", ws[:1], ws[1:], method="pair",
-                                         model_fingerprint=model_fingerprint(small_G)))
-    photo = tmp_path / "dog.jpg"
-    Image.fromarray((np.random.RandomState(2).rand(80, 100, 3) * 255).astype(np.uint8)).save(photo, quality=95)
+def env(cli_home):
+    tmp_path = cli_home["tmp"]
     latent = tmp_path / "w.npz"
-    save_latent(latent, ws[0])
-    return {"model": str(model), "photo": str(photo), "latent": str(latent), "tmp": tmp_path}
+    save_latent(latent, cli_home["ws"][0])
+    return {**cli_home, "photo": write_photo(tmp_path / "dog.jpg", quality=95), "latent": str(latent)}
 
 
 def _refused(capsys, argv, pattern: str) -> None:

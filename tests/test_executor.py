@@ -207,6 +207,10 @@ def test_latents_with_tuned_weights_travel_as_files_in_the_results_store(tmp_pat
     data = codec.encode(latent, home)
     assert set(data) == {"$latent"} and data["$latent"]["$home"].startswith("cache/results/")
     assert codec.encode(latent, home) == data                     # content-addressed: stored once
+    from timemachine.env import Paths
+    from timemachine.fs import ContentStore
+
+    assert len(ContentStore(Paths(home).results).entries()) == 1
     back = codec.decode(data, home)
     assert torch.equal(back.ws, latent.ws) and torch.equal(back.pti_delta["synthesis.b4.conv1.weight"],
                                                            delta["synthesis.b4.conv1.weight"])

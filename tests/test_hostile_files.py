@@ -50,7 +50,7 @@ from timemachine import fs, images, video
 from timemachine import projector as P
 from timemachine.checkpoint import CheckpointError, load_generator, save_generator
 from timemachine.errors import LatentError, ProjectionError, RenderError, TimemachineError
-from timemachine.latents import load_latent, pti_delta_path, save_latent
+from timemachine.latents import load_latent, save_latent
 from timemachine.networks import Generator
 
 SMALL_CONFIG = dict(z_dim=8, w_dim=8, c_dim=0, img_resolution=8, img_channels=3,
@@ -654,7 +654,3 @@ def test_png_sequence_is_built_in_a_private_directory(tmp_path, monkeypatch):
     assert seen == [(True, "0o700")]
     assert sorted(os.listdir(tmp_path / "frames")) == ["frame_00000.png", "frame_00001.png", "frame_00002.png"]
     assert os.listdir(tmp_path) == ["frames"]
-
-
-def test_the_pti_delta_target_is_derived_from_the_latent_name(tmp_path):
-    assert pti_delta_path(tmp_path / "projected_w.npz") == str(tmp_path / "projected_w.pti.safetensors")

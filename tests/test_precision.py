@@ -221,25 +221,12 @@ def test_bf16_projection_reaches_float32_quality(tiny_realistic, random_lpips):
 # Where the resolved precision is recorded
 
 
-def test_run_json_and_cache_key_hold_the_resolved_precision(tmp_path, monkeypatch, small_G):
-    from PIL import Image
-
-    from timemachine import age
-    from timemachine.checkpoint import model_fingerprint, save_generator
+def test_run_json_and_cache_key_hold_the_resolved_precision(cli_home, monkeypatch):
+    from conftest import write_photo
     from timemachine.cli import main
 
-    monkeypatch.setenv("TIMEMACHINE_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("TIMEMACHINE_OFFLINE", "1")
-    monkeypatch.setenv("TIMEMACHINE_VGG_WEIGHTS", "random")
-    model = tmp_path / "small.safetensors"
-    save_generator(small_G, model)
-    ws = small_G.mapping(torch.randn(2, small_G.z_dim, generator=torch.Generator().manual_seed(3)), None)
-    from timemachine.env import Environment
-
-    age.VectorLibrary(Environment.from_environ().paths).save(age.build_vector(
-        "pups", ws[:1], ws[1:], method="pair", model_fingerprint=model_fingerprint(small_G)))
-    photo = tmp_path / "dog.png"
-    Image.fromarray((np.random.RandomState(2).rand(64, 64, 3) * 255).astype(np.uint8)).save(photo)
+    tmp_path, model = cli_home["tmp"], cli_home["model"]
+    photo = write_photo(tmp_path / "dog.png", 64, 64)
 
     def run(out, *extra):
         assert main(["run", str(photo), "--model", str(model), "--age-vector", "pups", "--steps", "2",

@@ -182,11 +182,11 @@ def job(home, kind: str, request, owner: str = "visitor", label: str = "") -> Jo
     return JobSpec(kind, request, model=home["model"], owner=owner, label=label or kind)
 
 
-def video_request(seed: int = 1, strength: float = 1.0, steps: int = 6) -> AgeVideoRequest:
+def video_request(seed: int = 1, strength: float = 1.0, steps: int = 6, frames: int = 8) -> AgeVideoRequest:
     return AgeVideoRequest(photo=photo(seed), edit=AgeEdit("pups", strength=strength),
                            projection=ProjectionRequest(photos=[], settings=ProjectorSettings(
                                steps=steps, w_avg_samples=200, preview_every=2)),
-                           render=RenderSettings(frames=8, hold_start=1, hold_end=1),
+                           render=RenderSettings(frames=frames, hold_start=1, hold_end=1),
                            outputs=VideoOutputs(directory=None, gif=True))
 
 
@@ -323,8 +323,15 @@ def test_two_workers_take_jobs_at_once_and_a_repeat_is_served_from_the_store_by_
 
 
 def test_a_worker_killed_mid_job_gives_it_to_another_and_nothing_half_written_shows(queue, home, workers, redis_url):
-    handle = queue.submit(job(home, "age_video", video_request(seed=70, steps=12)))
-    wait_for(lambda: running(handle), what="the job to start")
+    # Enough frames that the render (where the video store's entry is being written) lasts a while: the kill
+    # lands there, not during the projection.
+    handle = queue.submit(job(home, "age_video", video_request(seed=70, steps=12, frames=400)))
+
+    def rendering() -> bool:
+        event = handle.progress()
+        return event is not None and event.stage == "render" and 1 <= event.done < event.total
+
+    wait_for(rendering, what="the job to render")
     victim = worker_name(handle)
     workers[victim].kill()                                  # SIGKILL to the worker and its pool process
     result = handle.get(TIMEOUT)                            # the broker gives it to the other one

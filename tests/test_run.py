@@ -8,8 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import write_photo
 from timemachine import age
-from timemachine.checkpoint import model_fingerprint, save_generator
+from timemachine.checkpoint import model_fingerprint
 from timemachine.cli import main
 from timemachine.env import Environment
 from timemachine.latents import load_latent
@@ -18,19 +19,8 @@ RUN_JSON_KEYS = {"created", "versions", "photo", "model", "age_vector", "project
 
 
 @pytest.fixture()
-def env(tmp_path, monkeypatch, small_G):
-    monkeypatch.setenv("TIMEMACHINE_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("TIMEMACHINE_OFFLINE", "1")
-    monkeypatch.setenv("TIMEMACHINE_VGG_WEIGHTS", "random")
-    model = tmp_path / "small.safetensors"
-    save_generator(small_G, model)
-    gen = torch.Generator().manual_seed(3)
-    ws = small_G.mapping(torch.randn(2, small_G.z_dim, generator=gen), None)
-    vector = age.build_vector("pups", ws[:1], ws[1:], method="pair", model_fingerprint=model_fingerprint(small_G))
-    age.VectorLibrary(Environment.from_environ().paths).save(vector)
-    photo = tmp_path / "dog.jpg"
-    Image.fromarray((np.random.RandomState(2).rand(80, 100, 3) * 255).astype(np.uint8)).save(photo, quality=95)
-    return {"model": str(model), "photo": str(photo), "tmp": tmp_path, "vector": vector}
+def env(cli_home):
+    return {**cli_home, "photo": write_photo(cli_home["tmp"] / "dog.jpg", quality=95)}
 
 
 def run_args(env, out, *extra):

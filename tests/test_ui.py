@@ -619,9 +619,11 @@ def test_installed_wheel_carries_the_app_and_the_command_finds_it(tmp_path):
 
 
 @pytest.mark.parametrize("upload_name", ["../../etc/passwd.npz", "..\\..\\win.npz", ".hidden.npz", "\x1b[2J.npz"])
-def test_uploaded_examples_are_read_from_memory_whatever_their_names(env, small_G, upload_name):
+def test_uploaded_examples_are_read_from_memory_whatever_their_names(env, small_G, upload_name, monkeypatch):
     """Uploads never become paths: their bytes are read in memory (latents through a private temporary file),
     and their names only label the examples."""
+    import tempfile
+
     from timemachine.env import Environment
     from timemachine.latents import save_latent
     from timemachine.pipeline import LoadedModel, Pipeline, VectorBuildRequest, VectorExample
@@ -630,12 +632,19 @@ def test_uploaded_examples_are_read_from_memory_whatever_their_names(env, small_
     for i in range(2):
         save_latent(env["tmp"] / f"l{i}.npz", torch.full((small_G.num_ws, small_G.w_dim), float(i)))
         files.append((env["tmp"] / f"l{i}.npz").read_bytes())
+    # Temporary files and the working directory deep inside tmp: a name followed as a path would land in its tree.
+    scratch = env["tmp"] / "scratch" / "a" / "b"
+    scratch.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.chdir(scratch)
     pipe = Pipeline(Environment.from_environ(), LoadedModel(small_G, model_fingerprint(small_G), "small", "small"))
     request = VectorBuildRequest(name="x", examples=[VectorExample("puppy", upload_name, data=files[1]),
                                                       VectorExample("adult", "adult.npz", data=files[0])], save=False)
     result = pipe.build_vector(request)
     assert [item.name for item in result.examples] == [upload_name, "adult.npz"]
-    assert sorted(os.listdir(env["tmp"])) == ["home", "l0.npz", "l1.npz", "small.safetensors"]
+    written = sorted(str(p.relative_to(env["tmp"])) for p in env["tmp"].rglob("*")
+                     if not p.is_dir() and not p.is_relative_to(env["tmp"] / "home"))
+    assert written == ["l0.npz", "l1.npz", "small.safetensors"]
 
 
 def test_heic_uploads_are_offered_when_pillow_heif_is_installed():
