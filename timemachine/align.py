@@ -75,7 +75,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from timemachine.errors import ImageError
-from timemachine.images import CropBox, parse_crop, resize, square_crop
+from timemachine.images import CropBox, centre_box, check_rgb_array, parse_crop, resize, square_crop
 from timemachine.settings import AlignmentSettings
 
 if TYPE_CHECKING:
@@ -326,7 +326,7 @@ def cut(img: np.ndarray, crop: Crop, resolution: int, *, supersample: int = DEFA
 
     Raises ImageError when the square does not touch the photo at all.
     """
-    _check_image(img)
+    check_rgb_array(img)
     if not isinstance(resolution, (int, np.integer)) or resolution < 1:
         raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
     if not isinstance(supersample, (int, np.integer)) or not 1 <= supersample <= 8:
@@ -540,7 +540,7 @@ def align_photo(img: np.ndarray, resolution: int, *, method: str = "centre",
     Raises ImageError for bad input: eyes outside the photo or too close together, a box outside the photo,
     an unknown method, or arguments that do not belong to the method.  ``name`` names the photo in errors.
     """
-    _check_image(img)
+    check_rgb_array(img)
     _check_method_arguments(method, eyes=eyes, nose=nose, box=box)
     if method == "box":
         if box is None:
@@ -625,8 +625,7 @@ def _square(img: np.ndarray, resolution: int, box: Optional[CropBox], *, request
     """'centre' or 'box': the exact pixels of images.square_crop + images.resize."""
     height, width = img.shape[:2]
     if box is None:
-        side = min(height, width)
-        box = CropBox((width - side) // 2, (height - side) // 2, side)
+        box = centre_box(width, height)
         method = "centre"
     else:
         method = "box"
@@ -673,12 +672,6 @@ def _check_inside(point: Point, width: int, height: int, where: str) -> None:
     if not (0 <= x <= width and 0 <= y <= height):
         raise ImageError(f"the position {x:g},{y:g} lies outside the {width}x{height} pixels{where} "
                          "(after EXIF rotation)")
-
-
-def _check_image(img: np.ndarray) -> None:
-    if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-        description = f"{img.dtype} {list(img.shape)}" if isinstance(img, np.ndarray) else type(img).__name__
-        raise ValueError(f"expected a uint8 [H, W, 3] image array, got {description}")
 
 
 # ----------------------------------------------------------------------------------------------------------

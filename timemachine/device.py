@@ -25,17 +25,18 @@ kernels at all, so 'auto' stays float32 there.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
 import functools
 import platform
 import subprocess
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 import torch
 
-from timemachine.errors import TimemachineError
+from timemachine.errors import LOWER_BATCH, OutOfMemory, TimemachineError
 from timemachine.settings import check_precision
 
 # glibc mallopt() parameters (malloc.h).
@@ -218,3 +219,23 @@ def resolve_precision(precision: str, device: Union[str, torch.device, None] = N
 
 __all__ = ["Bf16Support", "allocator_tuned", "cpu_bf16_support", "detect_cpu_bf16",
            "prepare_device", "resolve_device", "resolve_precision", "tune_cpu_allocator"]
+
+
+@contextlib.contextmanager
+def memory_errors(what: str, batch: int = 1) -> Iterator[None]:
+    """Turn running out of memory while ``what`` into one sentence (:class:`OutOfMemory`), whose remedy is a
+    smaller batch when ``batch`` > 1.  (Allocation failures only: a process the kernel's OOM killer ends cannot
+    say anything.)"""
+    try:
+        yield
+    except (MemoryError, torch.OutOfMemoryError):
+        pass
+    except RuntimeError as exc:
+        text = str(exc).lower()
+        if "can't allocate memory" not in text and "out of memory" not in text:
+            raise
+    else:
+        return
+    at_once = f" ({batch} at once)" if batch > 1 else ""
+    raise OutOfMemory(f"the machine ran out of memory while {what}{at_once}",
+                      remedy=LOWER_BATCH if batch > 1 else None) from None

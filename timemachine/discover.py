@@ -55,7 +55,7 @@ from timemachine.age import (
     normalize_layers,
     resolve_layers,
 )
-from timemachine.errors import LOWER_BATCH, AgeVectorError, OutOfMemory, printable
+from timemachine.errors import AgeVectorError, printable
 from timemachine.settings import DiscoverySettings
 
 if TYPE_CHECKING:
@@ -113,23 +113,15 @@ def sample_latents(G: "Generator", seed: int, indices: range, truncation_psi: fl
 def render(G: "Generator", w: torch.Tensor, resolution: int, batch_size: int) -> np.ndarray:
     """uint8 [N, r, r, 3] images of W latents ``w`` [N, w_dim] at ``resolution`` (see :func:`render_resolution`),
     constant noise, ``batch_size`` at a time."""
+    from timemachine.device import memory_errors
     from timemachine.images import from_tensor
 
     device = G.mapping.w_avg.device
     out = []
     for start in range(0, len(w), batch_size):
         ws = w[start:start + batch_size].to(device)[:, None, :].expand(-1, G.num_ws, -1)
-        try:
-            img = G.synthesis(ws, noise_mode="const",
-                              resolution=None if resolution == G.img_resolution else resolution)
-        except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
-            raise OutOfMemory(f"out of memory rendering {len(ws)} samples at once at {resolution} px",
-                              remedy=LOWER_BATCH) from exc
-        except RuntimeError as exc:
-            if "can't allocate memory" in str(exc) or "out of memory" in str(exc):
-                raise OutOfMemory(f"out of memory rendering {len(ws)} samples at once at {resolution} px",
-                                  remedy=LOWER_BATCH) from None
-            raise
+        with memory_errors(f"rendering samples at {resolution} px", len(ws)):
+            img = G.synthesis(ws, noise_mode="const", resolution=resolution)
         out.append(from_tensor(img))
     return np.concatenate(out)
 

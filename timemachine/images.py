@@ -124,6 +124,12 @@ def load_image(source: ImageSource, *, name: Optional[str] = None, max_bytes: in
     return np.array(_to_srgb(image, name, background), dtype=np.uint8)
 
 
+def centre_box(width: int, height: int) -> CropBox:
+    """The centred ``min(width, height)`` square of a ``width`` x ``height`` image."""
+    size = min(height, width)
+    return CropBox((width - size) // 2, (height - size) // 2, size)
+
+
 def square_crop(img: np.ndarray, box: Optional[CropBox] = None, *, name: Optional[str] = None) -> np.ndarray:
     """Cut a square out of uint8 [H, W, 3]: the centred ``min(H, W)`` square, or ``box``. Returns uint8 [S, S, 3].
 
@@ -131,11 +137,10 @@ def square_crop(img: np.ndarray, box: Optional[CropBox] = None, *, name: Optiona
     inside the image, or whose side is below :data:`MIN_SIDE`, raises ImageError (``name`` names the photo).
     The result is a new contiguous array.
     """
-    _check_rgb_array(img)
+    check_rgb_array(img)
     height, width = img.shape[:2]
     if box is None:
-        size = min(height, width)
-        box = CropBox((width - size) // 2, (height - size) // 2, size)
+        box = centre_box(width, height)
     where = f" of {name}" if name else ""
     if box.x < 0 or box.y < 0 or box.x + box.size > width or box.y + box.size > height:
         raise ImageError(f"crop box {box} (X,Y,SIZE) does not fit inside the {width}x{height} pixels{where} "
@@ -151,7 +156,7 @@ def resize(img: np.ndarray, resolution: int) -> np.ndarray:
 
     Works in sRGB values, as NVIDIA's dataset_tool did when it prepared the AFHQ training images.
     """
-    _check_rgb_array(img)
+    check_rgb_array(img)
     if img.shape[0] != img.shape[1]:
         raise ValueError(f"resize expects a square image, got {img.shape[1]}x{img.shape[0]}; crop it first")
     if not isinstance(resolution, (int, np.integer)) or resolution < 1:
@@ -211,7 +216,7 @@ def save_png(img: np.ndarray, path: PathLike) -> None:
 
     Raises ImageError when the file cannot be written (missing directory, no permission, disk full).
     """
-    _check_rgb_array(img)
+    check_rgb_array(img)
     path = os.fspath(path)
     try:
         with fs.PendingFile(path) as pending:
@@ -437,7 +442,8 @@ def _check_background(background: Sequence[int]) -> None:
         raise ValueError(f"background must be three integers in 0-255 (sRGB), got {background!r}")
 
 
-def _check_rgb_array(img: np.ndarray) -> None:
+def check_rgb_array(img: np.ndarray) -> None:
+    """Raise ValueError unless ``img`` is a uint8 [H, W, 3] array."""
     if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         description = f"{img.dtype} {list(img.shape)}" if isinstance(img, np.ndarray) else type(img).__name__
         raise ValueError(f"expected a uint8 [H, W, 3] image array, got {description}")

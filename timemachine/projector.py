@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from timemachine import fs
+from timemachine import fs, images
 from timemachine.device import resolve_precision
 from timemachine.errors import ProjectionError, first_line, printable
 from timemachine.latents import LatentFile
@@ -199,8 +199,7 @@ def _check_targets(G: Generator, targets: torch.Tensor) -> torch.Tensor:
 def _preview(G: Generator, ws: torch.Tensor, noise: dict[str, torch.Tensor],
              precision: Optional[str] = None) -> np.ndarray:
     with torch.no_grad():
-        img = G.synthesis(ws, noise_mode="const", noise=noise, precision=precision)
-    return (img * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return images.from_tensor(G.synthesis(ws, noise_mode="const", noise=noise, precision=precision))
 
 
 def _save_checkpoint(path: str, state: dict) -> None:

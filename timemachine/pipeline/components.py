@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from typing import Callable, ContextManager, Iterator, Optional, Sequence, Union
+from typing import Callable, ContextManager, Optional, Sequence, Union
 
 import torch
 
@@ -18,7 +18,6 @@ from timemachine.cache import ProjectionCache
 from timemachine.checkpoint import model_fingerprint
 from timemachine.device import prepare_device, resolve_precision
 from timemachine.env import Environment
-from timemachine.errors import LOWER_BATCH, OutOfMemory
 from timemachine.fs import ContentStore
 from timemachine.networks import Generator
 from timemachine.perceptual import RANDOM, PerceptualDistance
@@ -29,26 +28,6 @@ ZOO_SPECIES = {"afhqdog": "dog", "afhqcat": "cat", "afhqwild": "wild"}
 #: Finished videos kept in the video store (the least recently used ones are removed first).
 MAX_STORED_VIDEOS = 64
 
-
-
-@contextlib.contextmanager
-def memory_errors(what: str, batch: int = 1) -> Iterator[None]:
-    """Turn running out of memory while ``what`` into one sentence (:class:`OutOfMemory`), whose remedy is a
-    smaller batch when ``batch`` > 1.  (Allocation failures only: a process the kernel's OOM killer ends cannot
-    say anything.)"""
-    try:
-        yield
-    except (MemoryError, torch.OutOfMemoryError):
-        pass
-    except RuntimeError as exc:
-        text = str(exc).lower()
-        if "can't allocate memory" not in text and "out of memory" not in text:
-            raise
-    else:
-        return
-    at_once = f" ({batch} at once)" if batch > 1 else ""
-    raise OutOfMemory(f"the machine ran out of memory while {what}{at_once}",
-                      remedy=LOWER_BATCH if batch > 1 else None) from None
 
 
 @dataclasses.dataclass

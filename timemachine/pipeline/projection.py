@@ -19,9 +19,9 @@ import torch
 
 from timemachine import images, projector
 from timemachine.cache import projection_key
+from timemachine.device import memory_errors
 from timemachine.fs import write_json
 from timemachine.latents import LatentFile
-from timemachine.pipeline.components import memory_errors
 from timemachine.pipeline.progress import ProgressCallback, report
 from timemachine.pipeline.requests import ProjectionRequest
 from timemachine.projector import ProgressEvent

@@ -24,11 +24,12 @@ import torch
 
 from timemachine import images
 from timemachine import render as render_module
+from timemachine.device import memory_errors
 from timemachine.errors import AgeVectorError, LatentError, RenderError, TimemachineError, printable
 from timemachine.fs import write_json
 from timemachine.latents import LatentFile, load_latent
 from timemachine.pipeline import scoring
-from timemachine.pipeline.components import memory_errors, with_resolved_precision
+from timemachine.pipeline.components import with_resolved_precision
 from timemachine.pipeline.progress import ProgressCallback, report
 from timemachine.pipeline.projection import PhotoProjection, store_key
 from timemachine.pipeline.requests import AgeEdit, AgeVideoRequest, RenderRequest
