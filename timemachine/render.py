@@ -302,14 +302,26 @@ def frames_at(G: Generator, latent: LatentFile, direction: Union[torch.Tensor, n
               precision: str = RenderSettings.precision) -> np.ndarray:
     """Frames at arbitrary times t (e.g. a UI slider): uint8 [len(ts), R, R, 3], one synthesis batch.
     ``precision``: as :attr:`RenderSettings.precision`."""
-    direction = check_inputs(G, latent, direction)
     t = np.asarray(ts, dtype=np.float64).reshape(-1)
     if t.size == 0 or not np.all((t >= 0) & (t <= 1)):
         raise RenderError("times t must be between 0 and 1")
     if not math.isfinite(float(strength)):
         raise RenderError(f"the strength must be a finite number, got {strength!r}")
-    coefficients = (float(strength) * ease(t, easing)).astype(np.float32)
-    return np.stack(list(_walk_frames(G, latent, direction, coefficients, batch_size=max(1, t.size),
+    return frames_for(G, latent, direction, float(strength) * ease(t, easing), batch_size=t.size,
+                      precision=precision)
+
+
+def frames_for(G: Generator, latent: LatentFile, direction: Union[torch.Tensor, np.ndarray],
+               coefficients: Union[Sequence[float], np.ndarray], batch_size: int = 4,
+               precision: str = RenderSettings.precision) -> np.ndarray:
+    """The frames of ``latent`` moved by ``c * direction`` for each walk coefficient c (finite, any sign):
+    uint8 [len(coefficients), R, R, 3], ``batch_size`` at a time (the first alone, as the walk renders it).
+    ``precision``: as :attr:`RenderSettings.precision`."""
+    direction = check_inputs(G, latent, direction)
+    c = np.asarray(coefficients, dtype=np.float64).reshape(-1)
+    if c.size == 0 or not np.all(np.isfinite(c)):
+        raise RenderError("the walk's coefficients (strengths) must be finite numbers")
+    return np.stack(list(_walk_frames(G, latent, direction, c.astype(np.float32), batch_size=max(1, batch_size),
                                       precision=_resolve(G, precision))))
 
 

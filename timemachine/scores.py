@@ -19,7 +19,6 @@ Settings (thresholds, range, grid) are :class:`timemachine.settings.ScoreSetting
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -273,18 +272,7 @@ def end_frame_renderer(G, latent, direction, batch_size: int = 4) -> EndFrameRen
     from timemachine import render
 
     def render_last(strengths: np.ndarray) -> np.ndarray:
-        frames = []
-        strengths = np.asarray(strengths, dtype=np.float64)
-        for start in range(0, len(strengths), batch_size):
-            part = strengths[start:start + batch_size]
-            top = float(np.max(np.abs(part))) or 1.0
-            if not math.isfinite(top):
-                raise RenderError("strengths must be finite")
-            # linear easing: the frame at t is the latent plus (top * t) * direction
-            frames.append(render.frames_at(G, latent, direction, list(part / top), strength=top, easing="linear")
-                          if np.all(part >= 0) else
-                          np.stack([render.frames_at(G, latent, direction, [1.0], strength=float(s),
-                                                     easing="linear")[0] for s in part]))
-        return np.concatenate(frames)
+        # the walk's last frame at strength s is the latent plus s * direction
+        return render.frames_for(G, latent, direction, strengths, batch_size=batch_size)
 
     return render_last
