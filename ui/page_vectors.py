@@ -190,11 +190,11 @@ def _start_preview(name: str, vector: pipeline.AgeVector, model: pipeline.Loaded
     """Submit the tune preview: the walk's end frames at 0, half, full and 1.5x ``strength``."""
     submitted = False
     with ui.shown_errors("starting the preview"):
-        pipeline.resolve_layers(layers, vector.num_ws)
         edit = pipeline.AgeEdit(vector=name, layers=layers.strip() or "all")
         pipe = ui.pipeline_for(model, with_perceptual=False)
         request = pipeline.PreviewStripRequest(latent=latent, edit=edit,
                                                strengths=[0.0, strength / 2, strength, 1.5 * strength])
+        pipe.check(request)   # the vector, its layers and its fit to the model, before the job is queued
         ui.submit(TUNE, "preview_strip", request, model, pipe, label="tune preview", stages=ui_work.STRIP_STAGES)
         submitted = True
     if submitted:

@@ -218,6 +218,8 @@ class Pipeline:
             vectors.check(self, request)
         elif isinstance(request, requests.RenderRequest):
             videos.check_render(self, request)
+        elif isinstance(request, requests.PreviewStripRequest):
+            videos.check_preview_strip(self, request.latent, request.edit)
         elif isinstance(request, requests.DiscoverRequest):
             from timemachine.pipeline import discovery
 
@@ -270,7 +272,7 @@ class Pipeline:
         """The content key of the video an :class:`AgeVideoRequest` asks for (the video store's key)."""
         from timemachine.pipeline import videos
 
-        vector, _, settings = videos.check(self, request)
+        vector, _, settings, _ = videos.check(self, request)
         return videos.video_key(self, request, vector, settings)
 
     def age_video(self, request, progress=None):

@@ -21,7 +21,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from timemachine.env import Environment
-from timemachine.errors import LatentError, TimemachineError, printable
+from timemachine.errors import TimemachineError, printable
 from timemachine.pipeline import requests
 from timemachine.pipeline.components import Pipeline, SharedNetworks, load_model, load_perceptual
 from timemachine.pipeline.progress import ProgressCallback
@@ -101,9 +101,6 @@ def run_job(pipe: Pipeline, spec: JobSpec, progress: Optional[ProgressCallback] 
 
 
 def _preview_strip(pipe: Pipeline, request: requests.PreviewStripRequest, progress):
-    ws = getattr(request.latent, "ws", None)
-    if ws is None or tuple(ws.shape) != (pipe.G.num_ws, pipe.G.w_dim):
-        raise LatentError(f"the latent does not fit the model (it needs [{pipe.G.num_ws}, {pipe.G.w_dim}])")
     return pipe.preview_strip(request.latent, request.edit, [float(s) for s in request.strengths], progress)
 
 

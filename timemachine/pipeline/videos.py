@@ -107,11 +107,11 @@ def edit_vector(pipe: "Pipeline", edit: AgeEdit) -> tuple[Any, str]:
     return found
 
 
-def edit_direction(pipe: "Pipeline", edit: AgeEdit) -> tuple[Any, torch.Tensor]:
-    """(the edit's AgeVector, its direction on the chosen layers): :func:`vector_direction` of the vector the
-    edit names (or of the model's default vector)."""
-    vector, _ = edit_vector(pipe, edit)
-    return vector, vector_direction(pipe.model, vector, edit.layers, edit.force_model)
+def edit_direction(pipe: "Pipeline", edit: AgeEdit) -> tuple[Any, torch.Tensor, str]:
+    """(the edit's AgeVector, its direction on the chosen layers, how it was chosen): :func:`vector_direction`
+    of the vector the edit names (or of the model's default vector, see :func:`edit_vector`)."""
+    vector, chosen = edit_vector(pipe, edit)
+    return vector, vector_direction(pipe.model, vector, edit.layers, edit.force_model), chosen
 
 
 def resolved_render(edit: AgeEdit, vector, settings: RenderSettings) -> RenderSettings:
@@ -125,28 +125,28 @@ def resolved_render(edit: AgeEdit, vector, settings: RenderSettings) -> RenderSe
     return resolved
 
 
-def check(pipe: "Pipeline", request: AgeVideoRequest) -> tuple[Any, torch.Tensor, RenderSettings]:
+def check(pipe: "Pipeline", request: AgeVideoRequest) -> tuple[Any, torch.Tensor, RenderSettings, str]:
     """Refuse an age-video request that cannot work (the vector, its fit to the model, the settings, the output
     directory) before any work; returns (the vector, its direction on the chosen layers, the render settings
-    with the strength filled in)."""
+    with the strength filled in, how the vector was chosen)."""
     from timemachine.pipeline.projection import check as check_projection
 
-    vector, direction = edit_direction(pipe, request.edit)
+    vector, direction, chosen = edit_direction(pipe, request.edit)
     settings = resolved_render(request.edit, vector, request.render)
     request.scores.validate()
     check_projection(pipe, dataclasses.replace(request.projection, photos=[request.photo]))
     check_output_directory(request.outputs.directory)
-    return vector, direction, settings
+    return vector, direction, settings, chosen
 
 
-def check_render(pipe: "Pipeline", request: RenderRequest) -> tuple[Any, torch.Tensor, RenderSettings]:
+def check_render(pipe: "Pipeline", request: RenderRequest) -> tuple[Any, torch.Tensor, RenderSettings, str]:
     """Like :func:`check`, for rendering a latent file (which needs an output directory)."""
-    vector, direction = edit_direction(pipe, request.edit)
+    vector, direction, chosen = edit_direction(pipe, request.edit)
     settings = resolved_render(request.edit, vector, request.render)
     if request.outputs.directory is None:
         raise ValueError("rendering a latent file needs an output directory")
     check_output_directory(request.outputs.directory)
-    return vector, direction, settings
+    return vector, direction, settings, chosen
 
 
 def check_output_directory(directory) -> None:
@@ -263,8 +263,9 @@ def _render_files(pipe: "Pipeline", walk: Walk, out: Path, progress: Optional[Pr
 
 
 def _write_walk(pipe: "Pipeline", walk: Walk, out: Path, progress: Optional[ProgressCallback],
-                run_info: dict[str, Any]) -> AgeVideoResult:
-    """Render the walk into ``out`` (which exists), score it, and write projected_w.npz and run.json there."""
+                run_info: dict[str, Any], job_started: Optional[float] = None) -> AgeVideoResult:
+    """Render the walk into ``out`` (which exists), score it, and write projected_w.npz and run.json there
+    (with the job's ``total_seconds`` when it started at ``job_started``, a time.perf_counter() value)."""
     started = time.perf_counter()
     result = _render_files(pipe, walk, out, progress)
     files = dict(result.files)
@@ -297,6 +298,8 @@ def _write_walk(pipe: "Pipeline", walk: Walk, out: Path, progress: Optional[Prog
     timings.update({"render_seconds": round(time.perf_counter() - started, 3),
                     "render_synthesis_seconds": round(result.synthesis_seconds, 3),
                     "render_writing_seconds": round(result.writing_seconds, 3)})
+    if job_started is not None:
+        timings["total_seconds"] = round(time.perf_counter() - job_started, 3)
     info["timings"] = timings
     write_json(files["run"], info)
     return AgeVideoResult(files=files, run_info=info, latent=latent, model_fingerprint=model.fingerprint)
@@ -344,8 +347,7 @@ def age_video(pipe: "Pipeline", request: AgeVideoRequest,
     Everything that can be refused (the vector, its fit to the model, the settings, the output directory) is
     refused before any work.
     """
-    vector, direction, settings = check(pipe, request)
-    chosen = edit_vector(pipe, request.edit)[1]
+    vector, direction, settings, chosen = check(pipe, request)
     out_dir = request.outputs.directory
     key = video_key(pipe, request, vector, settings) if out_dir is None else None
     if key is not None and not request.preview_only:
@@ -381,10 +383,7 @@ def age_video(pipe: "Pipeline", request: AgeVideoRequest,
                     projection.target, request.scores, projection.metrics)
 
         def write(out: Path) -> AgeVideoResult:
-            written = _write_walk(pipe, walk, out, progress, run_info)
-            written.run_info["timings"]["total_seconds"] = round(time.perf_counter() - started, 3)
-            write_json(written.files["run"], written.run_info)
-            return written
+            return _write_walk(pipe, walk, out, progress, run_info, job_started=started)
 
         if out_dir is not None:
             Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -399,7 +398,7 @@ def age_video(pipe: "Pipeline", request: AgeVideoRequest,
 
 def render(pipe: "Pipeline", request: RenderRequest, progress: Optional[ProgressCallback] = None) -> AgeVideoResult:
     """Render an existing latent file along the edit into ``request.outputs.directory``, and score it."""
-    vector, direction, settings = check_render(pipe, request)
+    vector, direction, settings, chosen = check_render(pipe, request)
     G = pipe.G
     latent = load_latent(request.latent, num_ws=G.num_ws, w_dim=G.w_dim)
     fingerprint = latent.meta.get("model_fingerprint")
@@ -418,15 +417,24 @@ def render(pipe: "Pipeline", request: RenderRequest, progress: Optional[Progress
         auto = scoring.choose_strength(pipe, latent, vector, direction, first, request.scores, progress)
         settings = dataclasses.replace(settings, strength=auto.strength)
         run_info["strength_auto"] = auto.to_dict()
-    walk = Walk(latent, vector, edit_vector(pipe, request.edit)[1], request.edit, direction, settings,
+    walk = Walk(latent, vector, chosen, request.edit, direction, settings,
                 request.outputs, request.photo.image if request.photo is not None else None, request.scores, {})
     return _write_walk(pipe, walk, out, progress, run_info)
+
+
+def check_preview_strip(pipe: "Pipeline", latent: LatentFile, edit: AgeEdit) -> torch.Tensor:
+    """Refuse a preview strip whose latent does not fit the model or whose edit cannot work; returns the edit's
+    direction on the chosen layers."""
+    ws = getattr(latent, "ws", None)
+    if ws is None or tuple(ws.shape) != (pipe.G.num_ws, pipe.G.w_dim):
+        raise LatentError(f"the latent does not fit the model (it needs [{pipe.G.num_ws}, {pipe.G.w_dim}])")
+    return edit_direction(pipe, edit)[1]
 
 
 def preview_strip(pipe: "Pipeline", latent: LatentFile, edit: AgeEdit, strengths: Sequence[float],
                   progress: Optional[ProgressCallback] = None) -> list[tuple[float, np.ndarray]]:
     """The end frame (t = 1) of the walk along the edit's vector at each strength: [(strength, uint8 [R, R, 3])]."""
-    _, direction = edit_direction(pipe, edit)
+    direction = check_preview_strip(pipe, latent, edit)
     out = []
     for i, strength in enumerate(strengths):
         frame = render_module.frames_at(pipe.G, latent, direction, [1.0], strength=float(strength), easing="linear")[0]
