@@ -264,9 +264,6 @@ def run_discover(args: argparse.Namespace) -> int:
     from timemachine.settings import DiscoverySettings
 
     env = common.environment(args)
-    if args.clip_weights:
-        env = env.replace(clip_weights=args.clip_weights)
-        args._environment = env
     request = DiscoverRequest(
         name=args.name, species=args.species, breed=args.breed, young=args.young, adult=args.adult,
         notes=args.notes, use_cache=not args.no_cache, replace=args.force,

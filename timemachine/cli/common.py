@@ -30,12 +30,17 @@ RENDER = RenderSettings()
 
 
 def environment(args: argparse.Namespace) -> Environment:
-    """The environment, read once per command, with ``--offline`` applied."""
+    """The environment, read once per command, with ``--offline``, ``--vgg-weights`` and ``--clip-weights``
+    applied."""
     env = getattr(args, "_environment", None)
     if env is None:
         env = Environment.from_environ()
         if getattr(args, "offline", None):
             env = env.replace(offline=True)
+        if getattr(args, "vgg_weights", None):
+            env = env.replace(vgg_weights=args.vgg_weights)
+        if getattr(args, "clip_weights", None):
+            env = env.replace(clip_weights=args.clip_weights)
         args._environment = env
     return env
 
@@ -105,9 +110,6 @@ def load_pipeline(args: argparse.Namespace, device: Optional[str] = None):
     from timemachine.pipeline import Pipeline
 
     env = environment(args)
-    if getattr(args, "vgg_weights", None):
-        env = env.replace(vgg_weights=args.vgg_weights)
-        args._environment = env
     spec = args.model or env.model
     if not spec:
         raise TimemachineError(f"no model given: pass --model NAME|PATH|URL or set {ENV_MODEL}")

@@ -282,9 +282,7 @@ def run_path(args: argparse.Namespace) -> int:
 
 def run_convert(args: argparse.Namespace) -> int:
     zoo = open_zoo(args.offline)
-    manifest = zoo.entries()
-    if args.src in manifest and not zoo.zoo_path(manifest[args.src]).is_file() and not Path(args.src).is_file():
-        licence_notice(manifest[args.src])
+    licence_notice_if_downloading(args.src, args.offline)
     with download_progress(args.src) as progress:
         result = zoo.convert(args.src, args.dst, force=args.force, progress=progress)
     print(f"wrote {result.path} (from {result.source}; generator fingerprint {result.fingerprint}, "
