@@ -124,3 +124,26 @@ def test_remedies_survive_pickling():
     assert plain.remedy is None and str(plain) == "bad"
     with pytest.raises(ValueError):
         TimemachineError("x", remedy="dance")
+
+
+def test_file_lock_says_busy_only_when_taking_the_lock(tmp_path):
+    """``busy()`` is raised when another process holds the lock; an error raised while holding it passes through
+    unchanged (a TimeoutError of the locked work is not 'busy')."""
+    import subprocess
+    import sys
+
+    lock = tmp_path / "l.lock"
+    hold = "import filelock, sys, time; lock = filelock.FileLock(sys.argv[1]); lock.acquire(); print('held', " \
+           "flush=True); time.sleep(60)"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(KeyError, match="busy"):
+            with fs.file_lock(lock, timeout=0, busy=lambda: KeyError("busy")):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with pytest.raises(TimeoutError, match="inside"):
+        with fs.file_lock(lock, timeout=0, busy=lambda: KeyError("busy")):
+            raise TimeoutError("inside")

@@ -203,14 +203,24 @@ def atomic_directory(final: PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def file_lock(path: PathLike, timeout: float = 60.0) -> Iterator[None]:
-    """Hold an inter-process lock on ``path`` (created with its directory if needed)."""
+def file_lock(path: PathLike, timeout: float = 60.0,
+              busy: Optional[Callable[[], BaseException]] = None) -> Iterator[None]:
+    """Hold an inter-process lock on ``path`` (created with its directory if needed), waiting at most ``timeout``
+    seconds for it; when another process holds it longer, raise ``busy()`` (default: TimeoutError).  Errors
+    raised while the lock is held pass through unchanged."""
     import filelock
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with filelock.FileLock(str(path), timeout=timeout):
+    lock = filelock.FileLock(str(path), timeout=timeout)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise (busy() if busy is not None else TimeoutError(f"{path} is locked by another process")) from None
+    try:
         yield
+    finally:
+        lock.release()
 
 
 def is_hex_key(key: Any) -> bool:

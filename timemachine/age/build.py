@@ -126,7 +126,7 @@ def _fit_classifier(Xp: np.ndarray, Xa: np.ndarray):
     """The logistic regression of method 'linear' fitted on Xp [P, D] (label 1) and Xa [A, D] (label 0).
 
     Returns:
-        (classifier, center [D], scale, converged): it classifies ``(x - center) / scale``.
+        (classifier, center [D], scale, converged, training accuracy): it classifies ``(x - center) / scale``.
     """
     try:
         from sklearn.linear_model import LogisticRegression
@@ -141,23 +141,21 @@ def _fit_classifier(Xp: np.ndarray, Xa: np.ndarray):
     if not scale > 0:
         raise AgeVectorError("all puppy and adult latents are identical")
     clf = LogisticRegression(C=CLASSIFIER_C, class_weight="balanced", solver="lbfgs", max_iter=10_000, tol=1e-8)
+    scaled = (X - center) / scale
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        clf.fit((X - center) / scale, y)
+        clf.fit(scaled, y)
     converged = not any("converge" in str(w.message).lower() for w in caught)
-    return clf, center, scale, converged
+    return clf, center, scale, converged, float(clf.score(scaled, y))
 
 
 def _classifier_normal(Xp: np.ndarray, Xa: np.ndarray) -> tuple[torch.Tensor, dict[str, Any]]:
     """Unit normal (float64 [D]) of a logistic regression separating Xp [P, D] (label 1) from Xa [A, D]."""
-    clf, center, scale, converged = _fit_classifier(Xp, Xa)
+    clf, _, _, converged, accuracy = _fit_classifier(Xp, Xa)
     coef = torch.from_numpy(clf.coef_[0].astype(np.float64))   # a global scale leaves the direction unchanged
     norm = float(coef.norm())
     if not math.isfinite(norm) or norm == 0:
         raise AgeVectorError("the classifier found no direction separating puppies from adults")
-    X = np.concatenate([Xp, Xa])
-    y = np.concatenate([np.ones(len(Xp)), np.zeros(len(Xa))])
-    accuracy = float(clf.score((X - center) / scale, y))
     return coef / norm, {"model": "logistic regression (scikit-learn)", "C": CLASSIFIER_C,
                          "class_weight": "balanced", "training_accuracy": accuracy, "converged": converged}
 
@@ -178,7 +176,7 @@ def heldout_accuracy(train_puppies: Latents, train_adults: Latents, test_puppies
         raise AgeVectorError("the training and test latents must come from the same model")
     w_space = all(_rows_equal(ws) for ws in stacked)
     Tp, Ta, Vp, Va = [(ws[:, 0] if w_space else ws.flatten(1)).numpy() for ws in stacked]
-    clf, center, scale, _ = _fit_classifier(Tp, Ta)
+    clf, center, scale, _, _ = _fit_classifier(Tp, Ta)
     hits_p = float((clf.predict((Vp - center) / scale) == 1).mean())
     hits_a = float((clf.predict((Va - center) / scale) == 0).mean())
     return (hits_p + hits_a) / 2

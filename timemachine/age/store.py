@@ -307,13 +307,9 @@ class VectorLibrary:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        try:
-            with fs.file_lock(self.lock_path):
-                yield
-        except OSError as exc:
-            if isinstance(exc, TimeoutError) or type(exc).__name__ == "Timeout":
-                raise AgeVectorError("the age vector library is busy (another process holds its lock)") from None
-            raise
+        with fs.file_lock(self.lock_path, busy=lambda: AgeVectorError(
+                "the age vector library is busy (another process holds its lock)")):
+            yield
 
     def _library_file(self, name: str) -> Path:
         path = self.path(name)

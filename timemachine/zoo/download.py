@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Union
 
-import filelock
 import requests
 import urllib3.exceptions
 
@@ -310,12 +309,10 @@ class _Download:
 def download_lock(paths: Paths, dest: Path, label: str) -> Iterator[None]:
     """Hold the lock of downloads into ``dest``; WeightsError at once when another process holds it."""
     name = "download-" + hashlib.sha256(str(dest.absolute()).encode()).hexdigest()[:16]
-    try:
-        with fs.file_lock(paths.lock(name), timeout=0):
-            yield
-    except filelock.Timeout:
-        raise WeightsError(f"another timemachine process is downloading {label} into {shown(dest)}; "
-                           "wait for it to finish, then try again") from None
+    with fs.file_lock(paths.lock(name), timeout=0, busy=lambda: WeightsError(
+            f"another timemachine process is downloading {label} into {shown(dest)}; wait for it to finish, then "
+            "try again")):
+        yield
 
 
 # ----------------------------------------------------------------------------------------------------------
