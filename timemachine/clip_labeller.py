@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from timemachine.errors import AgeVectorError, WeightsError, first_line, printable, quoted
 from timemachine.perceptual import RandomWeightsWarning
+from timemachine.settings import MAX_BATCH, check_int
 
 if TYPE_CHECKING:
     from timemachine.zoo import Zoo
@@ -262,8 +263,7 @@ class ClipLabeller:
         self.prompts = {"young": check_prompts(young, "young", species),
                         "adult": check_prompts(adult, "adult", species)}
         self.breed = resolve_breed(species, breed)
-        if not 1 <= int(batch_size) <= 1024:
-            raise AgeVectorError("the CLIP batch size must be from 1 to 1024")
+        check_int("the CLIP batch size", batch_size, 1, MAX_BATCH, error=AgeVectorError)
         self.batch_size = int(batch_size)
         self.architecture = architecture
         self.weights = str(weights)

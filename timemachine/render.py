@@ -79,6 +79,7 @@ from timemachine.latents import LatentFile
 from timemachine.networks import Generator
 from timemachine.settings import (
     EASINGS,
+    MAX_BATCH,
     MAX_FRAMES,
     RenderSettings,
     check_easing,
@@ -258,7 +259,7 @@ def iter_walk_frames(G: Generator, latent: LatentFile, direction: Union[torch.Te
     ``precision``: as :attr:`RenderSettings.precision`.
     """
     direction = check_inputs(G, latent, direction)
-    check_int("the batch size", batch_size, 1, 4096)
+    check_int("the batch size", batch_size, 1, MAX_BATCH)
     coefficients = walk_coefficients(frames, strength, easing)
     return _walk_frames(G, latent, direction, coefficients, batch_size, _resolve(G, precision))
 

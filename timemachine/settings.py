@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any, Optional
 
 import numpy as np
 
 from timemachine.errors import AgeVectorError, ImageError, ProjectionError, RenderError, printable
 
+#: What names of age vectors, zoo entries and their files look like (also used as file names: no separators).
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 #: Largest seed accepted (NumPy's and PyTorch's generators both take it).
 MAX_SEED = 2**32 - 1
 #: Largest batch (photos projected, frames synthesised together) accepted; memory is the real bound.
@@ -281,11 +284,12 @@ def total_frames(frames: int, hold_start: int = 0, hold_end: int = 0, pingpong: 
     return hold_start + frames + hold_end + (frames - 2 if pingpong else 0)
 
 
-def check_int(what: str, value: Any, low: int, high: int, hint: str = "") -> None:
-    """Raise :class:`RenderError` unless ``value`` is a whole number in [low, high]."""
+def check_int(what: str, value: Any, low: int, high: int, hint: str = "", error: type = RenderError) -> None:
+    """Raise ``error`` (one sentence) unless ``value`` is a whole number in [low, high]."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
-        raise RenderError(f"{what} must be a whole number from {low} to {high}, got {value!r}"
-                          + (f" ({hint})" if hint else ""))
+        huge = isinstance(value, (int, np.integer)) and abs(int(value)) >= 10 ** 30
+        shown = "too large" if huge else printable(repr(value), 40)
+        raise error(f"{what} must be a whole number from {low} to {high}, got {shown}" + (f" ({hint})" if hint else ""))
 
 
 def check_precision(precision: Any, error: type = ValueError, allow_resolved: bool = False) -> None:
@@ -382,13 +386,11 @@ class DiscoverySettings:
     def validate(self) -> None:
         """Raise :class:`AgeVectorError` (one sentence) for settings that cannot work."""
         def whole(what: str, value: Any, low: int, high: int) -> None:
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
-                shown = printable(value, 40) if not isinstance(value, int) or abs(value) < 10 ** 30 else "too large"
-                raise AgeVectorError(f"{what} must be a whole number from {low} to {high}, got {shown}")
+            check_int(what, value, low, high, error=AgeVectorError)
 
         whole("the number of samples", self.samples, 1, MAX_DISCOVERY_SAMPLES)
         whole("the seed", self.seed, 0, 2 ** 63 - 1)
-        whole("the batch size", self.batch_size, 1, 1024)
+        whole("the batch size", self.batch_size, 1, MAX_BATCH)
         whole("the fewest confident samples per side", self.min_confident, 5, MAX_DISCOVERY_SAMPLES)
         whole("the resolution", self.resolution, 4, 8192)
         if self.resolution & (self.resolution - 1):

@@ -32,7 +32,7 @@ import torch
 
 from timemachine.age.layers import LayerSpec, layer_mask, normalize_layers, resolve_layers
 from timemachine.errors import FORCE_MODEL, AgeVectorError, printable, quoted
-from timemachine.settings import MAX_STRENGTH
+from timemachine.settings import MAX_STRENGTH, NAME_RE
 
 #: How a vector was made: 'pair', 'mean', 'linear' (:mod:`timemachine.age.build`, from latents of photos) or
 #: 'discovered' (:mod:`timemachine.discover`, from the generator's own samples labelled by a classifier).
@@ -53,7 +53,6 @@ MAX_DIRECTION_ABS = 1000.0
 MAX_DETAILS_INT = 2 ** 53
 MAX_COUNT = 1_000_000
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 FINGERPRINT_RE = re.compile(r"[0-9a-f]{16}")
 #: The suffix of vector files; a name may not end with it (so that a name is never taken for a path).
 FILE_SUFFIX = ".safetensors"

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from timemachine.errors import WeightsError, printable, quoted
+from timemachine.settings import NAME_RE
 
 PathLike = Union[str, os.PathLike]
 
@@ -45,7 +46,6 @@ KINDS = (GENERATOR, BACKBONE, CLIP, KEYPOINTS)
 VGG16 = "vgg16"
 
 #: Names of entries, of their files and of imported models.
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _TEXT_FIELDS = ("kind", "description", "url", "filename", "source")
 _LICENCE_FIELDS = ("name", "summary", "url")
