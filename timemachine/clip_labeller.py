@@ -143,14 +143,14 @@ def check_prompts(prompts: Optional[Sequence[str]], side: str, species: str) -> 
     return out
 
 
-@functools.lru_cache(maxsize=1)
-def _tokenizer():
-    """open_clip's tokenizer of :data:`ARCHITECTURE` (its BPE vocabulary ships with the package)."""
+@functools.lru_cache(maxsize=2)
+def _tokenizer(architecture: str = ARCHITECTURE):
+    """open_clip's tokenizer of ``architecture`` (its BPE vocabulary ships with the package), built once."""
     try:
         import open_clip
     except ImportError:   # pragma: no cover - a dependency
         raise WeightsError("the CLIP labeller needs open-clip-torch: pip install open-clip-torch") from None
-    return open_clip.get_tokenizer(ARCHITECTURE)
+    return open_clip.get_tokenizer(architecture)
 
 
 def resolve_clip_weights(choice: Optional[str], zoo: "Zoo", *, progress=None) -> str:
@@ -257,7 +257,6 @@ class ClipLabeller:
                  young: Optional[Sequence[str]] = None, adult: Optional[Sequence[str]] = None,
                  breed: Optional[str] = None, architecture: str = ARCHITECTURE,
                  device: Union[str, torch.device] = "cpu", batch_size: int = 32, weights_id: Optional[str] = None):
-        import open_clip
 
         self.species = check_labeller_species(species)
         self.prompts = {"young": check_prompts(young, "young", species),
@@ -268,7 +267,7 @@ class ClipLabeller:
         self.architecture = architecture
         self.weights = str(weights)
         self.device = torch.device(device)
-        tokenizer = open_clip.get_tokenizer(architecture)
+        tokenizer = _tokenizer(architecture)
         self.model = build_clip(architecture, self.weights).to(self.device)
         self.image_size = int(np.atleast_1d(self.model.visual.image_size)[0])
         from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD

@@ -147,15 +147,17 @@ class Detector(Protocol):
 # Pre- and post-processing (pure numpy/Pillow: tested on their own)
 
 
-def letterbox(img: np.ndarray, size: int) -> tuple[np.ndarray, float]:
+def letterbox(img: np.ndarray, size: int, pil: Optional[Image.Image] = None) -> tuple[np.ndarray, float]:
     """YOLOX's input: ``img`` uint8 [H, W, 3] RGB scaled by r = min(size / H, size / W) to int(W r) x int(H r)
     (bilinear), placed at the top-left of a ``size`` x ``size`` canvas of grey 114, channels reversed to BGR,
-    as float32 [1, 3, size, size] in 0-255.  Returns (tensor, r); photo = input / r."""
+    as float32 [1, 3, size, size] in 0-255.  Returns (tensor, r); photo = input / r.  ``pil``: ``img`` as a PIL
+    image when the caller has it already."""
     height, width = img.shape[:2]
     ratio = min(size / height, size / width)
     new_w, new_h = max(1, int(width * ratio)), max(1, int(height * ratio))
     canvas = np.full((size, size, 3), YOLOX_PAD, dtype=np.uint8)
-    canvas[:new_h, :new_w] = np.asarray(Image.fromarray(img).resize((new_w, new_h), Image.Resampling.BILINEAR))
+    pil = pil if pil is not None else Image.fromarray(np.ascontiguousarray(img))
+    canvas[:new_h, :new_w] = np.asarray(pil.resize((new_w, new_h), Image.Resampling.BILINEAR))
     bgr = canvas[..., ::-1].transpose(2, 0, 1)
     return np.ascontiguousarray(bgr, dtype=np.float32)[None], ratio
 
@@ -221,17 +223,19 @@ def box_to_centre_scale(box: Union[Sequence[float], np.ndarray], input_size: tup
     return centre, scale
 
 
-def crop_input(img: np.ndarray, centre: np.ndarray, scale: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
+def crop_input(img: np.ndarray, centre: np.ndarray, scale: np.ndarray, input_size: tuple[int, int],
+               pil: Optional[Image.Image] = None) -> np.ndarray:
     """The keypoint network's input: the region ``centre`` +- ``scale`` / 2 of ``img`` (uint8 RGB) mapped onto
     ``input_size`` = (w, h) with a bilinear filter (black outside the photo, as OpenCV's warpAffine), normalised
-    with :data:`RGB_MEAN` / :data:`RGB_STD`, as float32 [1, 3, h, w].
+    with :data:`RGB_MEAN` / :data:`RGB_STD`, as float32 [1, 3, h, w].  ``pil``: as in :func:`letterbox`.
 
     Input point q (pixels) <-> photo point ``centre + (q - (w, h) / 2) * scale / (w, h)``.
     """
     w, h = input_size
     step = scale / np.array([w, h], dtype=np.float64)
     origin = centre - scale / 2
-    warped = Image.fromarray(np.ascontiguousarray(img)).transform(
+    pil = pil if pil is not None else Image.fromarray(np.ascontiguousarray(img))
+    warped = pil.transform(
         (w, h), Image.Transform.AFFINE, (step[0], 0.0, origin[0], 0.0, step[1], origin[1]),
         resample=Image.Resampling.BILINEAR)
     pixels = (np.asarray(warped, dtype=np.float32) - np.array(RGB_MEAN, np.float32)) / np.array(RGB_STD, np.float32)
@@ -291,15 +295,17 @@ class OnnxAnimalDetector:
         if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
             raise ValueError("the detector takes a uint8 [H, W, 3] RGB image")
         height, width = img.shape[:2]
-        found = self.boxes(img)
+        pil = Image.fromarray(np.ascontiguousarray(img))   # once: every network input is cut from it
+        found = self.boxes(img, pil)
         if not found:
             found = [(np.array([0.0, 0.0, width, height]), 0.0, "animal")]
         found.sort(key=lambda item: -float((item[0][2] - item[0][0]) * (item[0][3] - item[0][1])))
-        return [self.keypoints(img, box, score, label) for box, score, label in found[:self.max_animals]]
+        return [self.keypoints(img, box, score, label, pil) for box, score, label in found[:self.max_animals]]
 
-    def boxes(self, img: np.ndarray) -> list[tuple[np.ndarray, float, str]]:
-        """The animals' boxes in ``img``: [(box [x0, y0, x1, y1], score, label)], clipped to the photo."""
-        tensor, ratio = letterbox(img, self.box_size)
+    def boxes(self, img: np.ndarray, pil: Optional[Image.Image] = None) -> list[tuple[np.ndarray, float, str]]:
+        """The animals' boxes in ``img``: [(box [x0, y0, x1, y1], score, label)], clipped to the photo
+        (``pil``: as in :func:`letterbox`)."""
+        tensor, ratio = letterbox(img, self.box_size, pil)
         raw = _run(self._boxes, tensor, "the animal box network")[0]
         found = decode_yolox(np.asarray(raw)[0], self.box_size, ratio, threshold=self.box_threshold, iou=self.nms_iou)
         height, width = img.shape[:2]
@@ -310,10 +316,11 @@ class OnnxAnimalDetector:
                 clipped.append((box, score, label))
         return clipped
 
-    def keypoints(self, img: np.ndarray, box: np.ndarray, score: float, label: str) -> AnimalDetection:
-        """Keypoints of the animal in ``box`` (photo coordinates)."""
+    def keypoints(self, img: np.ndarray, box: np.ndarray, score: float, label: str,
+                  pil: Optional[Image.Image] = None) -> AnimalDetection:
+        """Keypoints of the animal in ``box`` (photo coordinates; ``pil``: as in :func:`letterbox`)."""
         centre, scale = box_to_centre_scale(box, self.input_size)
-        simcc_x, simcc_y = _run(self._keypoints, crop_input(img, centre, scale, self.input_size),
+        simcc_x, simcc_y = _run(self._keypoints, crop_input(img, centre, scale, self.input_size, pil),
                                 "the animal keypoint network")[:2]
         locations, scores = decode_simcc(np.asarray(simcc_x)[0], np.asarray(simcc_y)[0], self.split_ratio)
         # A SimCC location is in MMPose's pixel-index convention (the centre of input pixel j is j); crop_input

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from timemachine import scores
+from timemachine.clip_labeller import SPECIES
 from timemachine.errors import AgeVectorError, TimemachineError, first_line
 from timemachine.pipeline.components import ZOO_SPECIES
 from timemachine.pipeline.progress import ProgressCallback, report
@@ -25,10 +26,6 @@ from timemachine.settings import ScoreSettings
 if TYPE_CHECKING:
     from timemachine.latents import LatentFile
     from timemachine.pipeline.components import Pipeline
-
-#: Species the CLIP labeller has prompts for.
-SPECIES = ("dog", "cat", "wild")
-
 
 def labeller_for(pipe: "Pipeline", vector) -> tuple[Optional[Any], Optional[str]]:
     """(the CLIP labeller for the vector's species, None) or (None, why there is none)."""
