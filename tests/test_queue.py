@@ -248,8 +248,6 @@ def test_cancel_stops_a_running_job_and_a_waiting_one_never_starts(executor, hom
 
 def test_a_visitor_may_have_only_so_many_unfinished_jobs(executor, home):
     executor.settings = QueueSettings(per_visitor=1)
-    if not executor.remote:
-        executor.queue.settings = executor.settings
     first = executor.submit(job(home, "project", ProjectionRequest(photos=[photo(40)], settings=ENDLESS),
                                 owner="greedy"))
     try:

@@ -46,6 +46,14 @@ class JobCancelled(Exception):
 class QueueFull(TimemachineError):
     """Too many jobs are waiting already, or this visitor has as many as allowed."""
 
+    @classmethod
+    def server_busy(cls, waiting: int) -> "QueueFull":
+        return cls(f"The server is busy: {waiting} jobs are waiting already. Please try again in a few minutes.")
+
+    @classmethod
+    def visitor_limit(cls, unfinished: int) -> "QueueFull":
+        return cls(f"you have {unfinished} unfinished jobs already; wait for one to finish or cancel it")
+
 
 class Cancelled(TimemachineError):
     """:meth:`JobHandle.get` of a job that was cancelled."""

@@ -319,10 +319,9 @@ class CeleryExecutor(Executor):
                 args=[job_id, self.settings.max_waiting, self.settings.per_visitor, ttl, owner, kind.name, label,
                       f"{time.time():.3f}"])
             if code == -1:
-                raise QueueFull(f"The server is busy: {count} jobs are waiting already. Please try again in a few "
-                                "minutes.")
+                raise QueueFull.server_busy(count)
             if code == -2:
-                raise QueueFull(f"you have {count} unfinished jobs already; wait for one to finish or cancel it")
+                raise QueueFull.visitor_limit(count)
             self.app.send_task(TASK_NAME, args=[payload], task_id=job_id, queue=QUEUE_NAME)
         except redis.RedisError as exc:
             raise BrokerError(f"the job queue at {_safe_url(self.env.broker_url)} cannot be reached: "

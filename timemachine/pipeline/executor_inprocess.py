@@ -152,11 +152,10 @@ class JobQueue:
         """Queue ``fn``; returns its :class:`Job` at once."""
         with self._cond:
             if len(self._waiting) >= self.settings.max_waiting:
-                raise QueueFull(f"The server is busy: {len(self._waiting)} jobs are waiting already. "
-                                "Please try again in a few minutes.")
+                raise QueueFull.server_busy(len(self._waiting))
             mine = sum(1 for job in self._jobs.values() if job.owner == owner and not job.finished)
             if mine >= self.settings.per_visitor:
-                raise QueueFull(f"you have {mine} unfinished jobs already; wait for one to finish or cancel it")
+                raise QueueFull.visitor_limit(mine)
             job = Job(fn, label, owner, self)
             self._forget_finished()
             self._jobs[job.id] = job
@@ -278,17 +277,21 @@ class InProcessExecutor(Executor):
     def __init__(self, env: Optional[Environment] = None, settings: Optional[QueueSettings] = None, *,
                  owner_alive: Optional[Callable[[str], bool]] = None):
         self.env = env or Environment.from_environ()
-        self.settings = settings or QueueSettings()
-        self.queue = JobQueue(self.settings, owner_alive=owner_alive)
-        self._pipelines: Optional[PipelineCache] = None
-        self._lock = threading.Lock()
+        self.queue = JobQueue(settings or QueueSettings(), owner_alive=owner_alive)
+        self._pipelines = PipelineCache(self.env)   # (loads nothing until a job names a model)
+
+    @property
+    def settings(self) -> QueueSettings:
+        """The queue's limits (the :class:`JobQueue`'s own)."""
+        return self.queue.settings
+
+    @settings.setter
+    def settings(self, value: QueueSettings) -> None:
+        self.queue.settings = value
 
     def _pipeline_for(self, spec: JobSpec):
         if spec.pipeline is not None:
             return spec.pipeline
-        with self._lock:
-            if self._pipelines is None:
-                self._pipelines = PipelineCache(self.env)
         return self._pipelines.get(spec.model, spec.model_name, perceptual=spec.check().needs_perceptual)
 
     def submit(self, spec: JobSpec) -> Job:
