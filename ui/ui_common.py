@@ -478,9 +478,7 @@ def model_picker() -> Optional[ModelChoice]:
         if uploaded is None:
             st.sidebar.info("Upload a network file to use it.")
             return None
-        data = uploaded.getvalue()
-        return ModelChoice(label=uploaded.name, upload_name=uploaded.name,
-                           upload_digest=hashlib.sha256(data).hexdigest())
+        return ModelChoice(label=uploaded.name, upload_name=uploaded.name, upload_digest=_upload_digest(uploaded))
     if choice == PATH:
         models = environment().paths.models
         path = st.sidebar.text_input("Network file in the server's models directory", key="model_path",
@@ -490,6 +488,15 @@ def model_picker() -> Optional[ModelChoice]:
             return None
         return ModelChoice(label=path.strip(), spec=str(server_model_path(path.strip(), models)))
     return ModelChoice(label=label(choice), spec=choice)
+
+
+def _upload_digest(uploaded) -> str:
+    """SHA-256 of an uploaded file, hashed once per upload (the page reruns on every click; models are large)."""
+    digests = st.session_state.setdefault("model_upload_digests", {})   # file_id -> digest of the latest upload
+    if uploaded.file_id not in digests:
+        digests.clear()
+        digests[uploaded.file_id] = hashlib.sha256(uploaded.getvalue()).hexdigest()
+    return digests[uploaded.file_id]
 
 
 def server_model_path(text: str, models: Path) -> Path:
@@ -562,6 +569,8 @@ def current_model() -> Optional[pipeline.LoadedModel]:
 
 
 def download(label: str, path: Optional[str], mime: str, key: str) -> None:
-    """A download button for the file at ``path`` (nothing when there is no such file)."""
+    """A download button for the file at ``path`` (nothing when there is no such file); the file is read when
+    the button is pressed, not on every run of the page."""
     if path and os.path.isfile(path):
-        st.download_button(label, data=Path(path).read_bytes(), file_name=os.path.basename(path), mime=mime, key=key)
+        st.download_button(label, data=lambda: Path(path).read_bytes(), file_name=os.path.basename(path), mime=mime,
+                           key=key)
