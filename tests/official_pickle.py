@@ -257,6 +257,34 @@ def randomize_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module
 
 
+#: A tiny generator config: small enough that the hostile-payload matrices load it hundreds of times in seconds.
+SMALL_CONFIG = dict(z_dim=8, w_dim=8, c_dim=0, img_resolution=8, img_channels=3,
+                    mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=64, channel_max=16))
+#: Characters a one-line message shown in a terminal must not hold (C0 and C1 controls).
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def write(path, data: bytes):
+    """``data`` written to ``path``; returns ``path``."""
+    path.write_bytes(data)
+    return path
+
+
+def assert_one_sentence(message: str) -> str:
+    """``message`` is non-empty, one line and free of control characters; returns it."""
+    assert message and "\n" not in message and not CONTROL_CHARACTERS.search(message), message
+    return message
+
+
+def edit_class_state(target_path: str, target_class: str, edit: Callable[[dict], Any]):
+    """An ``edit_state`` for :func:`dumps_snapshot`: apply ``edit`` to the state of the module at ``target_path``
+    (e.g. 'synthesis.b4.conv1') of class ``target_class``."""
+    def edit_state(path, class_name, state):
+        if path == target_path and class_name == target_class:
+            edit(state)
+    return edit_state
+
+
 def make_generator(seed: int = 0, **config) -> networks.Generator:
     """Our Generator for ``config`` with recorded constructor arguments and random weights; eval mode, no grad."""
     with record_init_args():

@@ -30,6 +30,7 @@ from official_pickle import (
     ORDERED_DICT,
     REBUILD_PARAMETER,
     RECONSTRUCT_PERSISTENT_OBJ,
+    SMALL_CONFIG,
     Call,
     EasyDict,
     GlobalRef,
@@ -38,6 +39,7 @@ from official_pickle import (
     binbytes_payload_spans,
     dumps,
     dumps_snapshot,
+    edit_class_state,
     legacy_torch_save,
     make_generator,
     persistent,
@@ -46,6 +48,7 @@ from official_pickle import (
     snapshot_of,
     storage_bytes,
     tensor_call,
+    write,
     write_official_pickle,
 )
 from timemachine import checkpoint, unpickler
@@ -67,14 +70,6 @@ RESNET_CONFIG = dict(z_dim=16, w_dim=16, c_dim=0, img_resolution=16, img_channel
 ORIG_CONFIG = dict(z_dim=16, w_dim=16, c_dim=2, img_resolution=16, img_channels=3,
                    mapping_kwargs=dict(num_layers=2),
                    synthesis_kwargs=dict(channel_base=256, channel_max=16, architecture="orig"))
-#: Small enough that the hostile-payload matrix loads it hundreds of times in a few seconds.
-SMALL_CONFIG = dict(z_dim=8, w_dim=8, c_dim=0, img_resolution=8, img_channels=3,
-                    mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=64, channel_max=16))
-
-
-def write(path, data: bytes):
-    path.write_bytes(data)
-    return path
 
 
 def assert_same_outputs(a: Generator, b: Generator, batch: int = 3):
@@ -470,26 +465,19 @@ PAYLOADS = {
 }
 
 
-def _inject(target_path, target_class, edit):
-    def edit_state(path, class_name, state):
-        if path == target_path and class_name == target_class:
-            edit(state)
-    return edit_state
-
-
 PLACEMENTS = {
     # (a) the whole pickle
     "top level": lambda G, payload: dumps(payload),
     # (b) inside persistent objects' state
-    "in _parameters": lambda G, payload: dumps_snapshot(snapshot_of(G), edit_state=_inject(
+    "in _parameters": lambda G, payload: dumps_snapshot(snapshot_of(G), edit_state=edit_class_state(
         "synthesis.b4.conv1", "SynthesisLayer", lambda s: s["_parameters"].__setitem__("weight", payload))),
-    "in _buffers": lambda G, payload: dumps_snapshot(snapshot_of(G), edit_state=_inject(
+    "in _buffers": lambda G, payload: dumps_snapshot(snapshot_of(G), edit_state=edit_class_state(
         "mapping", "MappingNetwork", lambda s: s["_buffers"].__setitem__("w_avg", payload))),
-    "in _modules": lambda G, payload: dumps_snapshot(snapshot_of(G), edit_state=_inject(
+    "in _modules": lambda G, payload: dumps_snapshot(snapshot_of(G), edit_state=edit_class_state(
         "mapping", "MappingNetwork", lambda s: s["_modules"].__setitem__("fc0", payload))),
-    "in _init_kwargs": lambda G, payload: dumps_snapshot(snapshot_of(G), edit_state=_inject(
+    "in _init_kwargs": lambda G, payload: dumps_snapshot(snapshot_of(G), edit_state=edit_class_state(
         "", "Generator", lambda s: s["_init_kwargs"]["synthesis_kwargs"].__setitem__("conv_clamp", payload))),
-    "in D": lambda G, payload: dumps_snapshot(snapshot_of(G), edit_state=_inject(
+    "in D": lambda G, payload: dumps_snapshot(snapshot_of(G), edit_state=edit_class_state(
         "", "Discriminator", lambda s: s.__setitem__("epilogue", payload))),
     "in training_set_kwargs": lambda G, payload: dumps_snapshot(
         snapshot_of(G, training_set_kwargs=dict(class_name="x", path=payload))),
@@ -498,7 +486,7 @@ PLACEMENTS = {
     "as module_src": lambda G, payload: dumps_snapshot(snapshot_of(G), module_src=payload),
     # (c) inside the bytes of torch.storage._load_from_bytes (a legacy torch.save carrying the payload)
     "tensor data, top level": lambda G, payload: dumps(Call(LOAD_FROM_BYTES, (legacy_torch_save(payload),))),
-    "tensor data, in a parameter": lambda G, payload: dumps_snapshot(snapshot_of(G), edit_state=_inject(
+    "tensor data, in a parameter": lambda G, payload: dumps_snapshot(snapshot_of(G), edit_state=edit_class_state(
         "synthesis.b4.conv1", "SynthesisLayer", lambda s: s["_parameters"].__setitem__(
             "weight", tensor_call(torch.zeros(1), blob=legacy_torch_save(payload))))),
 }
@@ -555,7 +543,8 @@ HOOKS = collections.OrderedDict([(0, ORDERED_DICT)])  # {0: <a callable>}, pickl
 
 
 def _hooked(edit):
-    return lambda G: dumps_snapshot(snapshot_of(G), edit_state=_inject("synthesis.b4.conv1", "SynthesisLayer", edit))
+    edit_state = edit_class_state("synthesis.b4.conv1", "SynthesisLayer", edit)
+    return lambda G: dumps_snapshot(snapshot_of(G), edit_state=edit_state)
 
 
 @pytest.mark.parametrize("build, message", [
@@ -644,15 +633,15 @@ def test_cyclic_and_shared_structures_are_refused_quickly(tmp_path, small_G):
         exponential = [exponential, exponential]
 
     cases = {
-        r"refusing to load: the network file holds a structure that contains itself": _inject(
+        r"refusing to load: the network file holds a structure that contains itself": edit_class_state(
             "", "Generator", lambda s: s["_init_kwargs"]["synthesis_kwargs"].__setitem__("x", cyclic)),
-        r"configuration (is nested too deeply|is too large)": _inject("", "Generator", lambda s: s["_init_kwargs"][
-            "synthesis_kwargs"].__setitem__("x", exponential)),
-        r"configuration holds a Tensor, where only numbers, strings and lists belong": _inject(
+        r"configuration (is nested too deeply|is too large)": edit_class_state(
+            "", "Generator", lambda s: s["_init_kwargs"]["synthesis_kwargs"].__setitem__("x", exponential)),
+        r"configuration holds a Tensor, where only numbers, strings and lists belong": edit_class_state(
             "", "Generator", lambda s: s["_init_kwargs"]["synthesis_kwargs"].__setitem__(
                 "conv_clamp", tensor_call(torch.ones(1)))),
-        r"the same module appears twice": _inject("mapping", "MappingNetwork", lambda s: s["_modules"].__setitem__(
-            "fc1", s["_modules"]["fc0"])),
+        r"the same module appears twice": edit_class_state(
+            "mapping", "MappingNetwork", lambda s: s["_modules"].__setitem__("fc1", s["_modules"]["fc0"])),
     }
     for message, edit in cases.items():
         start = time.monotonic()
@@ -730,7 +719,7 @@ def test_unreadable_file(tmp_path, small_pickle_bytes):
 def _with_config(**changes):
     def edit(state):
         state["_init_kwargs"].update({k: EasyDict(v) if isinstance(v, dict) else v for k, v in changes.items()})
-    return _inject("", "Generator", edit)
+    return edit_class_state("", "Generator", edit)
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -784,7 +773,7 @@ def _storage_with_claim(values: torch.Tensor, numel: int) -> bytes:
 @pytest.mark.parametrize("numel", [5, 2 ** 34, 2 ** 62])
 def test_tensor_data_claiming_more_elements_than_present(tmp_path, small_G, numel):
     blob = _storage_with_claim(torch.arange(4.0), numel)
-    edit = _inject("mapping", "MappingNetwork", lambda s: s["_buffers"].__setitem__(
+    edit = edit_class_state("mapping", "MappingNetwork", lambda s: s["_buffers"].__setitem__(
         "w_avg", tensor_call(torch.zeros(1), blob=blob, size=(8,), stride=(1,))))
     path = write(tmp_path / "claim.pkl", dumps_snapshot(snapshot_of(small_G), edit_state=edit))
     with address_space_limit(2 << 30):

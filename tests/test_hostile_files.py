@@ -35,16 +35,20 @@ from safetensors.torch import save_file
 from conftest import REPO_ROOT, make_small_generator
 from official_pickle import (
     LOAD_FROM_BYTES,
+    SMALL_CONFIG,
     Call,
     EasyDict,
     Raw,
+    assert_one_sentence,
     dumps,
     dumps_snapshot,
+    edit_class_state,
     make_generator,
     record_init_args,
     snapshot_of,
     storage_bytes,
     tensor_call,
+    write,
 )
 from timemachine import fs, images, video
 from timemachine import projector as P
@@ -53,28 +57,15 @@ from timemachine.errors import LatentError, ProjectionError, RenderError, Timema
 from timemachine.latents import load_latent, save_latent
 from timemachine.networks import Generator
 
-SMALL_CONFIG = dict(z_dim=8, w_dim=8, c_dim=0, img_resolution=8, img_channels=3,
-                    mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=64, channel_max=16))
 #: The issue's bound on the peak memory of a process loading a small hostile file.
 RSS_BOUND = 1 << 30
 #: What loading one may add to the child's memory after its imports (the imports alone take ~0.3-0.5 GB).
 GROWTH_BOUND = 256 << 20
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def one_sentence(message: str) -> str:
-    assert message and "\n" not in message and not _CONTROL.search(message), message
-    return message
 
 
 @pytest.fixture(scope="module")
 def small_G():
     return make_generator(seed=3, **SMALL_CONFIG)
-
-
-def write(path: pathlib.Path, data: bytes) -> pathlib.Path:
-    path.write_bytes(data)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -121,7 +112,7 @@ def load_in_child(kind: str, path: pathlib.Path, timeout: float = 300) -> dict:
 
 def assert_refused_within_bounds(report: dict, pattern: str) -> None:
     assert report["returncode"] == 0, report
-    assert report["message"] is not None and re.search(pattern, one_sentence(report["message"])), report
+    assert report["message"] is not None and re.search(pattern, assert_one_sentence(report["message"])), report
     assert report["peak"] < RSS_BOUND, report
     assert report["peak"] - report["baseline"] < GROWTH_BOUND, report
 
@@ -254,18 +245,12 @@ def test_nesting_and_cycles_are_refused_by_the_opcode_walk(tmp_path, body, messa
 # ---------------------------------------------------------------------------------------------------------------
 # Storages that cannot grow
 
-def _with_state(target_path: str, target_class: str, edit):
-    def edit_state(path, class_name, state):
-        if path == target_path and class_name == target_class:
-            edit(state)
-    return edit_state
-
 
 @pytest.mark.parametrize("size, stride, offset", [((8,), (1,), 0), ((1,), (1,), 0), ((2, 4), (4, 1), 0),
                                                   ((8,), (0,), 0), ((0,), (1,), 1)])
 def test_a_tensor_set_onto_an_empty_storage_is_refused(tmp_path, small_G, size, stride, offset):
     """torch's set_ would resize an empty storage and hand back uninitialised heap bytes (different each run)."""
-    edit = _with_state("mapping", "MappingNetwork", lambda s: s["_buffers"].__setitem__(
+    edit = edit_class_state("mapping", "MappingNetwork", lambda s: s["_buffers"].__setitem__(
         "w_avg", tensor_call(torch.zeros(0), size=size, stride=stride, offset=offset)))
     path = write(tmp_path / "empty.pkl", dumps_snapshot(snapshot_of(small_G), edit_state=edit))
     with pytest.raises(CheckpointError, match=r"points outside its data"):
@@ -356,11 +341,11 @@ def test_config_values_are_range_checked_in_pickles(tmp_path, small_G, case):
                 merged[key] = value
         state["_init_kwargs"] = {k: EasyDict(v) if isinstance(v, dict) else v for k, v in merged.items()}
 
-    path = write(tmp_path / "config.pkl", dumps_snapshot(snapshot_of(small_G), edit_state=_with_state(
+    path = write(tmp_path / "config.pkl", dumps_snapshot(snapshot_of(small_G), edit_state=edit_class_state(
         "", "Generator", edit)))
     with pytest.raises(CheckpointError) as caught:
         load_generator(path, device="cpu")
-    assert re.search(message, one_sentence(str(caught.value))), str(caught.value)
+    assert re.search(message, assert_one_sentence(str(caught.value))), str(caught.value)
 
 
 def _safetensors_with_config(path: pathlib.Path, G: Generator, config_text: str) -> pathlib.Path:
@@ -377,7 +362,7 @@ def test_config_values_are_range_checked_in_safetensors(tmp_path, small_G, case)
     path = _safetensors_with_config(tmp_path / "config.safetensors", small_G, text)
     with pytest.raises(CheckpointError) as caught:
         load_generator(path, device="cpu")
-    assert re.search(message + r"|holds an integer of \d+ digits", one_sentence(str(caught.value))), \
+    assert re.search(message + r"|holds an integer of \d+ digits", assert_one_sentence(str(caught.value))), \
         str(caught.value)
 
 
@@ -395,7 +380,7 @@ def test_huge_integers_and_deep_nesting_in_a_safetensors_config(tmp_path, small_
 
 
 def test_deep_nesting_in_a_pickled_config_value(tmp_path, small_G):
-    edit = _with_state("", "Generator", lambda s: s["_init_kwargs"]["synthesis_kwargs"].__setitem__(
+    edit = edit_class_state("", "Generator", lambda s: s["_init_kwargs"]["synthesis_kwargs"].__setitem__(
         "x", Raw(b"]" * 5000 + b"a" * 4999)))
     path = write(tmp_path / "deep.pkl", dumps_snapshot(snapshot_of(small_G), edit_state=edit))
     with pytest.raises(CheckpointError, match=r"nests its data more than 100 levels deep"):
@@ -421,7 +406,7 @@ def test_a_valid_but_unusual_config_still_loads(tmp_path):
     (torch.float16, float("inf"), r"tensor mapping\.w_avg holds NaN or infinite values \(the file is damaged\)"),
 ])
 def test_weights_must_be_finite_after_conversion_to_float32(tmp_path, small_G, dtype, value, message):
-    edit = _with_state("mapping", "MappingNetwork", lambda s: s["_buffers"].__setitem__(
+    edit = edit_class_state("mapping", "MappingNetwork", lambda s: s["_buffers"].__setitem__(
         "w_avg", tensor_call(torch.full((8,), value, dtype=dtype))))
     path = write(tmp_path / "overflow.pkl", dumps_snapshot(snapshot_of(small_G), edit_state=edit))
     with pytest.raises(CheckpointError, match=message):
@@ -429,7 +414,7 @@ def test_weights_must_be_finite_after_conversion_to_float32(tmp_path, small_G, d
 
 
 def test_float64_weights_within_float32_range_load(tmp_path, small_G):
-    edit = _with_state("mapping", "MappingNetwork", lambda s: s["_buffers"].__setitem__(
+    edit = edit_class_state("mapping", "MappingNetwork", lambda s: s["_buffers"].__setitem__(
         "w_avg", tensor_call(torch.full((8,), 3.0e38, dtype=torch.float64))))
     loaded = load_generator(write(tmp_path / "f64.pkl", dumps_snapshot(snapshot_of(small_G), edit_state=edit)),
                             device="cpu")
@@ -462,7 +447,7 @@ _W = np.zeros((1, 4, 8), np.float32)
 def test_hostile_latent_values_and_metadata(tmp_path, content, message):
     with pytest.raises(LatentError) as caught:
         load_latent(write(tmp_path / "bad.npz", content))
-    assert re.search(message, one_sentence(str(caught.value))), str(caught.value)
+    assert re.search(message, assert_one_sentence(str(caught.value))), str(caught.value)
 
 
 def test_latent_members_must_be_npy_arrays(tmp_path):
@@ -535,7 +520,8 @@ def test_a_damaged_resume_checkpoint_is_refused(tmp_path, interrupted_checkpoint
     torch.save(state, path)
     with pytest.raises(ProjectionError) as caught:
         _resume(interrupted_checkpoint, path, random_lpips)
-    assert re.search(r"cannot resume: the checkpoint .* is damaged \(.*" + message, one_sentence(str(caught.value)))
+    shown = assert_one_sentence(str(caught.value))
+    assert re.search(r"cannot resume: the checkpoint .* is damaged \(.*" + message, shown)
 
 
 def test_an_undamaged_checkpoint_resumes(tmp_path, interrupted_checkpoint, random_lpips):
