@@ -84,31 +84,11 @@ def make_photo(target, rng, *, scale_range=(1.4, 2.4), max_degrees=30.0):
     return np.asarray(Image.composite(photo, background, mask), dtype=np.uint8).copy(), to_photo
 
 
-def build_generator(resolution: int, channel_base: int):
-    """AFHQ's architecture (StyleGAN2-ADA skip generator, 8 mapping layers, channel_max 512) with random but
-    realistic weights (as benchmarks/bench_generator.py); ``channel_base`` 32768 is AFHQ's width, less is
-    narrower and faster (the default here: 4096, i.e. 512 channels up to 8x8, 64 at 64x64)."""
-    import torch
-
-    from timemachine.networks import Generator
-
-    torch.manual_seed(0)
-    G = Generator(z_dim=512, c_dim=0, w_dim=512, img_resolution=resolution, img_channels=3,
-                  mapping_kwargs=dict(num_layers=8),
-                  synthesis_kwargs=dict(channel_base=channel_base, channel_max=512, num_fp16_res=4, conv_clamp=256))
-    with torch.no_grad():
-        for name, p in G.named_parameters():
-            if name.endswith("noise_strength"):
-                p.fill_(0.05)
-            elif name.endswith("bias") and "affine" not in name:
-                p.normal_(0, 0.1)
-    return G.eval().requires_grad_(False)
-
-
 def projection_part(args) -> None:
     import numpy as np
     import torch
 
+    from bench_generator import build_generator
     from timemachine import align, images, projector
     from timemachine.perceptual import PerceptualDistance
 
@@ -182,11 +162,11 @@ def detector_part(args) -> None:
     else:
         import onnx_standins
 
-        detector = detect.OnnxAnimalDetector(onnx_standins.heavy_box_standin(416),
-                                             onnx_standins.heavy_keypoint_standin(256))
+        box_model, keypoint_model = onnx_standins.heavy_box_standin(416), onnx_standins.heavy_keypoint_standin(256)
+        detector = detect.OnnxAnimalDetector(box_model, keypoint_model)
         what = ("ONNX stand-ins of the real networks' signatures and multiply-adds (the zoo weights are not here): "
-                f"{onnx_standins.macs(onnx_standins.heavy_box_standin(416)) / 1e9:.1f} G + "
-                f"{onnx_standins.macs(onnx_standins.heavy_keypoint_standin(256)) / 1e9:.1f} G multiply-adds")
+                f"{onnx_standins.macs(box_model) / 1e9:.1f} G + "
+                f"{onnx_standins.macs(keypoint_model) / 1e9:.1f} G multiply-adds")
     rng = np.random.default_rng(0)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"eye detector on the CPU ({os.cpu_count()} cores, load average {load:.1f} at the start), {what}; "

@@ -58,7 +58,10 @@ VARIANTS = {
 }
 
 
-def build_generator(resolution: int):
+def build_generator(resolution: int, channel_base: int = 32768):
+    """AFHQ's architecture (StyleGAN2-ADA skip generator, z_dim = w_dim = 512, 8 mapping layers, channel_max 512,
+    conv_clamp 256) at ``resolution`` with random but realistic weights (noise on, biases non-zero), eval mode,
+    no gradients.  ``channel_base`` 32768 is AFHQ's width; less is narrower and faster."""
     import torch
 
     from timemachine.networks import Generator
@@ -66,7 +69,7 @@ def build_generator(resolution: int):
     torch.manual_seed(0)
     G = Generator(z_dim=512, c_dim=0, w_dim=512, img_resolution=resolution, img_channels=3,
                   mapping_kwargs=dict(num_layers=8),
-                  synthesis_kwargs=dict(channel_base=32768, channel_max=512, num_fp16_res=4, conv_clamp=256))
+                  synthesis_kwargs=dict(channel_base=channel_base, channel_max=512, num_fp16_res=4, conv_clamp=256))
     with torch.no_grad():  # random but realistic: noise on, biases non-zero
         for name, p in G.named_parameters():
             if name.endswith("noise_strength"):

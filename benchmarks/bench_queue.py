@@ -42,28 +42,39 @@ sys.path.insert(0, str(REPO))
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
+def start_redis(workdir: Path, server: str | None = None, timeout: float = 20) -> tuple[subprocess.Popen, str]:
+    """A throwaway ``redis-server`` (``server``: its path; default: found on PATH) on a free port of 127.0.0.1,
+    keeping nothing on disk, answering pings; returns (its process, its URL).  RuntimeError when it does not
+    start within ``timeout`` seconds.  (Shared with tests/test_queue.py.)"""
     import redis
 
-    server = shutil.which("redis-server")
+    server = server or shutil.which("redis-server")
     if server is None:
-        sys.exit("needs redis-server (apt-get install redis-server)")
+        raise RuntimeError("needs redis-server (apt-get install redis-server)")
     port = free_port()
-    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
+                             "--save", "", "--appendonly", "no", "--protected-mode", "yes"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     client = redis.Redis(port=port)
-    for _ in range(200):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    return proc, f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                client.ping()
+                return proc, f"redis://127.0.0.1:{port}/0"
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    proc.kill()
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+    finally:
+        client.close()
 
 
 def setup_home(root: Path, resolution: int) -> tuple[str, Path]:
@@ -168,7 +179,10 @@ def main() -> None:
     from timemachine.pipeline.executor_celery import CeleryExecutor
     from timemachine.settings import QueueSettings
 
-    redis_proc, url = start_redis(root)
+    try:
+        redis_proc, url = start_redis(root)
+    except RuntimeError as exc:
+        sys.exit(str(exc))
     env["TIMEMACHINE_BROKER_URL"] = url
     model, latent = setup_home(root, args.resolution)
     outdir = root / "home" / "bench"

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 
+from bench_queue import start_redis
 from conftest import REPO_ROOT, make_small_generator
 from timemachine import age
 from timemachine.checkpoint import model_fingerprint, save_generator
@@ -59,12 +59,6 @@ FAST = ProjectorSettings(steps=6, w_avg_samples=200, preview_every=2)
 ENDLESS = ProjectorSettings(steps=100_000, w_avg_samples=200, preview_every=0)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def photo(seed: int) -> Photo:
     image = (np.random.RandomState(seed).rand(32, 32, 3) * 255).astype(np.uint8)
     return Photo(image=image, info={"name": f"photo{seed}.png", "crop": "centre"})
@@ -93,27 +87,10 @@ def home(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def redis_url(home):
-    port = free_port()
     workdir = home["root"] / "redis"
     workdir.mkdir()
-    proc = subprocess.Popen([REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
-                             "--save", "", "--appendonly", "no", "--protected-mode", "yes"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    import redis
-
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("redis-server did not start") from None
-            time.sleep(0.05)
-    client.close()
-    yield f"redis://127.0.0.1:{port}/0"
+    proc, url = start_redis(workdir, REDIS_SERVER)
+    yield url
     proc.terminate()
     proc.wait(10)
 

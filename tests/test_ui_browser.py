@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bench_queue import free_port
 from conftest import REPO_ROOT, make_small_generator
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -38,12 +38,6 @@ if not CHROMIUM.exists():
         raise RuntimeError(f"CI: {_why}")
     pytestmark.append(pytest.mark.skip(reason=_why))
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
