@@ -393,11 +393,6 @@ def alignments(args: argparse.Namespace, photos: list[str]) -> dict[str, Any]:
             for photo in photos}
 
 
-def example_photo(pipe, seed: int):
-    """The model's example adult animal (checked adult with CLIP when its weights are there)."""
-    return pipe.example_photo(seed)
-
-
 def video_summary(name: str, result) -> str:
     """The last line of a video command: likeness, age and coat-colour scores, the strength, the video."""
     from timemachine.pipeline import scores_summary

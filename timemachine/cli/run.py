@@ -52,12 +52,11 @@ def register(subparsers, formatter) -> None:
     parser.set_defaults(handler=run)
 
 
-def _photo(args: argparse.Namespace, pipe):
-    """The prepared photo: the file given (framed as asked), or the model's example animal."""
+def _photo(args: argparse.Namespace, pipe, framing: dict):
+    """The prepared photo: the file given (framed as ``framing``, from common.alignments, asks), or the model's
+    example animal."""
     if args.example is not None:
-        photo = common.example_photo(pipe, args.example)
-        return "example", photo
-    framing = common.alignments(args, [args.photo])
+        return "example", pipe.example_photo(args.example)
     return args.photo, pipe.prepare_photo(args.photo, alignment=framing[args.photo])
 
 
@@ -72,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
         raise TimemachineError("--example makes a photo that is framed already: leave out --crop, --eyes and --nose")
     if args.example is not None and not 0 <= args.example <= 2**31 - 1:
         raise TimemachineError(f"the example's seed must be a whole number from 0 to {2**31 - 1}")
-    if args.photo is not None:
-        common.alignments(args, [args.photo])       # malformed --eyes/--crop: refused before the model loads
+    # malformed --eyes/--crop: refused before the model loads
+    framing = common.alignments(args, [args.photo]) if args.photo is not None else {}
     out = Path(args.out)
     common.check_out_dir(out)
     settings = common.render_settings(args)
@@ -87,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     # Everything that can fail on bad input happens before anything is written.  With a broker the model is
     # loaded here only to prepare the photo and check the request (on the CPU); the workers do the work.
     pipe = common.load_pipeline(args, device="cpu" if broker else None)
-    name, photo = _photo(args, pipe)
+    name, photo = _photo(args, pipe, framing)
     projection = common.projection_request(args, [photo])
     outputs = common.video_outputs(args, out)
     request = AgeVideoRequest(photo=photo, edit=edit, projection=projection, render=settings,
