@@ -203,7 +203,7 @@ def _fixed_storage(data: bytes, start: int, nbytes: int, dtype: torch.dtype) -> 
     """A 1-D ``dtype`` tensor over ``data[start:start + nbytes]`` whose storage cannot be resized: a view of
     ``data`` when the bytes are aligned for ``dtype``, else an aligned copy.  Zero bytes give an empty,
     equally fixed storage (torch would grow an ordinary empty one when a tensor is set onto it)."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    itemsize = dtype.itemsize
     with warnings.catch_warnings():  # numpy/torch warn that a view of immutable bytes is not writable
         warnings.simplefilter("ignore", UserWarning)
         raw = np.frombuffer(data, dtype=np.uint8, count=nbytes, offset=start)
@@ -234,7 +234,7 @@ def _load_storage_from_bytes(data: Any, *, load: Optional[_Load] = None) -> _Sto
     if len(header) != 8:
         raise CheckpointError("tensor data in the file is truncated")
     (numel,) = struct.unpack("<q", header)
-    itemsize = torch.empty((), dtype=reference.dtype).element_size()
+    itemsize = reference.dtype.itemsize
     start = f.tell()
     available = len(data) - start
     if numel != reference.numel or numel < 0 or numel * itemsize != available:
@@ -287,7 +287,7 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, bac
         raise CheckpointError("a tensor in the file has a malformed size, stride or offset")
     held = storage.values.numel()
     extent = 0 if 0 in size else 1 + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
-    if storage_offset + extent > held or storage_offset > held:
+    if storage_offset + extent > held:   # (extent >= 0: an offset past the end is refused too)
         raise CheckpointError(f"a tensor in the file points outside its data (elements {storage_offset} to "
                               f"{storage_offset + extent} of {held})")
     values = storage.values
