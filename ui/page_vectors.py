@@ -59,7 +59,6 @@ def build_section(model: pipeline.LoadedModel) -> None:
                          help="W (as the official projector) gives directions that edit best.")
     busy = ui.any_active_job() is not None
     if st.button("Build the vector", key="build", type="primary", disabled=busy or not (puppies and adults)):
-        submitted = False
         with ui.shown_errors("starting the build"):
             examples = [pipeline.VectorExample(role=role, name=f.name, data=f.getvalue())
                         for role, files in (("puppy", puppies), ("adult", adults)) for f in files]
@@ -74,9 +73,7 @@ def build_section(model: pipeline.LoadedModel) -> None:
             pipe.check(request)            # a bad name or too few photos: refused now, not after projecting
             st.session_state.pop("build_result", None)
             ui.submit(BUILD, "build_vector", request, model, pipe, label="vector", stages=ui_work.BUILD_STAGES)
-            submitted = True
-        if submitted:
-            st.rerun()
+            st.rerun()   # (a rerun passes through shown_errors)
     ui.show_job_outcome(BUILD)
     ui.job_panel(BUILD, _show_build_extras)
     result: Optional[pipeline.VectorBuildResult] = st.session_state.get("build_result")
@@ -188,7 +185,6 @@ def _tune_form(name: str, vector: pipeline.AgeVector, model: pipeline.LoadedMode
 def _start_preview(name: str, vector: pipeline.AgeVector, model: pipeline.LoadedModel, latent: Any,
                    strength: float, layers: str) -> None:
     """Submit the tune preview: the walk's end frames at 0, half, full and 1.5x ``strength``."""
-    submitted = False
     with ui.shown_errors("starting the preview"):
         edit = pipeline.AgeEdit(vector=name, layers=layers.strip() or "all")
         pipe = ui.pipeline_for(model, with_perceptual=False)
@@ -196,9 +192,7 @@ def _start_preview(name: str, vector: pipeline.AgeVector, model: pipeline.Loaded
                                                strengths=[0.0, strength / 2, strength, 1.5 * strength])
         pipe.check(request)   # the vector, its layers and its fit to the model, before the job is queued
         ui.submit(TUNE, "preview_strip", request, model, pipe, label="tune preview", stages=ui_work.STRIP_STAGES)
-        submitted = True
-    if submitted:
-        st.rerun()
+        st.rerun()   # (a rerun passes through shown_errors)
 
 
 def _latent_for_preview(model: pipeline.LoadedModel):

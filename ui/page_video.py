@@ -244,16 +244,15 @@ def main() -> None:
     if request is None and not busy:
         st.caption("Upload a photo and choose an age vector to start.")
     if (preview or make) and request is not None and not busy:
-        submitted = False
         with ui.shown_errors("starting the job"):
             pipe = ui.pipeline_for(model)
             request = dataclasses.replace(request, preview_only=bool(preview))
             pipe.check(request)
             ui.submit(SLOT, "age_video", request, model, pipe, label="preview" if preview else "video",
                       stages=ui_work.video_stages(request))
-            submitted = True
-        if submitted:
-            st.rerun()  # draw the page again with the buttons disabled and the job's progress
+            # draw the page again with the buttons disabled and the job's progress (a rerun passes through
+            # shown_errors)
+            st.rerun()
     ui.show_job_outcome(SLOT)
     ui.job_panel(SLOT, show_extras)
 

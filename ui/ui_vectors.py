@@ -188,7 +188,6 @@ def discover_panel(model: pipeline.LoadedModel) -> None:
                    help=f"Renders {settings.samples} of the model's own animals, asks CLIP which look young and which "
                         "adult, and fits the direction between them. Minutes on a GPU, longer on a CPU; samples are "
                         "kept, so a cancelled discovery continues where it stopped."):
-        submitted = False
         with ui.shown_errors("starting the discovery"):
             request = pipeline.DiscoverRequest(name=discovered_name(model), species=species, settings=settings,
                                                replace=True)
@@ -196,9 +195,7 @@ def discover_panel(model: pipeline.LoadedModel) -> None:
             pipe.check(request)
             ui.submit(DISCOVER, "discover", request, model, pipe, label="discovery",
                       stages=dict(ui_work.DISCOVER_STAGES))
-            submitted = True
-        if submitted:
-            st.rerun()
+            st.rerun()   # (a rerun passes through shown_errors)
     ui.show_job_outcome(DISCOVER)
     ui.job_panel(DISCOVER, lambda extras: None)
 
