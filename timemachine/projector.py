@@ -219,7 +219,7 @@ def _check_checkpoint_pickle(path: str) -> None:
     with zipfile.ZipFile(path) as archive:
         pickles = [info for info in archive.infolist() if info.filename.endswith("/data.pkl")]
         if len(pickles) != 1 or pickles[0].file_size > _MAX_CHECKPOINT_PICKLE_BYTES:
-            raise ProjectionError("it does not hold exactly one pickle of a checkpoint's size")
+            raise ValueError("it does not hold exactly one pickle of a checkpoint's size")
         with archive.open(pickles[0]) as member:
             data = member.read(_MAX_CHECKPOINT_PICKLE_BYTES + 1)
     check_opcodes(io.BytesIO(data), "the checkpoint", persistent_ids=True, limits=_CHECKPOINT_LIMITS)
@@ -232,15 +232,14 @@ def _load_checkpoint(path: str, identity: dict, w_opt: torch.Tensor, noise: dict
     ProjectionError (one sentence) for anything else."""
     shown = printable(path)
     try:
-        if os.path.getsize(path) == 0:
-            raise ProjectionError(f"cannot resume: the checkpoint {shown} is empty")
-        _check_checkpoint_pickle(path)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except ProjectionError as exc:
-        raise ProjectionError(str(exc) if str(exc).startswith("cannot resume") else
-                              f"cannot resume: the checkpoint {shown} is damaged ({exc})") from None
+        empty = os.path.getsize(path) == 0
+        if not empty:
+            _check_checkpoint_pickle(path)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # damaged file: zipfile, the opcode walk and torch raise many kinds
         raise ProjectionError(f"cannot resume: the checkpoint {shown} is damaged ({first_line(exc)})") from None
+    if empty:
+        raise ProjectionError(f"cannot resume: the checkpoint {shown} is empty")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ProjectionError(f"cannot resume: {shown} is not a timemachine projection checkpoint")
     if state.get("version") != CHECKPOINT_VERSION:
