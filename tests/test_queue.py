@@ -382,16 +382,11 @@ def test_the_ui_sends_its_jobs_to_the_workers_and_a_reload_finds_them(queue, hom
     ui_dir = str(REPO_ROOT / "ui")
     if ui_dir not in sys.path:           # the app imports its helpers by plain name, as Streamlit runs it
         sys.path.insert(0, ui_dir)
-    from test_ui import fast_settings, photo_bytes
+    from test_ui import APP, photo_bytes, ready_app
 
     monkeypatch.setenv("TIMEMACHINE_BROKER_URL", queue.env.broker_url)
     monkeypatch.setenv("TIMEMACHINE_MODEL", home["model"])
-    app = str(REPO_ROOT / "ui" / "app.py")
-    at = AppTest.from_file(app, default_timeout=60)
-    at.run()
-    at.file_uploader(key="photo").set_value(("dog.jpg", photo_bytes(seed=99), "image/jpeg")).run()
-    fast_settings(at, steps=4)
-    at.run()
+    at = ready_app(photo_bytes(seed=99), steps=4)
     at.button(key="make").click().run()
     assert not at.exception and not at.error
     job = at.session_state["last_job_video"]
@@ -400,7 +395,7 @@ def test_the_ui_sends_its_jobs_to_the_workers_and_a_reload_finds_them(queue, hom
     assert address["job_video"] == job.id and len(address["visitor"]) == 32
 
     # the visitor reloads the page (a new session, the same address): the job is found again and finishes there
-    again = AppTest.from_file(app, default_timeout=60)
+    again = AppTest.from_file(str(APP), default_timeout=60)
     again.query_params.update(address)
     again.run()
     assert not again.exception

@@ -109,6 +109,21 @@ def button(at: AppTest, key: str):
     return at.button(key=key)
 
 
+def ready_app(data: bytes = None, name: str = "dog.jpg", steps: int = 3) -> AppTest:
+    """A new session with a photo uploaded and the fast settings (``steps`` projection steps), run once."""
+    at = new_app()
+    upload_photo(at, data, name)
+    fast_settings(at, steps=steps)
+    at.run()
+    return at
+
+
+def press(at: AppTest, key: str, slot: str = "video"):
+    """Click the button ``key``, wait for the job it starts in ``slot`` and show its outcome; returns the job."""
+    button(at, key).click().run()
+    return finish(at, slot)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The video page
 
@@ -148,16 +163,14 @@ def test_upload_run_and_download_a_video(env):
     assert Path(result.files["video"]).is_relative_to(env["home"] / "cache" / "ui-videos")
 
     # The same request again: the finished video comes from the render cache, nothing is recomputed.
-    button(at, "make").click().run()
-    again = finish(at)
+    again = press(at, "make")
     assert again.result.reused and again.result.files["video"] == result.files["video"]
     assert any("from the cache" in c for c in texts(at.caption))
 
     # Another strength: the projection is reused, a new video is rendered.
     at.slider(key="strength_pups").set_value(0.5).run()
     assert any("other settings" in c for c in texts(at.caption))               # the old result is marked stale
-    button(at, "make").click().run()
-    third = finish(at)
+    third = press(at, "make")
     assert not third.result.reused and third.result.metrics["cached"]
     assert third.result.files["video"] != result.files["video"]
     assert not any("other settings" in c for c in texts(at.caption))
@@ -175,8 +188,7 @@ def test_w_plus_pivotal_tuning_and_side_by_side(env):
     at.run()
     at.number_input(key="pti_steps").set_value(2)
     at.run()
-    button(at, "make").click().run()
-    job = finish(at)
+    job = press(at, "make")
     assert job.status == "done", job.error
     files = job.result.files
     assert {"pti", "side_by_side"} <= set(files) and Path(files["pti"]).name == "projected_w.pti.safetensors"
@@ -189,12 +201,8 @@ def test_w_plus_pivotal_tuning_and_side_by_side(env):
 
 
 def test_preview_strip_comes_before_the_full_render(env):
-    at = new_app()
-    upload_photo(at)
-    fast_settings(at)
-    at.run()
-    button(at, "preview").click().run()
-    job = finish(at)
+    at = ready_app()
+    job = press(at, "preview")
     assert job.status == "done" and job.label == "preview"
     assert job.result.files == {} and len(job.result.strip) == len(STRIP_TIMES)
     assert not at.get("video")                                                  # frames only, no video yet
@@ -219,8 +227,7 @@ def test_crop_controls_change_what_the_model_sees(env):
     at.run()
     captions = [caption for image in at.image for caption in image.captions]
     assert "dog.jpg: 200x100 pixels, your square" in captions, captions
-    button(at, "make").click().run()
-    job = finish(at)
+    job = press(at, "make")
     assert job.status == "done", job.error
     assert json.loads(Path(job.result.files["run"]).read_text())["photo"]["crop"] == "0,36,64"
 
@@ -254,8 +261,7 @@ def test_a_vector_of_another_model_is_refused_in_plain_words(env):
     # the visitor may force it, knowingly
     at.checkbox(key="force_foreign").check().run()
     assert not at.error and not button(at, "make").disabled
-    button(at, "make").click().run()
-    job = finish(at)
+    job = press(at, "make")
     assert job.status == "done"
     info = json.loads(Path(job.result.files["run"]).read_text())
     assert info["age_vector"]["forced_onto_other_model"] is True
@@ -269,12 +275,8 @@ def test_errors_inside_a_job_are_shown_plainly_and_bugs_are_logged(env, monkeypa
         raise ProjectionError("the projection cannot start: a plain reason")
 
     monkeypatch.setattr(Pipeline, "project", refuse)
-    at = new_app()
-    upload_photo(at)
-    fast_settings(at)
-    at.run()
-    button(at, "make").click().run()
-    job = finish(at)
+    at = ready_app()
+    job = press(at, "make")
     assert job.status == "failed"
     assert texts(at.error) == ["the projection cannot start: a plain reason"]
     assert not at.exception and not at.get("video")
@@ -283,8 +285,7 @@ def test_errors_inside_a_job_are_shown_plainly_and_bugs_are_logged(env, monkeypa
         raise RuntimeError("internal detail the visitor must not see")
 
     monkeypatch.setattr(Pipeline, "project", bug)
-    button(at, "make").click().run()
-    job = finish(at)
+    job = press(at, "make")
     assert texts(at.error) == [BUG_MESSAGE]
     assert not at.exception
     log = capsys.readouterr().err
@@ -433,10 +434,7 @@ def test_cancel_a_waiting_job(env):
     ui_common.executor().submit_call(lambda ctx: release.wait(JOB_TIMEOUT), label="another visitor",
                                      owner="someone else")
     try:
-        at = new_app()
-        upload_photo(at)
-        fast_settings(at)
-        at.run()
+        at = ready_app()
         button(at, "make").click().run()
         job = at.session_state["last_job_video"]
         assert job.status == "queued"
@@ -514,8 +512,7 @@ def test_build_refuses_bad_requests_before_any_work(env):
     at.text_input(key="build_name").set_value("collie")
     at.file_uploader(key="adults").set_value([("adult.jpg", b"garbage" * 20, "image/jpeg")])
     at.run()
-    button(at, "build").click().run()
-    job = finish(at, "build")
+    job = press(at, "build", "build")
     assert job.status == "failed"
     errors = texts(at.error)
     assert len(errors) == 1 and errors[0].startswith("adult.jpg is not an image"), errors
@@ -523,10 +520,7 @@ def test_build_refuses_bad_requests_before_any_work(env):
 
 
 def test_tuning_preview_uses_the_photo_from_the_video_page(env):
-    at = new_app()
-    upload_photo(at)
-    fast_settings(at)
-    at.run()
+    at = ready_app()
     button(at, "preview").click().run()
     finish(at)
     at.switch_page("page_vectors.py").run()
@@ -681,8 +675,7 @@ def test_eyes_marked_on_the_photo_align_it_and_run_json_records_them(env):
     at.run()
     assert not at.exception and not at.error
     assert not [i for i in texts(at.info) if "eye detector" in i]            # no fallback notice
-    button(at, "make").click().run()
-    job = finish(at)
+    job = press(at, "make")
     assert job.status == "done", job.error
     alignment = json.loads(Path(job.result.files["run"]).read_text())["photo"]["alignment"]
     assert alignment["method"] == "eyes" and alignment["eyes"] == {"left": [60.0, 50.0], "right": [100.0, 56.0]}
@@ -690,12 +683,8 @@ def test_eyes_marked_on_the_photo_align_it_and_run_json_records_them(env):
 
 
 def test_every_video_shows_its_scores(env):
-    at = new_app()
-    upload_photo(at)
-    fast_settings(at)
-    at.run()
-    button(at, "make").click().run()
-    job = finish(at)
+    at = ready_app()
+    job = press(at, "make")
     assert job.status == "done", job.error
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Looks young (CLIP)"] == "unavailable"                     # offline, no CLIP weights

@@ -122,8 +122,18 @@ def open_page(browser, server):
 
 def prepare(page, photo: Path, steps: int, frames: int = 8) -> None:
     """Upload ``photo``, wait for the crop preview, set short settings."""
+    upload(page, photo)
+    short_settings(page, steps, frames)
+
+
+def upload(page, photo: Path) -> None:
+    """Upload ``photo`` and wait for the crop preview."""
     page.locator('[data-testid="stFileUploader"] input[type="file"]').first.set_input_files(str(photo))
     page.get_by_text("What the model sees").wait_for(timeout=60_000)
+
+
+def short_settings(page, steps: int, frames: int = 8) -> None:
+    """Open the settings and set few steps and frames (each value confirmed on the page)."""
     page.get_by_text("Quality and video settings").click()
     for label, value in (("Steps", steps), ("Walk frames", frames), ("Hold the adult (frames)", 1),
                          ("Hold the young animal (frames)", 2)):
@@ -214,8 +224,7 @@ def test_marking_the_eyes_by_clicking_aligns_the_face(browser, server):
     import json
 
     page = open_page(browser, server)
-    page.locator('[data-testid="stFileUploader"] input[type="file"]').first.set_input_files(str(server["photo"]))
-    page.get_by_text("What the model sees").wait_for(timeout=60_000)
+    upload(page, server["photo"])
     page.get_by_role("radiogroup", name="Framing").get_by_text("Mark the eyes").click()
     photo = page.frame_locator("iframe[title^='streamlit_image_coordinates']").locator("img")
     photo.wait_for(timeout=30_000)
@@ -229,14 +238,7 @@ def test_marking_the_eyes_by_clicking_aligns_the_face(browser, server):
     sync_api.expect(left_x).to_have_value("60", timeout=30_000)
     sync_api.expect(page.get_by_label("Right eye y", exact=True)).to_have_value("56", timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / "08-eyes-marked.png"))
-    page.get_by_text("Quality and video settings").click()
-    for label, value in (("Steps", 3), ("Walk frames", 8), ("Hold the adult (frames)", 1),
-                         ("Hold the young animal (frames)", 2)):
-        field = page.get_by_label(label, exact=True)
-        field.fill(str(value))
-        field.press("Enter")
-        sync_api.expect(field).to_have_value(str(value))
-    page.wait_for_timeout(500)
+    short_settings(page, steps=3)
     make_video(page)
     wait_for_video(page)
     with page.expect_download() as download_info:
