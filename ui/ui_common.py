@@ -420,14 +420,9 @@ def pipeline_for(model: pipeline.LoadedModel, with_perceptual: bool = True) -> p
 class ModelChoice:
     """The model picked in the sidebar: a spec for pipeline.load_model, or an uploaded file."""
 
-    label: str
     spec: Optional[str] = None
     upload_name: Optional[str] = None
     upload_digest: Optional[str] = None
-
-    @property
-    def zoo_name(self) -> Optional[str]:
-        return self.spec if self.spec in _zoo_generators() else None
 
 
 def _zoo_generators() -> dict[str, pipeline.ZooEntry]:
@@ -468,7 +463,7 @@ def model_picker() -> Optional[ModelChoice]:
     if choice in zoo:
         entry = zoo[choice]
         st.sidebar.caption(f"Licence: {entry.licence.name}: **{entry.licence.summary}** ([terms]({entry.licence.url}))")
-        return ModelChoice(label=label(choice), spec=choice)
+        return ModelChoice(spec=choice)
     if choice == UPLOAD:
         uploaded = st.sidebar.file_uploader("Network file (.pkl or .safetensors)", type=["pkl", "safetensors"],
                                             key="model_upload", max_upload_size=MODEL_MAX_MB,
@@ -478,7 +473,7 @@ def model_picker() -> Optional[ModelChoice]:
         if uploaded is None:
             st.sidebar.info("Upload a network file to use it.")
             return None
-        return ModelChoice(label=uploaded.name, upload_name=uploaded.name, upload_digest=_upload_digest(uploaded))
+        return ModelChoice(upload_name=uploaded.name, upload_digest=_upload_digest(uploaded))
     if choice == PATH:
         models = environment().paths.models
         path = st.sidebar.text_input("Network file in the server's models directory", key="model_path",
@@ -486,8 +481,8 @@ def model_picker() -> Optional[ModelChoice]:
                                           f"this with {ENV_UI_SERVER_MODELS}=1).")
         if not path.strip():
             return None
-        return ModelChoice(label=path.strip(), spec=str(server_model_path(path.strip(), models)))
-    return ModelChoice(label=label(choice), spec=choice)
+        return ModelChoice(spec=str(server_model_path(path.strip(), models)))
+    return ModelChoice(spec=choice)
 
 
 def _upload_digest(uploaded) -> str:
