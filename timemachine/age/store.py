@@ -228,18 +228,27 @@ def _builtin_root():
     return importlib.resources.files("timemachine.age").joinpath(BUILTIN_DIR)
 
 
+def _vector_stem(filename: str) -> Optional[str]:
+    """The vector name a file called ``filename`` holds (``<name>.safetensors``), or None for any other file
+    (temporary files start with '.')."""
+    stem = filename[:-len(FILE_SUFFIX)] if filename.endswith(FILE_SUFFIX) else None
+    if stem is None or not NAME_RE.fullmatch(stem) or stem.lower().endswith(FILE_SUFFIX):
+        return None
+    return stem
+
+
+def _named(vector: AgeVector, name: str) -> AgeVector:
+    """``vector`` under the name of its file (a file renamed by hand: the file name is what users type)."""
+    return vector if vector.name == name else dataclasses.replace(vector, name=name)
+
+
 def builtin_names() -> list[str]:
     """Names of the built-in vectors, sorted."""
     try:
         items = list(_builtin_root().iterdir())
     except (FileNotFoundError, NotADirectoryError):
         return []
-    names = []
-    for item in items:
-        stem = item.name[:-len(FILE_SUFFIX)] if item.name.endswith(FILE_SUFFIX) else None
-        if stem and NAME_RE.fullmatch(stem):
-            names.append(stem)
-    return sorted(names)
+    return sorted(stem for stem in (_vector_stem(item.name) for item in items) if stem is not None)
 
 
 def load_builtin(name: str) -> AgeVector:
@@ -248,8 +257,7 @@ def load_builtin(name: str) -> AgeVector:
         raise AgeVectorError(f"there is no built-in age vector named {quoted(name)} "
                              f"(built-ins: {', '.join(builtin_names()) or 'none'})")
     with importlib.resources.as_file(_builtin_root().joinpath(name + FILE_SUFFIX)) as path:
-        vector = load_vector_file(path)
-    return vector if vector.name == name else dataclasses.replace(vector, name=name)
+        return _named(load_vector_file(path), name)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -277,14 +285,15 @@ class LibraryEntry:
     shadowed: bool = False
 
 
+def model_keys(fingerprint: Optional[str], zoo: Optional[str] = None) -> list[str]:
+    """The keys of the user's default choices for a model: 'fingerprint:<hex>', then 'zoo:<name>' (each when
+    known)."""
+    return ([f"fingerprint:{fingerprint}"] if fingerprint else []) + ([f"zoo:{zoo}"] if zoo else [])
+
+
 def binding_keys(vector: AgeVector) -> list[str]:
     """The keys under which :class:`VectorLibrary` records a default choice for the vector's model."""
-    keys = []
-    if vector.model_fingerprint:
-        keys.append(f"fingerprint:{vector.model_fingerprint}")
-    if vector.model_zoo:
-        keys.append(f"zoo:{vector.model_zoo}")
-    return keys
+    return model_keys(vector.model_fingerprint, vector.model_zoo)
 
 
 class VectorLibrary:
@@ -328,13 +337,7 @@ class VectorLibrary:
         except OSError as exc:
             raise AgeVectorError(f"cannot read the age vector library {printable(self.root)}: "
                                  f"{exc.strerror or first_line(exc)}") from None
-        names = []
-        for path in items:
-            stem = path.name[:-len(FILE_SUFFIX)] if path.name.endswith(FILE_SUFFIX) else None
-            # temporary files start with '.', and nothing else belongs here
-            if stem is not None and NAME_RE.fullmatch(stem) and not stem.lower().endswith(FILE_SUFFIX):
-                names.append(stem)
-        return names
+        return [stem for stem in (_vector_stem(path.name) for path in items) if stem is not None]
 
     # -- reading -----------------------------------------------------------------------------------------
     def entries(self, builtins: bool = False) -> list[LibraryEntry]:
@@ -353,9 +356,7 @@ class VectorLibrary:
             except (OSError, MemoryError, RecursionError, ValueError) as exc:   # never let one file stop a listing
                 entries.append(LibraryEntry(name, path, None, f"cannot read {printable(path)} ({first_line(exc)})"))
                 continue
-            if vector.name != name:   # a file renamed by hand: the file name is what users type
-                vector = dataclasses.replace(vector, name=name)
-            entries.append(LibraryEntry(name, path, vector))
+            entries.append(LibraryEntry(name, path, _named(vector, name)))
         if builtins:
             taken = {entry.name for entry in entries}
             root = _builtin_root()
@@ -394,8 +395,7 @@ class VectorLibrary:
             builtin = f" or among the built-ins ({', '.join(builtin_names())})" if builtin_names() else ""
             raise AgeVectorError(f"no age vector named {quoted(spec)} in the library ({printable(self.root)})"
                                  f"{builtin}")
-        vector = load_vector_file(path)
-        return vector if vector.name == spec else dataclasses.replace(vector, name=spec)
+        return _named(load_vector_file(path), spec)
 
     # -- changing ----------------------------------------------------------------------------------------
     def save(self, vector: AgeVector, force: bool = False) -> Path:
@@ -563,7 +563,7 @@ class VectorLibrary:
             (vector, 'chosen') for the user's choice, (vector, 'built-in') for a built-in default; or None.
         """
         chosen = self.defaults()
-        keys = [f"fingerprint:{fingerprint}"] + ([f"zoo:{zoo}"] if zoo else [])
+        keys = model_keys(fingerprint, zoo)
         for key in keys:
             if key in chosen:
                 name = chosen[key]
